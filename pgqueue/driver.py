@@ -1,0 +1,358 @@
+"""The database operations, one function per operation, for each face.
+
+The async functions take an AsyncExecutor, the sync ones a SyncExecutor; both build
+their parameters and read their rows with the same pure helpers from ``pgqueue.jobs``,
+so the two faces cannot drift apart. The statements themselves are in
+``sql/queries.sql``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pgqueue.errors import IdempotencyConflictError, translate_db_error
+from pgqueue.jobs import (
+    BulkPlan,
+    ClaimedJob,
+    EnqueueResult,
+    Job,
+    JobSpec,
+    QueueStats,
+    bulk_params,
+    claimed_from_row,
+    copy_records,
+    job_from_row,
+    queue_stats_from_row,
+)
+from pgqueue.sql import query
+from pgqueue.states import JobState
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pgqueue.executors import AsyncExecutor, SyncExecutor
+
+# A keyed enqueue whose key's holder committed after the statement's snapshot sees
+# neither its own row nor the holder; a new statement (a new snapshot under READ
+# COMMITTED) does. More rounds than this means the snapshot cannot see it at all.
+IDEMPOTENT_ROUNDS = 5
+
+
+def _enqueue_statement(spec: JobSpec) -> str:
+    return query("enqueue") if spec.idempotency_key is None else query("enqueue_idempotent")
+
+
+def _enqueue_result(rows: list[Any]) -> EnqueueResult | None:
+    if not rows:
+        return None
+    return EnqueueResult(id=rows[0][0], duplicate=rows[0][1])
+
+
+def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
+    return IdempotencyConflictError(
+        f"idempotency key {spec.idempotency_key!r} is held by a job this transaction cannot "
+        "see (REPEATABLE READ or SERIALIZABLE snapshot?): enqueue keyed jobs under READ "
+        "COMMITTED"
+    )
+
+
+# --- async face ------------------------------------------------------------------------
+
+
+async def enqueue(ex: AsyncExecutor, spec: JobSpec) -> EnqueueResult:
+    sql, params = _enqueue_statement(spec), spec.insert_params()
+    for _ in range(IDEMPOTENT_ROUNDS):
+        result = _enqueue_result(await ex.fetch(sql, params))
+        if result is not None:
+            return result
+    raise _unresolved_key(spec)
+
+
+async def enqueue_many(ex: AsyncExecutor, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
+    specs = list(specs)
+    if all(s.copyable for s in specs):
+        # Two round trips whatever the number of jobs, and no transaction of our own:
+        # sequence values are not transactional, and the COPY alone is atomic.
+        ids = list((await ex.fetch(query("reserve_ids"), (len(specs),)))[0][0])
+        await ex.copy_in(query("copy_jobs"), copy_records(ids, specs))
+        return [EnqueueResult(job_id) for job_id in ids]
+    plan = BulkPlan.for_specs(specs)
+    async with ex.atomic():
+        for _ in range(IDEMPOTENT_ROUNDS):
+            rows = plan.pending()
+            if not rows:
+                break
+            ids = list((await ex.fetch(query("reserve_ids"), (len(rows),)))[0][0])
+            batch = [plan.specs[i] for i in rows]
+            inserted = {
+                r[0] for r in await ex.fetch(query("enqueue_many"), bulk_params(ids, batch))
+            }
+            missing = plan.record_insert(rows, ids, inserted)
+            if missing:
+                holders = await ex.fetch(query("find_by_idempotency_keys"), (missing,))
+                plan.record_existing(dict(holders))  # type: ignore[arg-type]
+    return plan.finish()
+
+
+async def claim(
+    ex: AsyncExecutor, queues: Sequence[str], limit: int, worker_id: str
+) -> list[ClaimedJob]:
+    rows = await ex.fetch(query("claim_jobs"), (list(queues), limit, worker_id))
+    return [claimed_from_row(r) for r in rows]
+
+
+async def complete_succeeded(
+    ex: AsyncExecutor,
+    ids: Sequence[int],
+    results: Sequence[str | None],
+    attempts: Sequence[int],
+) -> None:
+    await ex.fetch(query("complete_succeeded"), (list(ids), list(results), list(attempts)))
+
+
+async def complete_in_transaction(
+    ex: AsyncExecutor,
+    job_id: int,
+    attempt: int,
+    result: str | None,
+    *,
+    worker_id: str,
+    idle_limit: float,
+) -> bool:
+    """Mark one job succeeded in the caller's transaction; False if it is no longer
+    this worker's to complete (then the caller must roll back). The transaction may
+    then sit idle at most ``idle_limit`` seconds before the server ends it."""
+    rows = await ex.fetch(
+        query("complete_in_transaction"),
+        (job_id, attempt, result, worker_id, _milliseconds(idle_limit)),
+    )
+    return bool(rows)
+
+
+def _milliseconds(seconds: float) -> str:
+    # A GUC value: whole milliseconds, at least 1 (0 would switch the limit off).
+    return str(max(1, round(seconds * 1000)))
+
+
+async def complete_failed(
+    ex: AsyncExecutor,
+    ids: Sequence[int],
+    errors: Sequence[str],
+    retry_in: Sequence[float | None],
+    attempts: Sequence[int],
+) -> None:
+    await ex.fetch(
+        query("complete_failed"), (list(ids), list(errors), list(retry_in), list(attempts))
+    )
+
+
+async def release(ex: AsyncExecutor, ids: Sequence[int], worker_id: str) -> None:
+    await ex.fetch(query("release_jobs"), (list(ids), worker_id))
+
+
+async def release_unknown(ex: AsyncExecutor, worker_id: str, known: Sequence[int]) -> list[int]:
+    rows = await ex.fetch(query("release_unknown_jobs"), (worker_id, list(known)))
+    return [r[0] for r in rows]
+
+
+async def register_worker(
+    ex: AsyncExecutor,
+    worker_id: str,
+    *,
+    host: str,
+    pid: int,
+    queues: Sequence[str],
+    concurrency: int,
+) -> None:
+    await ex.fetch(query("register_worker"), (worker_id, host, pid, list(queues), concurrency))
+
+
+async def deregister_worker(ex: AsyncExecutor, worker_id: str) -> None:
+    await ex.fetch(query("deregister_worker"), (worker_id,))
+
+
+async def seconds_until_next_job(ex: AsyncExecutor, queues: Sequence[str]) -> float | None:
+    rows = await ex.fetch(query("seconds_until_next_job"), (list(queues),))
+    value: float | None = rows[0][0]
+    return value
+
+
+async def cancel(ex: AsyncExecutor, job_id: int) -> JobState:
+    try:
+        rows = await ex.fetch(query("cancel_job"), (job_id,))
+    except Exception as exc:
+        raise (translate_db_error(exc) or exc) from exc
+    return JobState(rows[0][0])
+
+
+async def retry(ex: AsyncExecutor, job_id: int) -> None:
+    try:
+        await ex.fetch(query("retry_job"), (job_id,))
+    except Exception as exc:
+        raise (translate_db_error(exc) or exc) from exc
+
+
+async def snooze(
+    ex: AsyncExecutor, ids: Sequence[int], after: Sequence[float], attempts: Sequence[int]
+) -> None:
+    await ex.fetch(query("snooze_jobs"), (list(ids), list(after), list(attempts)))
+
+
+async def cancelled_among(ex: AsyncExecutor, ids: Sequence[int]) -> list[int]:
+    rows = await ex.fetch(query("cancelled_among"), (list(ids),))
+    return [r[0] for r in rows]
+
+
+async def get_job(ex: AsyncExecutor, job_id: int) -> Job | None:
+    rows = await ex.fetch(query("get_job"), (job_id,))
+    return job_from_row(rows[0]) if rows else None
+
+
+async def set_progress(ex: AsyncExecutor, job_id: int, attempt: int, progress: str) -> bool:
+    """A running attempt's progress; False when that attempt is no longer running."""
+    return bool(await ex.fetch(query("set_progress"), (job_id, progress, attempt)))
+
+
+async def list_jobs(
+    ex: AsyncExecutor,
+    *,
+    before_id: int | None,
+    queue: str | None,
+    state: JobState | None,
+    task: str | None,
+    limit: int,
+) -> list[Job]:
+    state_text = None if state is None else state.value
+    rows = await ex.fetch(query("list_jobs"), (before_id, queue, state_text, task, limit))
+    return [job_from_row(r) for r in rows]
+
+
+async def queue_stats(ex: AsyncExecutor) -> list[QueueStats]:
+    return [queue_stats_from_row(r) for r in await ex.fetch(query("queue_stats"), ())]
+
+
+async def pause_queue(ex: AsyncExecutor, queue: str) -> None:
+    await ex.fetch(query("pause_queue"), (queue,))
+
+
+async def resume_queue(ex: AsyncExecutor, queue: str) -> None:
+    await ex.fetch(query("resume_queue"), (queue,))
+
+
+async def find_api_key(ex: AsyncExecutor, key_hash: bytes) -> tuple[int, str, str] | None:
+    rows = await ex.fetch(query("find_api_key"), (key_hash,))
+    return None if not rows else (rows[0][0], rows[0][1], rows[0][2])
+
+
+async def throughput(ex: AsyncExecutor, minutes: int) -> list[tuple[str, int, int, int]]:
+    """(queue, minutes ago, jobs finished, of which failed) over the last ``minutes``
+    minutes, for the dashboard; minutes with nothing finished have no row."""
+    rows = await ex.fetch(query("dashboard_throughput"), (minutes,))
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+async def metrics_jobs(ex: AsyncExecutor, bounds_us: Sequence[int]) -> list[tuple[Any, ...]]:
+    """The job figures of GET /metrics, one row per queue, task and duration bucket
+    (columns as in the ``metrics_jobs`` block); ``bounds_us`` are the histogram's
+    bucket bounds in microseconds, ascending."""
+    return [tuple(r) for r in await ex.fetch(query("metrics_jobs"), (list(bounds_us),))]
+
+
+async def metrics_queues(ex: AsyncExecutor) -> list[tuple[str, bool]]:
+    """(name, paused) of every queue with settings of its own."""
+    return [(r[0], r[1]) for r in await ex.fetch(query("metrics_queues"), ())]
+
+
+# --- sync face -------------------------------------------------------------------------
+
+
+def enqueue_sync(ex: SyncExecutor, spec: JobSpec) -> EnqueueResult:
+    sql, params = _enqueue_statement(spec), spec.insert_params()
+    for _ in range(IDEMPOTENT_ROUNDS):
+        result = _enqueue_result(ex.fetch(sql, params))
+        if result is not None:
+            return result
+    raise _unresolved_key(spec)
+
+
+def enqueue_many_sync(ex: SyncExecutor, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
+    specs = list(specs)
+    if all(s.copyable for s in specs):
+        ids = list(ex.fetch(query("reserve_ids"), (len(specs),))[0][0])
+        ex.copy_in(query("copy_jobs"), copy_records(ids, specs))
+        return [EnqueueResult(job_id) for job_id in ids]
+    plan = BulkPlan.for_specs(specs)
+    with ex.atomic():
+        for _ in range(IDEMPOTENT_ROUNDS):
+            rows = plan.pending()
+            if not rows:
+                break
+            ids = list(ex.fetch(query("reserve_ids"), (len(rows),))[0][0])
+            batch = [plan.specs[i] for i in rows]
+            inserted = {r[0] for r in ex.fetch(query("enqueue_many"), bulk_params(ids, batch))}
+            missing = plan.record_insert(rows, ids, inserted)
+            if missing:
+                holders = ex.fetch(query("find_by_idempotency_keys"), (missing,))
+                plan.record_existing(dict(holders))  # type: ignore[arg-type]
+    return plan.finish()
+
+
+def complete_in_transaction_sync(
+    ex: SyncExecutor,
+    job_id: int,
+    attempt: int,
+    result: str | None,
+    *,
+    worker_id: str,
+    idle_limit: float,
+) -> bool:
+    rows = ex.fetch(
+        query("complete_in_transaction"),
+        (job_id, attempt, result, worker_id, _milliseconds(idle_limit)),
+    )
+    return bool(rows)
+
+
+def cancel_sync(ex: SyncExecutor, job_id: int) -> JobState:
+    try:
+        rows = ex.fetch(query("cancel_job"), (job_id,))
+    except Exception as exc:
+        raise (translate_db_error(exc) or exc) from exc
+    return JobState(rows[0][0])
+
+
+def retry_sync(ex: SyncExecutor, job_id: int) -> None:
+    try:
+        ex.fetch(query("retry_job"), (job_id,))
+    except Exception as exc:
+        raise (translate_db_error(exc) or exc) from exc
+
+
+def get_job_sync(ex: SyncExecutor, job_id: int) -> Job | None:
+    rows = ex.fetch(query("get_job"), (job_id,))
+    return job_from_row(rows[0]) if rows else None
+
+
+def pause_queue_sync(ex: SyncExecutor, queue: str) -> None:
+    ex.fetch(query("pause_queue"), (queue,))
+
+
+def resume_queue_sync(ex: SyncExecutor, queue: str) -> None:
+    ex.fetch(query("resume_queue"), (queue,))
+
+
+def queue_stats_sync(ex: SyncExecutor) -> list[QueueStats]:
+    return [queue_stats_from_row(r) for r in ex.fetch(query("queue_stats"), ())]
+
+
+def create_api_key_sync(ex: SyncExecutor, name: str, scope: str, key_hash: bytes) -> int:
+    rows = ex.fetch(query("create_api_key"), (name, scope, key_hash))
+    return int(rows[0][0])
+
+
+def list_api_keys_sync(ex: SyncExecutor) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in ex.fetch(query("list_api_keys"), ())]
+
+
+def revoke_api_key_sync(ex: SyncExecutor, key_id: int) -> bool:
+    return bool(ex.fetch(query("revoke_api_key"), (key_id,)))

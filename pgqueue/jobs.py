@@ -1,0 +1,369 @@
+"""Jobs as values: building and validating a job before it is written, and reading one
+back. Pure functions shared by the sync and async faces; no I/O here."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any, NamedTuple
+
+from pgqueue.errors import InvalidJobError
+from pgqueue.states import JobState
+
+# The same patterns as the CHECK constraints on pgqueue.jobs: checked here first so the
+# caller gets a clear error instead of a constraint violation.
+QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767  # smallint; higher runs first
+MAX_ATTEMPTS_LIMIT = 1000
+IDEMPOTENCY_KEY_MAX = 255
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobSpec(NamedTuple):
+    """A validated job, ready to insert. Build one with :func:`build_job` (or a task's
+    ``job()``), which checks every field; the constructor itself checks nothing.
+
+    A NamedTuple rather than a frozen dataclass: just as immutable, and ten times
+    cheaper to create, which shows when a bulk enqueue builds a hundred thousand."""
+
+    task: str
+    args_json: str
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    run_at: datetime | None = None
+    delay: float = 0.0
+    idempotency_key: str | None = None
+    timeout: float | None = None
+
+    @property
+    def copyable(self) -> bool:
+        """True when every column but the ones COPY writes takes its default."""
+        return (
+            self.idempotency_key is None
+            and self.run_at is None
+            and self.delay == 0.0
+            and self.timeout is None
+        )
+
+    def insert_params(self) -> tuple[Any, ...]:
+        """Parameters of the ``enqueue`` / ``enqueue_idempotent`` statements."""
+        params: tuple[Any, ...] = (
+            self.queue,
+            self.task,
+            self.args_json,
+            self.priority,
+            self.max_attempts,
+            self.run_at,
+            self.delay,
+            self.timeout,
+        )
+        if self.idempotency_key is not None:
+            params = (*params, self.idempotency_key)
+        return params
+
+
+class EnqueueResult(NamedTuple):
+    """What an enqueue did: the job's id, and whether an existing job holding the same
+    idempotency key was returned instead of a new row being written (a NamedTuple, for
+    the same reason as JobSpec)."""
+
+    id: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as stored in ``pgqueue.jobs``."""
+
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    idempotency_key: str | None
+    result: Any
+    errors: list[dict[str, Any]]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timeout: float | None = None
+    progress: Any = None  # what the running attempt last reported, if anything
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker has claimed: what it needs to run it."""
+
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+    timeout: float | None = None  # this job's own; the task's applies when None
+
+
+# One encoder for every job: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
+def encode_json(value: Any, what: str) -> str:
+    """JSON text PostgreSQL's jsonb accepts, or InvalidJobError saying why not."""
+    try:
+        text = _JSON.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(f"{what} must be JSON-serialisable: {exc}") from exc
+    if "\\u0000" in text:
+        raise InvalidJobError(f"{what} must not contain NUL characters (jsonb refuses them)")
+    return text
+
+
+@cache
+def _name_ok(pattern: re.Pattern[str], name: str) -> bool:
+    # Names repeat (a few queues, a few tasks, many jobs): match each one once.
+    return pattern.fullmatch(name) is not None
+
+
+def validate_queue_name(queue: object) -> str:
+    if not isinstance(queue, str) or len(queue) > 64 or not _name_ok(QUEUE_NAME_RE, queue):
+        raise InvalidJobError(
+            f"invalid queue name {queue!r}: 1-64 characters from A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or digit"
+        )
+    return queue
+
+
+def validate_task_name(task: object) -> str:
+    if not isinstance(task, str) or len(task) > 200 or not _name_ok(TASK_NAME_RE, task):
+        raise InvalidJobError(
+            f"invalid task name {task!r}: 1-200 characters from A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or underscore"
+        )
+    return task
+
+
+def _validate_int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJobError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def build_job(
+    task: str,
+    args: dict[str, Any] | None = None,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    idempotency_key: str | None = None,
+    timeout: float | None = None,
+) -> JobSpec:
+    """Check every field of a job and return it ready to insert."""
+    validate_task_name(task)
+    validate_queue_name(queue)
+    if args is None:
+        args = {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise InvalidJobError("args must be a dict with string keys (the task's keyword arguments)")
+    args_json = encode_json(args, "args")
+    _validate_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
+    _validate_int(max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+    if run_at is not None and delay is not None:
+        raise InvalidJobError("give run_at or delay, not both")
+    if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
+        raise InvalidJobError("run_at must be a timezone-aware datetime")
+    delay_seconds = 0.0
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise InvalidJobError(f"delay must be a number of seconds, got {delay!r}")
+        if not math.isfinite(delay) or delay < 0:
+            raise InvalidJobError(f"delay must be a finite, non-negative number, got {delay!r}")
+        delay_seconds = float(delay)
+    if timeout is not None:
+        timeout = validate_timeout(timeout, "timeout")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX
+    ):
+        raise InvalidJobError(
+            f"idempotency_key must be a string of 1-{IDEMPOTENCY_KEY_MAX} characters"
+        )
+    return JobSpec(
+        task=task,
+        args_json=args_json,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        run_at=run_at,
+        delay=delay_seconds,
+        idempotency_key=idempotency_key,
+        timeout=timeout,
+    )
+
+
+def validate_timeout(value: object, what: str) -> float:
+    """A timeout in seconds: a finite number above zero."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidJobError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def bulk_params(ids: list[int], specs: list[JobSpec]) -> tuple[list[Any], ...]:
+    """Column arrays for the ``enqueue_many`` statement."""
+    return (
+        ids,
+        [s.queue for s in specs],
+        [s.task for s in specs],
+        [s.args_json for s in specs],
+        [s.priority for s in specs],
+        [s.max_attempts for s in specs],
+        [s.run_at for s in specs],
+        [s.delay for s in specs],
+        [s.timeout for s in specs],
+        [s.idempotency_key for s in specs],
+    )
+
+
+def copy_records(ids: list[int], specs: list[JobSpec]) -> list[tuple[Any, ...]]:
+    """Rows for the ``copy_jobs`` statement."""
+    return [
+        (job_id, s.queue, s.task, s.args_json, s.priority, s.max_attempts)
+        for job_id, s in zip(ids, specs, strict=True)
+    ]
+
+
+@dataclass(slots=True)
+class BulkPlan:
+    """Bookkeeping of one bulk enqueue: which input rows still need a job id.
+
+    Rows that repeat an idempotency key already seen earlier in the same batch are
+    folded onto the first row with that key, so a batch never conflicts with itself.
+    """
+
+    specs: list[JobSpec]
+    results: list[EnqueueResult | None]
+    first_with_key: dict[str, int]
+
+    @classmethod
+    def for_specs(cls, specs: list[JobSpec]) -> BulkPlan:
+        first: dict[str, int] = {}
+        for index, spec in enumerate(specs):
+            if spec.idempotency_key is not None:
+                first.setdefault(spec.idempotency_key, index)
+        return cls(specs=specs, results=[None] * len(specs), first_with_key=first)
+
+    def pending(self) -> list[int]:
+        """Input rows still to insert (the first row of each key, and keyless rows)."""
+        return [
+            i
+            for i, spec in enumerate(self.specs)
+            if self.results[i] is None
+            and (spec.idempotency_key is None or self.first_with_key[spec.idempotency_key] == i)
+        ]
+
+    def record_insert(self, rows: list[int], ids: list[int], inserted: set[int]) -> list[str]:
+        """Note the rows the insert wrote; return the keys whose holder must be looked up."""
+        missing: list[str] = []
+        for row, job_id in zip(rows, ids, strict=True):
+            if job_id in inserted:
+                self.results[row] = EnqueueResult(job_id, duplicate=False)
+            else:
+                key = self.specs[row].idempotency_key
+                if key is None:  # only a keyed row can be skipped by ON CONFLICT
+                    raise AssertionError(f"keyless job {job_id} was not inserted")
+                missing.append(key)
+        return missing
+
+    def record_existing(self, holders: dict[str, int]) -> None:
+        for key, job_id in holders.items():
+            row = self.first_with_key[key]
+            if self.results[row] is None:
+                self.results[row] = EnqueueResult(job_id, duplicate=True)
+
+    def finish(self) -> list[EnqueueResult]:
+        """Results in input order; repeated keys share their first row's job."""
+        out: list[EnqueueResult] = []
+        for i, spec in enumerate(self.specs):
+            result = self.results[i]
+            if result is None and spec.idempotency_key is not None:
+                first = self.results[self.first_with_key[spec.idempotency_key]]
+                if first is not None:
+                    result = EnqueueResult(first.id, duplicate=True)
+            if result is None:
+                raise AssertionError(f"bulk enqueue left row {i} without a job")
+            out.append(result)
+        return out
+
+
+def job_from_row(row: Any) -> Job:
+    """A ``get_job`` row (either driver's) as a Job."""
+    return Job(
+        id=row[0],
+        queue=row[1],
+        task=row[2],
+        args=json.loads(row[3]),
+        state=JobState(row[4]),
+        priority=row[5],
+        attempts=row[6],
+        max_attempts=row[7],
+        run_at=row[8],
+        idempotency_key=row[9],
+        result=None if row[10] is None else json.loads(row[10]),
+        errors=json.loads(row[11]),
+        created_at=row[12],
+        started_at=row[13],
+        finished_at=row[14],
+        timeout=row[15],
+        progress=None if row[16] is None else json.loads(row[16]),
+    )
+
+
+def claimed_from_row(row: Any) -> ClaimedJob:
+    """A ``claim_jobs`` row as a ClaimedJob."""
+    return ClaimedJob(
+        id=row[0],
+        queue=row[1],
+        task=row[2],
+        args=json.loads(row[3]),
+        priority=row[4],
+        attempt=row[5],
+        max_attempts=row[6],
+        timeout=row[7],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue's row of ``pgqueue.queue_stats``."""
+
+    queue: str
+    queued: int
+    claimable: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    oldest_claimable_age: float | None  # seconds
+    paused: bool
+
+
+def queue_stats_from_row(row: Any) -> QueueStats:
+    return QueueStats(*row)

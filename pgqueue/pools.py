@@ -1,0 +1,420 @@
+"""pgqueue's own connections for the Queue's calls: a pool, plus one connection kept
+for the uncontended case.
+
+Most enqueues come one at a time. Taking a connection from a pool and giving it back
+costs tens of microseconds (asyncpg's ``Pool.acquire`` more than the insert's own
+Python work), so a caller that finds nobody else enqueueing uses a connection held
+for that purpose; concurrent callers fall through to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import psycopg
+import psycopg_pool
+import structlog
+from psycopg.pq import TransactionStatus
+
+from pgqueue.dberrors import (
+    asyncpg_fileno,
+    connection_failed,
+    looks_dead,
+    reconnect_delay,
+    rolled_back,
+)
+from pgqueue.errors import (
+    DatabaseUnavailableError,
+    OutcomeUnknownError,
+    PgQueueError,
+    PoolTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+T = TypeVar("T")
+_log = structlog.get_logger("pgqueue.queue")
+
+
+async def keep_session(_conn: object) -> None:
+    """The ``reset`` of pgqueue's own asyncpg pools: nothing. pgqueue never changes
+    session state on a pooled connection (no SET, no LISTEN, no open transaction), so
+    asyncpg's default reset query would only cost a round trip on every release."""
+
+
+@asynccontextmanager
+async def acquire(pool: asyncpg.Pool[Any]) -> AsyncIterator[Any]:
+    """A pooled connection that is closed, not handed back, when the block fails.
+
+    pgqueue's pools skip asyncpg's reset query on release (``keep_session``), and with
+    it the check that would have caught a connection left mid-operation by an error or
+    a cancellation (asyncpg's "another operation is in progress"). So a connection whose
+    block raised is terminated and the pool opens a fresh one; the next user never
+    inherits a broken one."""
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except BaseException as exc:
+            if not _leaves_connection_sound(exc):
+                conn.terminate()
+            raise
+
+
+def _leaves_connection_sound(exc: BaseException) -> bool:
+    # An error the server reported (and pgqueue's typed errors made from one) ends the
+    # statement cleanly; anything else (cancellation, a lost socket, the driver's own
+    # confusion) may leave the connection mid-operation.
+    return isinstance(exc, asyncpg.PostgresError | PgQueueError) and not isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError,
+    )
+
+
+class _FoundDeadError(ConnectionError):
+    """Every connection tried was found dead before anything was sent (a restart
+    dropped them all): safe to try again once the database answers."""
+
+
+# How a call on the Queue's own connection got as far as it did.
+_ACQUIRING, _RUNNING, _DONE = 0, 1, 2
+
+
+def _retry_reason(exc: BaseException, stage: int, *, idempotent: bool) -> str | None:
+    """Why a failed call may safely be made again, or None if it may not."""
+    if isinstance(exc, PgQueueError | psycopg_pool.PoolClosed):
+        return None  # our own verdicts (a pool timeout) are final, a closed pool too
+    if stage == _ACQUIRING:
+        return "unreachable" if connection_failed(exc) else None
+    if rolled_back(exc):
+        return "rolled_back"
+    if idempotent and connection_failed(exc):
+        return "connection_lost"
+    return None
+
+
+def _outcome_unknown(exc: BaseException) -> OutcomeUnknownError:
+    return OutcomeUnknownError(
+        f"the connection to PostgreSQL was lost while the statement was in flight "
+        f"({type(exc).__name__}: {exc}); it may have committed or not"
+    )
+
+
+class _Retrier:
+    """The bookkeeping of one call's retries: its deadline, the backoff, the logs."""
+
+    __slots__ = ("deadline", "failures", "maybe_written")
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.failures = 0
+        # A try lost its connection mid-statement: from then on, giving up cannot
+        # promise that nothing was written.
+        self.maybe_written: BaseException | None = None
+
+    def pause(self, exc: Exception, reason: str) -> float:
+        """The pause before the next try; raises instead once the deadline has passed."""
+        self.failures += 1
+        if reason == "connection_lost" and self.maybe_written is None:
+            self.maybe_written = exc
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            if self.maybe_written is not None:
+                raise _outcome_unknown(self.maybe_written) from exc
+            if reason == "rolled_back":
+                raise exc  # the server's own error says best what keeps going wrong
+            raise DatabaseUnavailableError(
+                f"PostgreSQL could not be reached in {self.failures} tries within the pool "
+                f"timeout ({type(exc).__name__}: {exc}); nothing was written"
+            ) from exc
+        delay = min(reconnect_delay(self.failures), remaining)
+        _log.warning(
+            "queue_call_retrying",
+            reason=reason,
+            error=f"{type(exc).__name__}: {exc}",
+            attempt=self.failures,
+            retry_in=round(delay, 3),
+        )
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            _log.info("queue_call_recovered", retries=self.failures)
+
+
+class AsyncConnections:
+    """An asyncpg pool for one event loop, and a held connection in front of it."""
+
+    def __init__(self, dsn: str, size: int, *, pool_timeout: float = 30.0) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._pool_timeout = pool_timeout
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._held: Any = None  # a pooled connection proxy, kept between calls
+        self._held_lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
+
+    async def run(self, op: Callable[[Any], Awaitable[T]], *, idempotent: bool = False) -> T:
+        """``op`` on one of our connections, made again (with backoff, until the pool
+        timeout) when that is safe: the database could not be reached or the connection
+        was found dead before anything was sent, or the server rolled the statement back
+        (see :data:`~pgqueue.dberrors.RETRY_SAFE_SQLSTATES`); and, when ``idempotent``,
+        after a connection lost mid-statement too. Otherwise a lost connection raises
+        :class:`~pgqueue.OutcomeUnknownError`."""
+        retrier = _Retrier(self._pool_timeout)
+        while True:
+            stage = _ACQUIRING
+            try:
+                async with self.connection(retrier.deadline) as conn:
+                    stage = _RUNNING
+                    result = await op(conn)
+                    stage = _DONE
+            except Exception as exc:
+                if stage == _DONE:  # only giving the connection back failed
+                    return result
+                reason = _retry_reason(exc, stage, idempotent=idempotent)
+                if reason is None:
+                    if stage == _RUNNING and connection_failed(exc):
+                        raise _outcome_unknown(exc) from exc
+                    raise
+                await asyncio.sleep(retrier.pause(exc, reason))
+                continue
+            retrier.succeeded()
+            return result
+
+    async def _opened(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            async with self._open_lock:  # concurrent first calls must share one pool
+                if self._pool is None:
+                    # No floor of idle connections: asyncpg would keep restoring it in
+                    # the background while the database is down (a restart), logging a
+                    # traceback each time. The held connection stays open anyway.
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._size, reset=keep_session
+                    )
+        return self._pool
+
+    @asynccontextmanager
+    async def connection(self, deadline: float | None = None) -> AsyncIterator[Any]:
+        """A live connection: the held one when nobody else is using it, else one from
+        the pool, waiting for one at most until ``deadline`` (``time.monotonic()``)."""
+        pool = await self._opened()
+        if self._held_lock.locked():
+            conn = await self._acquire_live(pool, deadline)
+            try:
+                yield conn
+            except BaseException as exc:
+                if not _leaves_connection_sound(exc) and not _released(conn):
+                    conn.terminate()  # as in acquire()
+                raise
+            finally:
+                await pool.release(conn)  # a no-op for one already given back
+            return
+        async with self._held_lock:
+            held, self._held = self._held, None
+            if held is None or not _reusable(held):
+                if held is not None:
+                    await _throw_away(pool, held)
+                held = await self._acquire_live(pool, deadline)
+            self._held = held
+            try:
+                yield held
+            except BaseException as exc:
+                if not _leaves_connection_sound(exc):  # as in acquire()
+                    self._held = None
+                    if not _released(held):
+                        held.terminate()  # which also gives it back to the pool
+                raise
+
+    async def _acquire_live(self, pool: asyncpg.Pool[Any], deadline: float | None) -> Any:
+        # After a restart every idle connection may be dead: each is thrown away (the
+        # pool opens a fresh one) without waiting, and a few more than the pool holds
+        # are tried before calling it a failure worth backing off for.
+        for _ in range(self._size + 1):
+            timeout = self._pool_timeout if deadline is None else deadline - time.monotonic()
+            try:
+                conn = await pool.acquire(timeout=max(timeout, 0.001))
+            except TimeoutError as exc:
+                raise _pool_timed_out(pool, self._pool_timeout) from exc
+            if _reusable(conn):
+                return conn
+            await _throw_away(pool, conn)
+        raise _FoundDeadError("every pooled connection tried was found closed by the server")
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        async with self._held_lock:
+            if self._held is not None:
+                await self._pool.release(self._held)
+                self._held = None
+        await self._pool.close()
+        self._pool = None
+
+
+def _released(conn: Any) -> bool:
+    """Whether asyncpg has taken a pooled connection back: it does so by itself when it
+    sees the connection close (a server restart), and the proxy then refuses all use."""
+    try:
+        conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+    return False
+
+
+def _reusable(conn: Any) -> bool:
+    """Open, idle, and not dropped by the server while idle, even if asyncpg has not yet
+    noticed (its event loop has not run since)."""
+    try:
+        if conn.is_closed() or conn.is_in_transaction():
+            return False
+    except asyncpg.InterfaceError:  # see _released()
+        return False
+    return not looks_dead(asyncpg_fileno(conn))
+
+
+async def _throw_away(pool: asyncpg.Pool[Any], conn: Any) -> None:
+    """Give up a connection that is not reusable: one left inside a transaction (a call
+    cancelled halfway) goes back to the pool, which rolls it back; a dead one is closed
+    (and its pool slot freed for a new one)."""
+    if _released(conn):
+        return
+    if conn.is_closed() or looks_dead(asyncpg_fileno(conn)):
+        conn.terminate()
+        return
+    await pool.release(conn)
+
+
+def _pool_timed_out(pool: asyncpg.Pool[Any], timeout: float) -> PgQueueError:
+    busy = pool.get_size() - pool.get_idle_size()
+    if busy >= pool.get_max_size():
+        return PoolTimeoutError(
+            f"all {busy} connections of the Queue's pool stayed busy for {timeout:g} s "
+            "(pool_size, pool_timeout); nothing was written"
+        )
+    return DatabaseUnavailableError(
+        f"no connection to PostgreSQL could be made within {timeout:g} s; nothing was written"
+    )
+
+
+class SyncConnections:
+    """A psycopg pool, and a held connection in front of it; thread-safe."""
+
+    def __init__(self, dsn: str, size: int, name: str, *, pool_timeout: float = 30.0) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._pool_timeout = pool_timeout
+        self._pool = psycopg_pool.ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=size,
+            kwargs={"autocommit": True},
+            open=True,
+            name=name,
+            timeout=pool_timeout,
+        )
+        self._held: psycopg.Connection[Any] | None = None
+        self._held_lock = threading.Lock()
+
+    def run(self, op: Callable[[psycopg.Connection[Any]], T], *, idempotent: bool = False) -> T:
+        """The sync twin of :meth:`AsyncConnections.run`."""
+        retrier = _Retrier(self._pool_timeout)
+        while True:
+            stage = _ACQUIRING
+            try:
+                with self.connection(retrier.deadline) as conn:
+                    stage = _RUNNING
+                    result = op(conn)
+                    stage = _DONE
+            except Exception as exc:
+                if stage == _DONE:
+                    return result
+                reason = _retry_reason(exc, stage, idempotent=idempotent)
+                if reason is None:
+                    if stage == _RUNNING and connection_failed(exc):
+                        raise _outcome_unknown(exc) from exc
+                    raise
+                time.sleep(retrier.pause(exc, reason))
+                continue
+            retrier.succeeded()
+            return result
+
+    @contextmanager
+    def connection(self, deadline: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        if not self._held_lock.acquire(blocking=False):
+            conn = self._getconn_live(deadline)
+            try:
+                yield conn
+            finally:
+                self._pool.putconn(conn)  # the pool discards a broken one
+            return
+        try:
+            held = self._held
+            if held is None or not _usable(held):
+                self._held = None
+                if held is not None:
+                    _discard_if_dead(held)
+                    self._pool.putconn(held)
+                held = self._held = self._getconn_live(deadline)
+            yield held
+        finally:
+            self._held_lock.release()
+
+    def _getconn_live(self, deadline: float | None) -> psycopg.Connection[Any]:
+        # As in AsyncConnections._acquire_live. While the database is down the pool
+        # keeps reconnecting in the background (with its own backoff and jitter) and
+        # getconn waits for it, at most until the deadline.
+        for _ in range(self._size + 1):
+            timeout = self._pool_timeout if deadline is None else deadline - time.monotonic()
+            try:
+                conn = self._pool.getconn(timeout=max(timeout, 0.001))
+            except psycopg_pool.PoolTimeout as exc:
+                raise self._timed_out() from exc
+            if _usable(conn):
+                return conn
+            _discard_if_dead(conn)
+            self._pool.putconn(conn)
+        raise _FoundDeadError("every pooled connection tried was found closed by the server")
+
+    def _timed_out(self) -> PgQueueError:
+        # The pool says only that it gave no connection in time: all busy, or none
+        # could be made. One connection attempt of our own tells which.
+        try:
+            psycopg.connect(self._dsn, connect_timeout=5).close()
+        except psycopg.Error as exc:
+            return DatabaseUnavailableError(
+                f"no connection to PostgreSQL could be made within {self._pool_timeout:g} s"
+                f" ({exc}); nothing was written"
+            )
+        return PoolTimeoutError(
+            f"all {self._size} connections of the Queue's pool stayed busy for "
+            f"{self._pool_timeout:g} s (pool_size, pool_timeout); nothing was written"
+        )
+
+    def close(self) -> None:
+        with self._held_lock:
+            if self._held is not None:
+                self._pool.putconn(self._held)
+                self._held = None
+        self._pool.close()
+
+
+def _usable(conn: psycopg.Connection[Any]) -> bool:
+    """Idle, open, and not dropped by the server while it sat in the pool."""
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    return not looks_dead(conn.fileno())
+
+
+def _discard_if_dead(conn: psycopg.Connection[Any]) -> None:
+    # A closed connection is thrown away by the pool when it is put back; one that is
+    # only idle inside a transaction is rolled back and kept.
+    if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        conn.close()

@@ -1,0 +1,43 @@
+"""Named SQL blocks, loaded once from the ``.sql`` files beside this package.
+
+A block starts with ``-- name: NAME`` and runs to the next such line. Python code asks
+for a statement by name (``query("claim_jobs")``) and never builds SQL from strings.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+_NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def parse_named_blocks(text: str) -> dict[str, str]:
+    """Split a file into its named blocks; text before the first name is a preamble."""
+    blocks: dict[str, str] = {}
+    matches = list(_NAME_LINE.finditer(text))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        body = text[match.end() : end].strip()
+        name = match["name"]
+        if name in blocks:
+            raise ValueError(f"SQL block {name!r} is defined twice")
+        blocks[name] = body
+    return blocks
+
+
+@cache
+def _queries() -> dict[str, str]:
+    text = resources.files("pgqueue").joinpath("sql", "queries.sql").read_text("utf-8")
+    return parse_named_blocks(text)
+
+
+def query(name: str) -> str:
+    """The SQL text of the block called ``name``."""
+    return _queries()[name]
+
+
+def schema_sql() -> str:
+    """The canonical schema at the head of the migration chain."""
+    return resources.files("pgqueue").joinpath("sql", "schema.sql").read_text("utf-8")

@@ -1,0 +1,372 @@
+-- Every statement pgqueue runs, one named block each, loaded by pgqueue.sql.load().
+-- Placeholders are $1, $2, ...: asyncpg and psycopg's raw cursors both take them, so
+-- one text serves both drivers. JSON goes in and out as text (args::text) so that the
+-- drivers' different jsonb codecs never matter.
+
+-- name: enqueue
+-- One job, no idempotency key: a plain INSERT, as cheap as the table allows.
+INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout)
+VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
+        make_interval(secs => $8::float8))
+RETURNING id, false AS duplicate;
+
+-- name: enqueue_idempotent
+-- One job with a key. The unique index decides; a conflict returns the holder. When the
+-- holder was committed after this statement's snapshot was taken, the second branch
+-- sees nothing and the caller runs the statement again (a new snapshot sees it).
+WITH inserted AS (
+    INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, idempotency_key)
+    VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
+            make_interval(secs => $8::float8), $9)
+    ON CONFLICT (idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
+        DO NOTHING
+    RETURNING id
+)
+SELECT id, false AS duplicate FROM inserted
+UNION ALL
+SELECT j.id, true AS duplicate
+FROM pgqueue.jobs j
+WHERE j.idempotency_key = $9
+  AND j.state IN ('queued', 'running', 'succeeded')
+  AND NOT EXISTS (SELECT FROM inserted);
+
+-- name: reserve_ids
+-- Ids for a bulk enqueue, taken before the insert so each input row knows its id; one
+-- array rather than a row per id, which is cheaper to send and to decode.
+SELECT array_agg(nextval('pgqueue.jobs_id_seq')) FROM generate_series(1, $1::integer);
+
+-- name: enqueue_many
+-- Many jobs in one statement; rows whose key is held are skipped and not returned.
+INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout, idempotency_key)
+SELECT u.id, u.queue, u.task, u.args::jsonb, u.priority, u.max_attempts,
+       COALESCE(u.run_at, now() + make_interval(secs => u.delay)),
+       make_interval(secs => u.timeout), u.idempotency_key
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::integer[],
+            $7::timestamptz[], $8::float8[], $9::float8[], $10::text[])
+     AS u(id, queue, task, args, priority, max_attempts, run_at, delay, timeout, idempotency_key)
+ON CONFLICT (idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
+    DO NOTHING
+RETURNING id;
+
+-- name: copy_jobs
+-- The bulk fast path, for batches with no keys, run_at, delay or timeout (ids from reserve_ids;
+-- every other column takes its default). COPY fires the statement trigger like INSERT.
+COPY pgqueue.jobs (id, queue, task, args, priority, max_attempts) FROM STDIN;
+
+-- name: find_by_idempotency_keys
+SELECT idempotency_key, id
+FROM pgqueue.jobs
+WHERE idempotency_key = ANY($1::text[])
+  AND state IN ('queued', 'running', 'succeeded');
+
+-- name: claim_jobs
+-- One statement per batch: lock up to $2 claimable jobs from the queues in $1 without
+-- waiting on rows other workers hold, and mark them running, held by worker $3. Each
+-- queue is scanned on its own (the partial index jobs_claim_idx is ordered within a queue), the candidates
+-- are merged in claim order, and the batch is cut to $2.
+WITH candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    -- A paused queue is skipped from the next claim on (pgqueue.pause_queue), before
+    -- any of its rows is locked.
+    FROM (SELECT u.name FROM unnest($1::text[]) AS u(name)
+          WHERE NOT EXISTS (SELECT FROM pgqueue.queues p WHERE p.name = u.name AND p.paused)) AS q
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM pgqueue.jobs j
+        WHERE j.state = 'queued' AND j.queue = q.name AND j.run_at <= now()
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT $2
+)
+UPDATE pgqueue.jobs AS j
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3::uuid,
+    progress = NULL
+FROM candidates
+WHERE j.id = candidates.id
+RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
+          EXTRACT(EPOCH FROM j.timeout)::float8;
+
+-- name: seconds_until_next_job
+-- How long until the next queued job of these queues is due, by the database's clock
+-- (an idle worker's alarm for delayed jobs and retries); NULL when none is queued.
+SELECT EXTRACT(EPOCH FROM min(run_at) - now())::float8
+FROM pgqueue.jobs
+WHERE state = 'queued' AND queue = ANY($1::text[]);
+
+-- name: complete_succeeded
+-- A batch of finished jobs: ids, their results (JSON text, NULL for None) and the
+-- attempt each ran as. The attempt guards the write: a job rescued from this worker and
+-- claimed again has moved on to a later attempt, and this stale outcome is dropped.
+-- Long-polling clients are told which jobs finished (see pgqueue_finished below).
+WITH done AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'succeeded', result = d.result::jsonb, finished_at = now()
+    FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS d(id, result, attempt)
+    WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt
+    RETURNING j.id
+)
+SELECT pgqueue.notify_finished(array_agg(id)) FROM done HAVING count(*) > 0;
+
+-- name: complete_in_transaction
+-- One job of a transactional task, marked succeeded inside the transaction that holds
+-- the task's own writes. Guarded like complete_succeeded and also by the worker ($4):
+-- no row back means the job was rescued or cancelled meanwhile, and the caller rolls
+-- the whole transaction back, so the task's writes happen only with the job's success.
+-- From here to COMMIT the job's row is locked: if the worker froze or lost its network
+-- in between, the rescue (SKIP LOCKED) could never hand the job on. So the rest of the
+-- transaction may sit idle at most $5 milliseconds (the lease); past that the server
+-- ends the session, the transaction rolls back and the job is rescued as usual.
+WITH done AS (
+    -- clock_timestamp(): now() would be the start of the task's own transaction.
+    UPDATE pgqueue.jobs
+    SET state = 'succeeded', result = $3::jsonb, finished_at = clock_timestamp()
+    WHERE id = $1 AND state = 'running' AND attempts = $2 AND worker_id = $4::uuid
+    RETURNING id
+)
+SELECT id, pgqueue.notify_finished(ARRAY[id]),
+       set_config('idle_in_transaction_session_timeout', $5::text, true)
+FROM done;
+
+-- name: complete_failed
+-- A batch of failed attempts: each gets its error entry appended; retry_in NULL means
+-- no retry (-> failed), otherwise the job is queued again that many seconds from now.
+-- Guarded by the attempt like complete_succeeded.
+WITH done AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = CASE WHEN d.retry_in IS NULL THEN 'failed' ELSE 'queued' END::pgqueue.job_state,
+        run_at = CASE WHEN d.retry_in IS NULL THEN j.run_at
+                      ELSE now() + make_interval(secs => d.retry_in) END,
+        errors = j.errors || jsonb_build_array(d.error::jsonb || jsonb_build_object('at', now())),
+        finished_at = CASE WHEN d.retry_in IS NULL THEN now() END
+    FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS d(id, error, retry_in, attempt)
+    WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt
+    RETURNING j.id, j.state
+)
+SELECT pgqueue.notify_finished(array_agg(id)) FROM done WHERE state = 'failed' HAVING count(*) > 0;
+
+-- name: snooze_jobs
+-- Tasks that asked to run again later (Snooze): queued again $2 seconds from now, and
+-- the attempt given back, since asking to wait is not a failure. Attempt-guarded.
+UPDATE pgqueue.jobs AS j
+SET state = 'queued', run_at = now() + make_interval(secs => d.after),
+    attempts = j.attempts - 1
+FROM unnest($1::bigint[], $2::float8[], $3::integer[]) AS d(id, after, attempt)
+WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt;
+
+-- name: cancel_job
+SELECT pgqueue.cancel_job($1::bigint)::text;
+
+-- name: cancelled_among
+-- Which of a worker's running jobs were cancelled (the poll behind the cancel NOTIFY).
+SELECT id FROM pgqueue.jobs WHERE id = ANY($1::bigint[]) AND state = 'cancelled';
+
+-- name: retry_job
+SELECT pgqueue.retry_job($1::bigint);
+
+-- name: release_jobs
+-- Hand claimed jobs that never started back to the queue, as if never claimed.
+UPDATE pgqueue.jobs
+SET state = 'queued', attempts = attempts - 1, started_at = NULL
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND worker_id = $2::uuid;
+
+-- name: release_unknown_jobs
+-- The jobs held by worker $1 other than those in $2 (the ones it runs or is reporting
+-- on): claimed by a claim whose answer was lost with its connection. Back to the queue
+-- as if never claimed.
+UPDATE pgqueue.jobs
+SET state = 'queued', attempts = attempts - 1, started_at = NULL
+WHERE worker_id = $1::uuid AND state = 'running' AND id <> ALL($2::bigint[])
+RETURNING id;
+
+-- name: register_worker
+INSERT INTO pgqueue.workers (id, host, pid, queues, concurrency)
+VALUES ($1::uuid, $2, $3, $4::text[], $5);
+
+-- name: heartbeat
+-- One statement per worker per beat, whatever the number of jobs it holds. No row
+-- back means the worker was declared dead (its jobs rescued) and must register again.
+UPDATE pgqueue.workers SET last_heartbeat = now() WHERE id = $1::uuid RETURNING id;
+
+-- name: deregister_worker
+DELETE FROM pgqueue.workers WHERE id = $1::uuid;
+
+-- name: rescue_jobs
+-- Drop the workers whose heartbeat is older than the lease ($1 seconds) and hand their
+-- running jobs back: queued again with an error entry saying the worker was lost (the
+-- attempt it was on counts), or failed when that was the last attempt. A running job
+-- whose worker row is missing altogether is rescued too. Workers are woken for the
+-- queues that got jobs back. Returns one row per rescued job.
+-- One live worker at a time does it: the one whose statement gets the advisory lock.
+-- Lock and rescue are one statement, run outside any transaction block, so the lock
+-- lives exactly as long as the statement: a rescuer frozen or cut off between round
+-- trips cannot hold it and stop every other worker from rescuing.
+WITH elected AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(7215408337251730690) AS yes
+), expired AS (
+    DELETE FROM pgqueue.workers
+    WHERE (SELECT yes FROM elected)
+      AND last_heartbeat < now() - make_interval(secs => $1::float8)
+    RETURNING id
+), orphaned AS (
+    SELECT j.id
+    FROM pgqueue.jobs j
+    WHERE (SELECT yes FROM elected)
+      AND j.state = 'running'
+      AND (j.worker_id IN (SELECT id FROM expired)
+           OR (j.worker_id IS NOT NULL
+               AND NOT EXISTS (SELECT FROM pgqueue.workers w WHERE w.id = j.worker_id))
+           -- claimed before workers registered (0001): give it one lease from its start
+           OR (j.worker_id IS NULL AND j.started_at < now() - make_interval(secs => $1::float8)))
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END::pgqueue.job_state,
+        run_at = now(),
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'type', 'pgqueue.WorkerLost',
+            'message', 'the worker running this job stopped heartbeating (killed, frozen or cut off from the database)',
+            'traceback', NULL,
+            'worker_id', j.worker_id,
+            'at', now()))
+    FROM orphaned
+    WHERE j.id = orphaned.id
+    RETURNING j.id, j.queue, j.state
+), woken AS (
+    SELECT pg_notify('pgqueue_enqueued', q.queue)
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'queued') AS q
+), finished AS (
+    SELECT pgqueue.notify_finished(array_agg(id)) FROM rescued WHERE state = 'failed'
+    HAVING count(*) > 0
+)
+SELECT r.id, r.state::text, (SELECT count(*) FROM woken) AS queues_woken,
+       (SELECT count(*) FROM finished) AS finished_notified
+FROM rescued r;
+
+-- name: get_job
+SELECT id, queue, task, args::text, state::text, priority, attempts, max_attempts, run_at,
+       idempotency_key, result::text, errors::text, created_at, started_at, finished_at,
+       EXTRACT(EPOCH FROM timeout)::float8, progress::text
+FROM pgqueue.jobs
+WHERE id = $1;
+
+-- name: set_progress
+-- A running attempt's progress report; no row back when the attempt is no longer running.
+UPDATE pgqueue.jobs SET progress = $2::jsonb
+WHERE id = $1 AND state = 'running' AND attempts = $3
+RETURNING id;
+
+-- name: pause_queue
+SELECT pgqueue.pause_queue($1);
+
+-- name: resume_queue
+SELECT pgqueue.resume_queue($1);
+
+-- name: queue_stats
+SELECT queue, queued, claimable, running, succeeded, failed, cancelled,
+       EXTRACT(EPOCH FROM oldest_claimable_age)::float8, paused
+FROM pgqueue.queue_stats
+ORDER BY queue;
+
+-- name: list_jobs
+-- Newest first, one page: jobs with an id below $1 (the cursor; NULL for the first
+-- page), filtered by queue, state and task where given, at most $5.
+SELECT id, queue, task, args::text, state::text, priority, attempts, max_attempts, run_at,
+       idempotency_key, result::text, errors::text, created_at, started_at, finished_at,
+       EXTRACT(EPOCH FROM timeout)::float8, progress::text
+FROM pgqueue.jobs
+WHERE ($1::bigint IS NULL OR id < $1)
+  AND ($2::text IS NULL OR queue = $2)
+  AND ($3::pgqueue.job_state IS NULL OR state = $3)
+  AND ($4::text IS NULL OR task = $4)
+ORDER BY id DESC
+LIMIT $5;
+
+-- name: create_api_key
+INSERT INTO pgqueue.api_keys (name, scope, key_hash) VALUES ($1, $2, $3) RETURNING id;
+
+-- name: find_api_key
+-- The live key with this hash, marked as used (at most once a minute, to spare writes).
+WITH found AS (
+    SELECT id, name, scope, last_used_at FROM pgqueue.api_keys
+    WHERE key_hash = $1 AND revoked_at IS NULL
+), touched AS (
+    UPDATE pgqueue.api_keys k SET last_used_at = now()
+    FROM found f
+    WHERE k.id = f.id AND (f.last_used_at IS NULL OR f.last_used_at < now() - interval '1 minute')
+)
+SELECT id, name, scope FROM found;
+
+-- name: list_api_keys
+SELECT id, name, scope, created_at, last_used_at, revoked_at FROM pgqueue.api_keys ORDER BY id;
+
+-- name: revoke_api_key
+UPDATE pgqueue.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
+
+-- dashboard
+
+-- name: dashboard_throughput
+-- Jobs that finished in each of the last $1 minutes, per queue: minute 0 is the last 60
+-- seconds, 1 the 60 before, and so on (a sliding window, not clock minutes), with how
+-- many of them failed. The window bounds the rows counted, but no index covers
+-- finished_at, so this is a sequential scan of pgqueue.jobs, about the cost of the
+-- pgqueue.queue_stats view that the dashboard reads on the same refresh (a fraction of
+-- a second per million rows). An index on finished_at would make it a range scan, at
+-- the price of one more index write per finished job.
+SELECT queue,
+       GREATEST(0, floor(EXTRACT(EPOCH FROM now() - finished_at) / 60))::integer AS minutes_ago,
+       count(*) AS finished,
+       count(*) FILTER (WHERE state = 'failed') AS failed
+FROM pgqueue.jobs
+WHERE finished_at > now() - make_interval(mins => $1::integer)
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- metrics
+
+-- name: metrics_jobs
+-- Everything GET /metrics says about jobs, in one pass over pgqueue.jobs: a sequential
+-- scan, a few times the cost of the pgqueue.queue_stats view (see the service's
+-- metrics.py for what each figure means, what it costs and how often it runs; no index
+-- would help, since every row is counted). One row per queue, task and
+-- duration bucket: rows by state, attempts beyond each job's first (retries), the
+-- oldest claimable job's run_at, and for finished jobs (succeeded or failed) the run time
+-- of their last attempt, claim (started_at) to finished_at. bucket is how many of the
+-- bounds in $1 (microseconds, ascending) lie below that run time, so bucket k counts
+-- jobs with bounds[k-1] < run time <= bounds[k] (k = cardinality($1): above them all);
+-- NULL for jobs not finished. Whole microseconds (what timestamptz holds) keep the
+-- edges exact. date_part, not EXTRACT: EXTRACT's numeric costs per row, and this reads
+-- every row (float8 is exact here: the microseconds are rounded back to an integer).
+SELECT queue, task,
+       CASE WHEN state IN ('succeeded', 'failed') AND started_at IS NOT NULL
+                 AND finished_at IS NOT NULL
+            THEN width_bucket(
+                (date_part('epoch', finished_at - started_at) * 1000000)::bigint - 1,
+                $1::bigint[])
+       END AS bucket,
+       count(*) AS total,
+       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS claimable,
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       COALESCE(sum(GREATEST(attempts - 1, 0)), 0)::bigint AS retries,
+       date_part('epoch', now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()))
+           AS oldest_claimable_age,
+       COALESCE(date_part('epoch', sum(finished_at - started_at)
+                                   FILTER (WHERE state IN ('succeeded', 'failed'))), 0)
+           AS duration_sum
+FROM pgqueue.jobs
+GROUP BY 1, 2, 3;
+
+-- name: metrics_queues
+-- Queues with settings of their own (a small table): paused or not, and listed even
+-- when they hold no job.
+SELECT name, paused FROM pgqueue.queues;

@@ -1,0 +1,70 @@
+"""The Litestar application."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from .auth import OPEN_PATHS, ApiKeyMiddleware
+from .dashboard import DASHBOARD_HANDLERS, template_config
+from .health import healthz, readyz
+from .jobs import JobsController
+from .logs import RequestObserver
+from .metrics import Metrics, metrics_endpoint
+from .problems import EXCEPTION_HANDLERS
+from .queues import QueuesController
+from .state import ServiceState
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .settings import ServiceSettings
+
+
+def create_app(settings: ServiceSettings) -> Litestar:
+    """The service for one database. Serve it with any ASGI server (``pgqueue api``)."""
+    state = ServiceState(settings)
+    metrics = Metrics(settings.metrics_cache_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    exclude = [f"^{path}$" for path in OPEN_PATHS] + ["^/schema"]
+    app = Litestar(
+        route_handlers=[
+            JobsController,
+            QueuesController,
+            healthz,
+            readyz,
+            metrics_endpoint,
+            *DASHBOARD_HANDLERS,
+        ],
+        template_config=template_config(),
+        middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=exclude)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="pgqueue",
+            version="1",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        state=State({"pgqueue": state, "pgqueue_metrics": metrics}),
+    )
+    # Around everything, 404s included: access log, request id, request metrics.
+    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    return app

@@ -1,0 +1,176 @@
+"""API keys: ``Authorization: Bearer KEY`` on every request but the health checks.
+
+A key is 256 random bits shown once at creation; the database keeps only its SHA-256.
+Scopes nest: ``admin`` can do everything, ``enqueue`` can enqueue and read, ``read``
+can only read. No key or an unknown one is 401, a key without the scope is 403.
+The dashboard's pages also take the key from the cookie its login page sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlencode
+
+import psycopg
+from litestar.enums import ScopeType
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from pgqueue import driver
+from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
+
+from .problems import ProblemError
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers.base import BaseRouteHandler
+
+    from .state import ServiceState
+
+Scope = Literal["read", "enqueue", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "enqueue", "admin")
+_RANK = {scope: rank for rank, scope in enumerate(SCOPES)}
+KEY_PREFIX = "pgq_"
+# Paths anyone may call: probes must work without a key.
+OPEN_PATHS = {"/healthz", "/readyz"}
+# The dashboard (dashboard.py): a browser cannot send a Bearer header when it navigates,
+# so requests under this path may instead carry the key in this cookie, which the
+# dashboard's login page sets (HttpOnly, SameSite=Strict, Path=/dashboard).
+DASHBOARD_PATH = "/dashboard"
+DASHBOARD_COOKIE = "pgqueue_dashboard_key"
+# The dashboard's fragments, fetched by its pages' script: 401 rather than a redirect.
+DASHBOARD_PARTIALS = DASHBOARD_PATH + "/partials/"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiUser:
+    key_id: int | None  # None: auth is off (pgqueue dev)
+    name: str
+    scope: Scope
+
+    def can(self, scope: Scope) -> bool:
+        return _RANK[self.scope] >= _RANK[scope]
+
+
+DEV_USER = ApiUser(key_id=None, name="dev (auth off)", scope="admin")
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="pgqueue"'})
+
+
+class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        state: ServiceState = connection.app.state.pgqueue
+        if not state.settings.auth:
+            return AuthenticationResult(user=DEV_USER, auth=None)
+        header = connection.headers.get("authorization", "")
+        if not header and _is_dashboard(connection.scope["path"]):
+            return await _dashboard_cookie(connection, state)
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthorized("this endpoint needs an API key: Authorization: Bearer KEY")
+        user = await state.keys.lookup(key.strip())
+        if user is None:
+            raise _unauthorized("unknown or revoked API key")
+        return AuthenticationResult(user=user, auth=key)
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/")
+
+
+async def _dashboard_cookie(
+    connection: ASGIConnection[Any, Any, Any, Any], state: ServiceState
+) -> AuthenticationResult:
+    key = connection.cookies.get(DASHBOARD_COOKIE, "")
+    user = await state.keys.lookup(key) if key else None
+    if user is not None:
+        return AuthenticationResult(user=user, auth=key)
+    scope = connection.scope
+    path = scope["path"]
+    page = scope["type"] == ScopeType.HTTP and scope["method"] == "GET"
+    if page and not path.startswith(DASHBOARD_PARTIALS):
+        # A page: to the login page, which comes back here once logged in.
+        query = scope["query_string"].decode("latin-1")
+        target = urlencode({"next": f"{path}?{query}" if query else path})
+        location = f"{DASHBOARD_PATH}/login?{target}"
+        raise ProblemError(303, f"log in first: {location}", headers={"Location": location})
+    raise ProblemError(401, f"log in first: {DASHBOARD_PATH}/login")
+
+
+class KeyCache:
+    """Looked-up keys, trusted for ``ttl`` seconds (revocation takes that long)."""
+
+    def __init__(self, state: ServiceState, ttl: float) -> None:
+        self._state = state
+        self._ttl = ttl
+        self._known: dict[bytes, tuple[float, ApiUser | None]] = {}
+
+    async def lookup(self, key: str) -> ApiUser | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._known.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._state.connection() as conn:
+            row = await driver.find_api_key(AsyncpgExecutor(conn), digest)
+        user = None if row is None else ApiUser(key_id=row[0], name=row[1], scope=row[2])  # type: ignore[arg-type]
+        if len(self._known) > 10_000:  # a flood of made-up keys must not grow it forever
+            self._known.clear()
+        self._known[digest] = (now + self._ttl, user)
+        return user
+
+
+def requires(scope: Scope) -> Any:
+    """A route guard: the caller's key must grant ``scope``."""
+
+    # async: a plain function guard would be run in a thread on every request.
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        user = connection.user
+        if not isinstance(user, ApiUser) or not user.can(scope):
+            have = user.scope if isinstance(user, ApiUser) else "none"
+            raise ProblemError(
+                403, f"this needs an API key with scope {scope!r}; yours has {have!r}"
+            )
+
+    return guard
+
+
+def create_key(dsn: str, *, name: str, scope: str) -> tuple[int, str]:
+    """Store a new key's hash; return its id and the key (shown once, never stored)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}")
+    if not 1 <= len(name) <= 100:
+        raise ValueError("name must be 1-100 characters")
+    key = generate_key()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        key_id = driver.create_api_key_sync(PsycopgExecutor(conn), name, scope, hash_key(key))
+    return key_id, key
+
+
+def list_keys(dsn: str) -> list[tuple[Any, ...]]:
+    """id, name, scope, created_at, last_used_at, revoked_at of every key."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return driver.list_api_keys_sync(PsycopgExecutor(conn))
+
+
+def revoke_key(dsn: str, key_id: int) -> bool:
+    """Revoke a live key; False if there is none with that id."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return driver.revoke_api_key_sync(PsycopgExecutor(conn), key_id)

@@ -1,0 +1,642 @@
+"""The web dashboard at ``/dashboard``: the queues with their counts, throughput and lag
+(refreshed every few seconds), the jobs filtered by queue, state and task, and each job
+with its args, result and every attempt's error; admin keys also get retry, cancel,
+pause and resume buttons.
+
+Server-rendered Jinja templates (autoescaped) and a few lines of plain JavaScript that
+fetch HTML fragments: no build step, and nothing loaded from anywhere else.
+
+Auth: pages need scope ``read``, actions ``admin``. A browser logs in by pasting an API
+key into /dashboard/login, which keeps it in an HttpOnly, SameSite=Strict cookie (Secure
+over https) sent to /dashboard paths only; ``auth.ApiKeyMiddleware`` accepts it there.
+Every POST must carry the session's CSRF token, rendered into the page's forms: an HMAC
+of the API key keyed by a random per-browser cookie (HttpOnly, SameSite=Strict too), so
+a page of another site can neither read nor compute it, and a token is good only for
+one browser and one key. A browser's cross-site POST is refused outright as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final
+from urllib.parse import urlencode, urlsplit
+
+import structlog
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import Cookie
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.template.config import TemplateConfig
+
+from pgqueue import driver
+from pgqueue.errors import InvalidJobError, JobNotFoundError, JobStateError
+from pgqueue.executors import AsyncpgExecutor
+from pgqueue.jobs import validate_queue_name
+from pgqueue.states import TERMINAL_STATES, JobState
+
+from .auth import DASHBOARD_COOKIE, DASHBOARD_PATH, ApiUser, requires
+from .jobs import parse_job_id
+from .problems import ProblemError
+
+if TYPE_CHECKING:
+    from litestar.datastructures import FormMultiDict
+
+    from pgqueue.jobs import Job, QueueStats
+
+    from .state import ServiceState
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+STATIC_TYPES: Final = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+}
+# A random value per browser, the secret of its CSRF tokens (see the module docstring).
+NONCE_COOKIE = "pgqueue_dashboard_nonce"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+REFRESH_SECONDS = 5
+JOB_REFRESH_SECONDS = 3
+THROUGHPUT_MINUTES = 15
+RECENT_JOBS = 15
+PAGE_JOBS = 50
+SPARK = "▁▂▃▄▅▆▇█"
+# Pages only load this app's own script and styles, cannot be framed (the admin buttons
+# must not be clickjacked) and post forms only back here.
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+NOTICES: Final = {
+    "retried": "Queued again.",
+    "cancelled": "Cancelled.",
+    "paused": "Paused: workers claim nothing more from it until it is resumed.",
+    "resumed": "Resumed.",
+}
+ERRORS: Final = {
+    "conflict": "Not done: that does not apply to the job in the state it is in now.",
+}
+
+_log = structlog.get_logger("pgqueue.service")
+
+
+# --- template helpers --------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    """A span of time for people: 850 ms, 12 s, 4 min 05 s, 2 h 03 min, 3 d 4 h."""
+    if seconds is None:
+        return "—"
+    value = max(0.0, seconds)
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    minutes, secs = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def when(value: datetime | None) -> str:
+    return "—" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    delta = (datetime.now(UTC) - value).total_seconds()
+    return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@functools.cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every template, whatever its file name
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(duration=duration, when=when, ago=ago, pretty=pretty)
+    return env
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(_environment()))
+
+
+# --- what the pages show -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueRow:
+    stats: QueueStats
+    last_minute: int  # jobs finished in the last 60 s
+    finished: int  # ... in the whole window
+    failed: int  # ... of which failed
+    spark: str  # one character per minute, oldest first
+    spark_title: str
+
+
+def queue_rows(
+    stats: list[QueueStats], throughput: list[tuple[str, int, int, int]], minutes: int
+) -> list[QueueRow]:
+    per_minute: dict[str, list[int]] = {}
+    failed: dict[str, int] = {}
+    for queue, minutes_ago, count, failures in throughput:
+        if 0 <= minutes_ago < minutes:
+            per_minute.setdefault(queue, [0] * minutes)[minutes - 1 - minutes_ago] += count
+            failed[queue] = failed.get(queue, 0) + failures
+    rows = []
+    for stat in stats:
+        counts = per_minute.get(stat.queue, [0] * minutes)
+        top = max(counts)
+        spark = "".join(
+            SPARK[0 if n == 0 else 1 + round((len(SPARK) - 2) * n / top)] for n in counts
+        )
+        rows.append(
+            QueueRow(
+                stats=stat,
+                last_minute=counts[-1],
+                finished=sum(counts),
+                failed=failed.get(stat.queue, 0),
+                spark=spark,
+                spark_title=(
+                    f"jobs finished per minute over the last {minutes} minutes, oldest first: "
+                    + ", ".join(map(str, counts))
+                ),
+            )
+        )
+    return rows
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptError:
+    attempt: Any
+    type: str
+    message: str
+    traceback: str | None
+    at: str
+    extra: dict[str, Any]
+
+
+def attempt_errors(errors: list[Any]) -> list[AttemptError]:
+    """The job's error entries as the page shows them, whatever shape each one has."""
+    shown = []
+    for entry in errors:
+        item = entry if isinstance(entry, dict) else {"message": pretty(entry)}
+        known = {"attempt", "type", "message", "traceback", "at"}
+        traceback = item.get("traceback")
+        shown.append(
+            AttemptError(
+                attempt=item.get("attempt", "?"),
+                type=str(item.get("type") or "error"),
+                message=str(item.get("message") or ""),
+                traceback=None if traceback is None else str(traceback),
+                at=_timestamp(item.get("at")),
+                extra={k: v for k, v in item.items() if k not in known},
+            )
+        )
+    return shown
+
+
+def _timestamp(value: object) -> str:
+    """An error entry's ``at`` (ISO 8601 text, as jsonb keeps it) like the page's others."""
+    try:
+        return when(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return "" if value is None else str(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFilter:
+    queue: str | None = None
+    state: JobState | None = None
+    task: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, queue: str | None, state: str | None, task: str | None) -> JobFilter:
+        queue, state, task = (v.strip() if v and v.strip() else None for v in (queue, state, task))
+        try:
+            return cls(queue, None if state is None else JobState(state), task)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            return cls(queue, None, task, f"There is no state {state!r}: {names}.")
+
+    def query(self, **extra: Any) -> str:
+        params = {"queue": self.queue, "state": self.state and self.state.value, "task": self.task}
+        return urlencode({k: v for k, v in {**params, **extra}.items() if v is not None})
+
+
+def safe_next(raw: object) -> str:
+    """Where to go after logging in: a dashboard path of this site, never elsewhere."""
+    if not isinstance(raw, str) or not raw.startswith(DASHBOARD_PATH):
+        return DASHBOARD_PATH
+    parts = urlsplit(raw)
+    if parts.scheme or parts.netloc or "\\" in raw or any(c.isspace() for c in raw):
+        return DASHBOARD_PATH
+    return raw
+
+
+# --- CSRF and the session's cookies ----------------------------------------------------------
+
+
+def csrf_token(nonce: str, key: str) -> str:
+    """The token of a session: its browser's nonce cookie, bound to its API key."""
+    message = b"pgqueue dashboard csrf\0" + key.encode("utf-8")
+    return hmac.new(nonce.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def _request_key(request: Request[Any, Any, Any]) -> str:
+    """The key the request was authenticated with ("" for none: auth off, login)."""
+    auth = request.scope.get("auth")
+    return auth if isinstance(auth, str) else ""
+
+
+async def _checked_form(request: Request[Any, Any, Any], key: str | None = None) -> FormMultiDict:
+    """The posted form, once its CSRF token is the session's (else 403)."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise ProblemError(403, "the dashboard refuses posts from other sites")
+    form = await request.form()
+    sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
+    nonce = request.cookies.get(NONCE_COOKIE)
+    key = _request_key(request) if key is None else key
+    if (
+        not nonce
+        or not isinstance(sent, str)
+        or not hmac.compare_digest(sent, csrf_token(nonce, key))
+    ):
+        raise ProblemError(403, "missing or wrong CSRF token: reload the page and try again")
+    return form
+
+
+def _cookie(request: Request[Any, Any, Any], name: str, value: str) -> Cookie:
+    return Cookie(
+        key=name,
+        value=value,
+        path=DASHBOARD_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def _service(request: Request[Any, Any, Any]) -> ServiceState:
+    service: ServiceState = request.app.state.pgqueue
+    return service
+
+
+def _user(request: Request[Any, Any, Any]) -> ApiUser | None:
+    user = request.scope.get("user")
+    return user if isinstance(user, ApiUser) else None
+
+
+def render(
+    request: Request[Any, Any, Any],
+    template: str,
+    *,
+    status_code: int = 200,
+    **context: Any,
+) -> Template:
+    """A page or fragment, with what every template uses; a browser without a nonce
+    cookie (the CSRF token's secret) gets one."""
+    cookies = []
+    nonce = request.cookies.get(NONCE_COOKIE)
+    if not nonce:
+        nonce = secrets.token_urlsafe(32)
+        cookies.append(_cookie(request, NONCE_COOKIE, nonce))
+    user = _user(request)
+    base = {
+        "base": DASHBOARD_PATH,
+        "user": user,
+        "admin": user is not None and user.can("admin"),
+        "auth_on": _service(request).settings.auth,
+        "csrf_field": CSRF_FIELD,
+        "csrf": csrf_token(nonce, _request_key(request)),
+        "refresh_seconds": REFRESH_SECONDS,
+        "nav": "",
+    }
+    return Template(
+        template_name=template,
+        context={**base, **context},
+        status_code=status_code,
+        cookies=cookies,
+    )
+
+
+def _job_url(job_id: int, **params: str) -> str:
+    return f"{DASHBOARD_PATH}/jobs/{job_id}" + (f"?{urlencode(params)}" if params else "")
+
+
+# --- pages and actions ---------------------------------------------------------------------
+
+
+class DashboardController(Controller):
+    """Everything behind a key: the pages need ``read``, the actions ``admin``."""
+
+    path = DASHBOARD_PATH
+    include_in_schema = False
+    guards = [requires("read")]  # noqa: RUF012 - Litestar's own class attribute
+    response_headers = SECURITY_HEADERS
+
+    @get("/")
+    async def overview(self, request: Request[Any, Any, Any]) -> Template:
+        service = _service(request)
+        queues, jobs = await _overview(service)
+        return render(
+            request,
+            "overview.html.j2",
+            nav="queues",
+            queues=queues,
+            minutes=THROUGHPUT_MINUTES,
+            jobs=jobs,
+            jobs_refresh=f"{DASHBOARD_PATH}/partials/jobs?limit={RECENT_JOBS}",
+            next_url=None,
+            notice=NOTICES.get(request.query_params.get("notice", "")),
+        )
+
+    @get("/jobs")
+    async def jobs(
+        self,
+        request: Request[Any, Any, Any],
+        queue: FromQuery[str | None] = None,
+        state_name: Annotated[str | None, QueryParameter(name="state")] = None,
+        task: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> Template:
+        service = _service(request)
+        filters = JobFilter.parse(queue, state_name, task)
+        before = None if not cursor else parse_job_id(cursor)
+        jobs, next_url = await _job_page(service, filters, PAGE_JOBS, before)
+        async with service.connection() as conn:
+            queue_names = [s.queue for s in await driver.queue_stats(AsyncpgExecutor(conn))]
+        refresh = None
+        if before is None:  # the first page follows new jobs; older pages stay put
+            refresh = f"{DASHBOARD_PATH}/partials/jobs?{filters.query(limit=PAGE_JOBS)}"
+        return render(
+            request,
+            "jobs.html.j2",
+            nav="jobs",
+            filters=filters,
+            states=[s.value for s in JobState],
+            queue_names=queue_names,
+            jobs=jobs,
+            jobs_refresh=refresh,
+            next_url=next_url,
+        )
+
+    @get("/jobs/{job_id:str}")
+    async def job(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Template:
+        ident = parse_job_id(job_id)
+        job = await _get_job(_service(request), ident)
+        if job is None:
+            return render(request, "missing.html.j2", status_code=404, job_id=ident, nav="jobs")
+        return render(
+            request,
+            "job.html.j2",
+            nav="jobs",
+            refresh_seconds=JOB_REFRESH_SECONDS,
+            notice=NOTICES.get(request.query_params.get("notice", "")),
+            error=ERRORS.get(request.query_params.get("error", "")),
+            **_job_context(job),
+        )
+
+    # Fragments the pages' script fetches to refresh themselves.
+
+    @get("/partials/queues")
+    async def queues_partial(self, request: Request[Any, Any, Any]) -> Template:
+        queues, _ = await _overview(_service(request), jobs=False)
+        return render(request, "_queues.html.j2", queues=queues, minutes=THROUGHPUT_MINUTES)
+
+    @get("/partials/jobs")
+    async def jobs_partial(
+        self,
+        request: Request[Any, Any, Any],
+        queue: FromQuery[str | None] = None,
+        state_name: Annotated[str | None, QueryParameter(name="state")] = None,
+        task: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=PAGE_JOBS)] = PAGE_JOBS,
+    ) -> Template:
+        filters = JobFilter.parse(queue, state_name, task)
+        jobs, next_url = await _job_page(_service(request), filters, limit, None)
+        return render(request, "_jobs.html.j2", jobs=jobs, next_url=next_url)
+
+    @get("/partials/jobs/{job_id:str}")
+    async def job_partial(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Template:
+        ident = parse_job_id(job_id)
+        job = await _get_job(_service(request), ident)
+        if job is None:
+            raise JobNotFoundError(f"there is no job {ident}")
+        return render(request, "_job.html.j2", **_job_context(job))
+
+    @get("/partials/session", status_code=204)
+    async def session(self) -> None:
+        """204 while the browser's cookie holds a live key (the login page asks)."""
+
+    # Actions: admin only, each a POST with the CSRF token, then back to the page.
+
+    @post("/jobs/{job_id:str}/retry", guards=[requires("admin")], status_code=303)
+    async def retry(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Redirect:
+        return await _job_action(request, job_id, "retry")
+
+    @post("/jobs/{job_id:str}/cancel", guards=[requires("admin")], status_code=303)
+    async def cancel(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Redirect:
+        return await _job_action(request, job_id, "cancel")
+
+    @post("/queues/{name:str}/pause", guards=[requires("admin")], status_code=303)
+    async def pause(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Redirect:
+        return await _queue_action(request, name, paused=True)
+
+    @post("/queues/{name:str}/resume", guards=[requires("admin")], status_code=303)
+    async def resume(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Redirect:
+        return await _queue_action(request, name, paused=False)
+
+
+class DashboardLoginController(Controller):
+    """What a browser reaches without a key: logging in and out, and the page assets."""
+
+    path = DASHBOARD_PATH
+    include_in_schema = False
+    opt = {"exclude_from_auth": True}  # noqa: RUF012 - Litestar's own class attribute
+    response_headers = SECURITY_HEADERS
+
+    @get("/login")
+    async def login_page(
+        self,
+        request: Request[Any, Any, Any],
+        next_path: Annotated[str | None, QueryParameter(name="next")] = None,
+    ) -> Template | Redirect:
+        if not _service(request).settings.auth:
+            return Redirect(safe_next(next_path), status_code=303)
+        return render(request, "login.html.j2", next=safe_next(next_path), error=None)
+
+    @post("/login", status_code=303)
+    async def login(self, request: Request[Any, Any, Any]) -> Template | Redirect:
+        service = _service(request)
+        if not service.settings.auth:
+            return Redirect(DASHBOARD_PATH, status_code=303)
+        form = await _checked_form(request)
+        target = safe_next(form.get("next"))
+        key = form.get("key")
+        key = key.strip() if isinstance(key, str) else ""
+        user = await service.keys.lookup(key) if key else None
+        if user is None:
+            _log.info("dashboard_login_refused")
+            return render(
+                request,
+                "login.html.j2",
+                status_code=401,
+                next=target,
+                error="That key is unknown or revoked.",
+            )
+        _log.info("dashboard_login", key_id=user.key_id, key_name=user.name, scope=user.scope)
+        return Redirect(target, status_code=303, cookies=[_cookie(request, DASHBOARD_COOKIE, key)])
+
+    @post("/logout", status_code=303)
+    async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
+        key = request.cookies.get(DASHBOARD_COOKIE)
+        if key:
+            await _checked_form(request, key)
+        response = Redirect(f"{DASHBOARD_PATH}/login", status_code=303)
+        response.delete_cookie(DASHBOARD_COOKIE, path=DASHBOARD_PATH)
+        return response
+
+    @get("/static/{name:str}", sync_to_thread=False)
+    def static(self, name: FromPath[str]) -> Response[bytes]:
+        media_type = STATIC_TYPES.get(name)
+        if media_type is None:
+            raise ProblemError(404, f"there is no static file {name!r}")
+        return Response(
+            _static_file(name),
+            media_type=media_type,
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+
+DASHBOARD_HANDLERS = [DashboardController, DashboardLoginController]
+
+
+@functools.cache
+def _static_file(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+async def _overview(
+    service: ServiceState, *, jobs: bool = True
+) -> tuple[list[QueueRow], list[Job]]:
+    async with service.connection() as conn:
+        ex = AsyncpgExecutor(conn)
+        stats = await driver.queue_stats(ex)
+        throughput = await driver.throughput(ex, THROUGHPUT_MINUTES)
+        recent = []
+        if jobs:
+            recent = await driver.list_jobs(
+                ex, before_id=None, queue=None, state=None, task=None, limit=RECENT_JOBS
+            )
+    return queue_rows(stats, throughput, THROUGHPUT_MINUTES), recent
+
+
+async def _job_page(
+    service: ServiceState, filters: JobFilter, limit: int, before: int | None
+) -> tuple[list[Job], str | None]:
+    async with service.connection() as conn:
+        jobs = await driver.list_jobs(
+            AsyncpgExecutor(conn),
+            before_id=before,
+            queue=filters.queue,
+            state=filters.state,
+            task=filters.task,
+            limit=limit + 1,
+        )
+    if len(jobs) <= limit:
+        return jobs, None
+    jobs = jobs[:limit]
+    return jobs, f"{DASHBOARD_PATH}/jobs?{filters.query(cursor=jobs[-1].id)}"
+
+
+async def _get_job(service: ServiceState, job_id: int) -> Job | None:
+    async with service.connection() as conn:
+        return await driver.get_job(AsyncpgExecutor(conn), job_id)
+
+
+def _job_context(job: Job) -> dict[str, Any]:
+    return {
+        "job": job,
+        "final": job.state in TERMINAL_STATES,
+        "can_retry": job.state in {JobState.FAILED, JobState.CANCELLED},
+        "can_cancel": job.state in {JobState.QUEUED, JobState.RUNNING},
+        "errors": attempt_errors(job.errors),
+    }
+
+
+async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str) -> Redirect:
+    await _checked_form(request)
+    job_id = parse_job_id(raw_id)
+    service = _service(request)
+    user = _user(request)
+    try:
+        async with service.connection() as conn:
+            if action == "retry":
+                await service.queue.retry(job_id, conn=conn)
+            else:
+                await service.queue.cancel(job_id, conn=conn)
+    except JobNotFoundError:
+        return Redirect(_job_url(job_id), status_code=303)
+    except JobStateError:
+        return Redirect(_job_url(job_id, error="conflict"), status_code=303)
+    _log.info(
+        f"dashboard_job_{action}",
+        job_id=job_id,
+        key_id=user and user.key_id,
+        key_name=user and user.name,
+    )
+    notice = "retried" if action == "retry" else "cancelled"
+    return Redirect(_job_url(job_id, notice=notice), status_code=303)
+
+
+async def _queue_action(
+    request: Request[Any, Any, Any], raw_name: str, *, paused: bool
+) -> Redirect:
+    await _checked_form(request)
+    try:
+        name = validate_queue_name(raw_name)
+    except InvalidJobError as exc:
+        raise ProblemError(422, str(exc)) from exc
+    service = _service(request)
+    async with service.connection() as conn:
+        await (driver.pause_queue if paused else driver.resume_queue)(AsyncpgExecutor(conn), name)
+    user = _user(request)
+    _log.info(
+        "dashboard_queue_paused" if paused else "dashboard_queue_resumed",
+        queue=name,
+        key_id=user and user.key_id,
+        key_name=user and user.name,
+    )
+    notice = "paused" if paused else "resumed"
+    return Redirect(f"{DASHBOARD_PATH}?notice={notice}", status_code=303)

@@ -1,0 +1,263 @@
+"""``/v1/jobs``: enqueue (one or a batch), status (with long-polling), list, cancel
+and retry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+
+from pgqueue import driver
+from pgqueue.errors import InvalidJobError, JobNotFoundError
+from pgqueue.executors import AsyncpgExecutor
+from pgqueue.states import TERMINAL_STATES, JobState
+
+from .auth import requires
+from .problems import ProblemError, problem_responses
+from .schemas import BatchIn, BatchItemOut, EnqueuedBatch, JobIn, JobOut, JobPage
+from .state import RECHECK_SECONDS
+
+if TYPE_CHECKING:
+    from pgqueue.jobs import Job, JobSpec
+
+    from .state import ServiceState
+
+MAX_JOB_ID = 2**63 - 1
+
+
+def _state(request: Request[Any, Any, Any]) -> ServiceState:
+    service: ServiceState = request.app.state.pgqueue
+    return service
+
+
+def parse_job_id(raw: str) -> int:
+    """A job id from a path: a positive 64-bit integer, or 422 saying so."""
+    # isascii: str.isdigit() is also true of digits int() refuses, such as "²".
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_JOB_ID:
+        raise ProblemError(422, f"job id must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = None) -> JobSpec:
+    """The job a request asks for, checked (InvalidJobError -> 422, too big -> 413)."""
+    limit = service.settings.max_args_bytes
+    size = len(msgspec.json.encode(item.args))
+    if size > limit:
+        raise ProblemError(413, f"args are {size} bytes as JSON; the limit is {limit}")
+    key = item.idempotency_key
+    if header_key is not None:
+        if key is not None and key != header_key:
+            raise ProblemError(
+                422, "the Idempotency-Key header and the body's idempotency_key differ"
+            )
+        key = header_key
+    options: dict[str, Any] = {
+        "queue": item.queue,
+        "priority": item.priority,
+        "max_attempts": item.max_attempts,
+        "run_at": item.run_at,
+        "delay": item.delay_seconds,
+        "idempotency_key": key,
+        "timeout": item.timeout_seconds,
+    }
+    return service.queue.build(
+        item.task, item.args, **{k: v for k, v in options.items() if v is not None}
+    )
+
+
+def _same_request(job: Job, spec: JobSpec) -> bool:
+    return (job.task, job.queue, job.args) == (spec.task, spec.queue, json.loads(spec.args_json))
+
+
+class JobsController(Controller):
+    path = "/v1/jobs"
+    tags = ["jobs"]  # noqa: RUF012 - Litestar's own class attribute
+
+    @post(
+        "/",
+        guards=[requires("enqueue")],
+        status_code=202,
+        summary="Enqueue a job",
+        responses={
+            200: ResponseSpec(JobOut, description="The job already holding the idempotency key"),
+            **problem_responses(400, 401, 403, 409, 413, 422),
+        },
+    )
+    async def enqueue(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[JobIn],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+    ) -> Response[JobOut]:
+        """202 with the new job and its Location. With an idempotency key (in the body or
+        the Idempotency-Key header) that a job already holds: 200 with that job when the
+        request is the same, 409 when it differs."""
+        service = _state(request)
+        spec = build_spec(service, data, header_key=idempotency_key)
+        async with service.connection() as conn:
+            result = await service.queue.enqueue_spec(spec, conn=conn)
+            job = await driver.get_job(AsyncpgExecutor(conn), result.id)
+        if job is None:  # deleted between the two statements: nothing sensible to show
+            raise ProblemError(409, f"job {result.id} was deleted as it was enqueued")
+        location = {"Location": f"/v1/jobs/{job.id}"}
+        if not result.duplicate:
+            return Response(JobOut.of(job), status_code=202, headers=location)
+        if not _same_request(job, spec):
+            raise ProblemError(
+                409,
+                f"idempotency key {spec.idempotency_key!r} is held by job {job.id}, which was "
+                "enqueued with a different task, queue or args",
+                job_id=job.id,
+            )
+        return Response(JobOut.of(job), status_code=200, headers=location)
+
+    @post(
+        "/batch",
+        guards=[requires("enqueue")],
+        status_code=202,
+        summary="Enqueue many jobs",
+        responses=problem_responses(400, 401, 403, 413, 422),
+    )
+    async def enqueue_batch(
+        self, request: Request[Any, Any, Any], data: JSONBody[BatchIn]
+    ) -> EnqueuedBatch:
+        """All the jobs in one transaction, or none: a bad item is a 4xx naming it."""
+        service = _state(request)
+        if not data.jobs:
+            raise ProblemError(422, "jobs must hold at least one job")
+        if len(data.jobs) > service.settings.max_batch_jobs:
+            raise ProblemError(
+                413,
+                f"{len(data.jobs)} jobs; a batch holds at most {service.settings.max_batch_jobs}",
+            )
+        specs = []
+        for index, item in enumerate(data.jobs):
+            try:
+                specs.append(build_spec(service, item))
+            except InvalidJobError as exc:
+                raise ProblemError(422, f"jobs[{index}]: {exc}", index=index) from exc
+            except ProblemError as exc:
+                raise ProblemError(exc.status, f"jobs[{index}]: {exc.detail}", index=index) from exc
+        async with service.connection() as conn:
+            results = await service.queue.enqueue_many(specs, conn=conn)
+        return EnqueuedBatch(jobs=[BatchItemOut(id=r.id, duplicate=r.duplicate) for r in results])
+
+    @get(
+        "/{job_id:str}",
+        guards=[requires("read")],
+        summary="A job's status",
+        responses=problem_responses(400, 401, 403, 404, 422),
+    )
+    async def status(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: FromPath[str],
+        wait: Annotated[
+            float | None, QueryParameter(description="seconds to wait for the job to finish")
+        ] = None,
+    ) -> JobOut:
+        """The job; with ``?wait=SECONDS``, held until it is terminal or the wait ends
+        (woken by the NOTIFY its completion sends)."""
+        service = _state(request)
+        ident = parse_job_id(job_id)
+        if wait is not None and not 0 <= wait <= service.settings.max_wait_seconds:
+            raise ProblemError(
+                422, f"wait must be from 0 to {service.settings.max_wait_seconds:g} seconds"
+            )
+        job = await self._get(service, ident)
+        if not wait or job.state in TERMINAL_STATES:
+            return JobOut.of(job)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with service.finished.watch(ident) as finished:
+            job = await self._get(service, ident)  # it may have finished before LISTEN
+            while job.state not in TERMINAL_STATES and (left := deadline - loop.time()) > 0:
+                finished.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), min(left, RECHECK_SECONDS))
+                job = await self._get(service, ident)
+        return JobOut.of(job)
+
+    @get(
+        "/",
+        guards=[requires("read")],
+        summary="List jobs, newest first",
+        responses=problem_responses(400, 401, 403, 422),
+    )
+    async def list_jobs(
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        queue: FromQuery[str | None] = None,
+        state_name: Annotated[str | None, QueryParameter(name="state")] = None,
+        task: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> JobPage:
+        service = _state(request)
+        if not 1 <= limit <= service.settings.max_page_size:
+            raise ProblemError(422, f"limit must be from 1 to {service.settings.max_page_size}")
+        try:
+            job_state = None if state_name is None else JobState(state_name)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise ProblemError(422, f"state must be one of {names}; got {state_name!r}") from None
+        before = None if cursor is None else parse_job_id(cursor)
+        async with service.connection() as conn:
+            jobs = await driver.list_jobs(
+                AsyncpgExecutor(conn),
+                before_id=before,
+                queue=queue,
+                state=job_state,
+                task=task,
+                limit=limit + 1,
+            )
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return JobPage(
+            jobs=[JobOut.of(j) for j in jobs], next_cursor=str(jobs[-1].id) if more else None
+        )
+
+    @post(
+        "/{job_id:str}/cancel",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Cancel",
+        responses=problem_responses(400, 401, 403, 404, 409, 422),
+    )
+    async def cancel(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobOut:
+        """A queued job never starts; a running one is stopped (409 if it has finished)."""
+        service = _state(request)
+        ident = parse_job_id(job_id)
+        async with service.connection() as conn:
+            await service.queue.cancel(ident, conn=conn)
+        return JobOut.of(await self._get(service, ident))
+
+    @post(
+        "/{job_id:str}/retry",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Retry",
+        responses=problem_responses(400, 401, 403, 404, 409, 422),
+    )
+    async def retry(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobOut:
+        """A failed or cancelled job, queued again now (409 for any other state)."""
+        service = _state(request)
+        ident = parse_job_id(job_id)
+        async with service.connection() as conn:
+            await service.queue.retry(ident, conn=conn)
+        return JobOut.of(await self._get(service, ident))
+
+    @staticmethod
+    async def _get(service: ServiceState, job_id: int) -> Job:
+        async with service.connection() as conn:
+            job = await driver.get_job(AsyncpgExecutor(conn), job_id)
+        if job is None:
+            raise JobNotFoundError(f"there is no job {job_id}")
+        return job

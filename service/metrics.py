@@ -1,0 +1,329 @@
+"""``GET /metrics``: Prometheus text (format 0.0.4), behind the ``read`` scope.
+
+Two kinds of figure, from two places:
+
+**Jobs and queues, from the database at scrape time.** The API process never sees a
+worker's outcomes, so it reads them from ``pgqueue.jobs``: one aggregate query per
+refresh (``metrics_jobs`` in queries.sql), cached for ``metrics_cache_seconds`` so that
+concurrent or close scrapes share one query (per server process). Every such figure
+is the same whichever server process answers. They count the rows *still in the table*:
+
+- ``pgqueue_jobs_enqueued_total{queue,task}``: jobs in the table (each was enqueued once);
+- ``pgqueue_jobs_succeeded_total``, ``pgqueue_jobs_failed_total``,
+  ``pgqueue_jobs_cancelled_total`` ``{queue,task}``: jobs in that state now;
+- ``pgqueue_jobs_retried_total{queue,task}``: attempts started beyond each job's first
+  (automatic retries, rescues after a lost worker, retries by hand; a snooze gives its
+  attempt back and is not one);
+- ``pgqueue_job_duration_seconds{queue,task}`` (histogram): the run time of the last
+  attempt of each succeeded or failed job, from its claim to its end;
+- ``pgqueue_queue_depth{queue}``: jobs that could run now (queued and due);
+  ``pgqueue_queue_scheduled{queue}``: queued for later (delays, retry backoff);
+  ``pgqueue_queue_running{queue}``; ``pgqueue_queue_oldest_claimable_age_seconds{queue}``
+  (0 when none is due); ``pgqueue_queue_paused{queue}`` (1 or 0);
+- ``pgqueue_metrics_database_up``: 1 when the last refresh's query worked (0: the job
+  figures are left out of the answer rather than shown stale);
+  ``pgqueue_metrics_query_seconds``: how long that query took, to watch its cost.
+
+The ``_total`` figures are counters as long as rows stay: deleting finished jobs, or
+retrying a failed or cancelled one by hand (it leaves that state), lowers them, which
+Prometheus reads as a counter reset. Prune in bulk and rarely, and expect one odd point
+in ``rate()`` when you do.
+
+Cost: the query is one sequential scan of ``pgqueue.jobs`` grouped by queue, task and
+duration bucket: measured at about 0.6-1 s per million rows (a 300 MB table) on a busy
+2-vCPU machine, a few times what ``pgqueue.queue_stats`` costs. No index is used or
+needed, and no write path pays anything: counting rows at scrape time rather than events
+as they happen is what keeps enqueue and completion free of bookkeeping writes. It runs
+at most once per cache period per server process, whatever the number of scrapers, and
+never more often than ten times its own duration (QUERY_SHARE), so a huge table costs
+staler figures, not a busier database. A scrape waits for the query when the figures are
+due; on tables of tens of millions of rows, raise Prometheus' scrape_timeout or prune
+finished jobs.
+
+**API requests, in the process.** ``pgqueue_api_requests_total{method,route,status}``
+and the histogram ``pgqueue_api_request_duration_seconds{method,route}``, recorded by
+the access-log wrapper (logs.py) for every request, unmatched ones included. ``route``
+is the route's template (``/v1/jobs/{job_id}``), never the raw path, so ids never become
+labels; a request no route serves (404, 405) is ``unmatched``. These live in this process's
+registry (one per app, never prometheus_client's global one); when the server runs
+several processes (``pgqueue api --workers N``) and ``PROMETHEUS_MULTIPROC_DIR`` names
+an empty directory, they are summed across the processes (prometheus_client's
+multiprocess mode) so that any process answers for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from litestar import Request, Response, get
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from pgqueue import driver
+from pgqueue.executors import AsyncpgExecutor
+
+from .auth import requires
+from .problems import problem_responses
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from .state import ServiceState
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# What the handler declares: Litestar adds the "; charset=utf-8" of CONTENT_TYPE itself.
+_MEDIA_TYPE = CONTENT_TYPE.removesuffix("; charset=utf-8")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Job run times: from no-op jobs (milliseconds) to hour-long batch work.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+_BOUNDS_US = [round(b * 1_000_000) for b in DURATION_BUCKETS]
+# Requests: up to the longest ?wait= a status request may hold (60 s by default).
+REQUEST_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+UNMATCHED_ROUTE = "unmatched"
+# The scan may take at most this share of one database backend's time: after a query
+# that took t seconds, the next one waits at least t / QUERY_SHARE (on a table so big
+# that it takes 2 s, figures are then up to 20 s old rather than the scan never ending).
+QUERY_SHARE = 0.1
+# A client can send any method token: anything else is "other", so labels stay few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclasses.dataclass(slots=True)
+class TaskFigures:
+    enqueued: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    # Jobs per duration bucket (not cumulative); the last one is above every bound.
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(_BOUNDS_US) + 1))
+    duration_sum: float = 0.0
+
+
+@dataclasses.dataclass(slots=True)
+class QueueFigures:
+    depth: int = 0
+    scheduled: int = 0
+    running: int = 0
+    oldest_claimable_age: float = 0.0
+    paused: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFigures:
+    tasks: dict[tuple[str, str], TaskFigures]
+    queues: dict[str, QueueFigures]
+    query_seconds: float
+
+
+def job_figures(
+    rows: Sequence[Sequence[Any]], queues: Sequence[tuple[str, bool]], query_seconds: float
+) -> JobFigures:
+    """The figures from the ``metrics_jobs`` and ``metrics_queues`` rows."""
+    tasks: dict[tuple[str, str], TaskFigures] = {}
+    per_queue: dict[str, QueueFigures] = {name: QueueFigures(paused=p) for name, p in queues}
+    for row in rows:
+        (queue, task, bucket, total, claimable, scheduled, running) = row[:7]
+        (succeeded, failed, cancelled, retries, oldest_age, duration_sum) = row[7:13]
+        t = tasks.setdefault((queue, task), TaskFigures())
+        t.enqueued += total
+        t.succeeded += succeeded
+        t.failed += failed
+        t.cancelled += cancelled
+        t.retried += retries
+        if bucket is not None:
+            t.buckets[bucket] += succeeded + failed
+            t.duration_sum += duration_sum
+        q = per_queue.setdefault(queue, QueueFigures())
+        q.depth += claimable
+        q.scheduled += scheduled
+        q.running += running
+        if oldest_age is not None:
+            q.oldest_claimable_age = max(q.oldest_claimable_age, oldest_age)
+    return JobFigures(tasks, per_queue, query_seconds)
+
+
+class DatabaseCollector(Collector):
+    """Renders the figures of the last refresh; never queries by itself (the
+    exposition is synchronous, the query is not)."""
+
+    def __init__(self) -> None:
+        self.figures: JobFigures | None = None
+        self.up = False
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "pgqueue_metrics_database_up",
+            "1 when the last query for the job figures worked, else 0 (and they are left out)",
+            value=1 if self.up and self.figures is not None else 0,
+        )
+        figures = self.figures
+        if not self.up or figures is None:
+            return
+        yield GaugeMetricFamily(
+            "pgqueue_metrics_query_seconds",
+            "How long the last query for the job figures took (one scan of pgqueue.jobs)",
+            value=figures.query_seconds,
+        )
+        yield from self._task_families(figures)
+        yield from self._queue_families(figures)
+
+    @staticmethod
+    def _task_families(figures: JobFigures) -> Iterable[Metric]:
+        rows = "jobs still in pgqueue.jobs"
+        counters = {
+            "enqueued": f"Jobs enqueued ({rows})",
+            "succeeded": f"Jobs that succeeded ({rows})",
+            "failed": f"Jobs that failed for good ({rows})",
+            "cancelled": f"Jobs cancelled ({rows})",
+            "retried": f"Attempts started beyond each job's first ({rows})",
+        }
+        for field, doc in counters.items():
+            family = CounterMetricFamily(f"pgqueue_jobs_{field}", doc, labels=["queue", "task"])
+            for (queue, task), t in sorted(figures.tasks.items()):
+                family.add_metric([queue, task], getattr(t, field))
+            yield family
+        histogram = HistogramMetricFamily(
+            "pgqueue_job_duration_seconds",
+            f"Run time of the last attempt of succeeded and failed jobs, claim to end ({rows})",
+            labels=["queue", "task"],
+        )
+        for (queue, task), t in sorted(figures.tasks.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), t.buckets, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), cumulative))
+            histogram.add_metric([queue, task], buckets, t.duration_sum)
+        yield histogram
+
+    @staticmethod
+    def _queue_families(figures: JobFigures) -> Iterable[Metric]:
+        gauges = {
+            "depth": "Jobs that could run now (queued and due)",
+            "scheduled": "Jobs queued for later (a delay or a retry's backoff)",
+            "running": "Jobs running",
+            "oldest_claimable_age": "Seconds the oldest job that could run now has waited",
+            "paused": "1 when the queue is paused",
+        }
+        for field, doc in gauges.items():
+            suffix = "_seconds" if field == "oldest_claimable_age" else ""
+            family = GaugeMetricFamily(f"pgqueue_queue_{field}{suffix}", doc, labels=["queue"])
+            for queue, q in sorted(figures.queues.items()):
+                family.add_metric([queue], float(getattr(q, field)))
+            yield family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class Metrics:
+    """One app's metrics: its own registry, the request metrics, and the cached job
+    figures."""
+
+    def __init__(self, cache_seconds: float) -> None:
+        self._cache_seconds = cache_seconds
+        self._fresh_until = 0.0
+        # One refresh at a time: scrapes that arrive meanwhile wait for its answer
+        # instead of running the same scan beside it.
+        self._lock = asyncio.Lock()
+        self._log = structlog.get_logger("pgqueue.service")
+        self.database = DatabaseCollector()
+        self.registry = CollectorRegistry()
+        if os.environ.get(MULTIPROC_ENV):
+            # Request metrics go to files shared by the server's processes, and are
+            # shown summed from them; registering them here too would show them twice.
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            request_registry = CollectorRegistry()
+        else:
+            request_registry = self.registry
+        self.registry.register(self.database)
+        self._requests = Counter(
+            "pgqueue_api_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=request_registry,
+        )
+        self._request_seconds = Histogram(
+            "pgqueue_api_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template",
+            ["method", "route"],
+            buckets=REQUEST_BUCKETS,
+            registry=request_registry,
+        )
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "other"
+        # Every request comes here: the labelled series are looked up once, then kept
+        # (methods, route templates and statuses are few).
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self._requests.labels(method, route, str(status)),
+                self._request_seconds.labels(method, route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+
+    async def refresh(self, service: ServiceState) -> None:
+        """Query the job figures again unless the last answer is recent enough."""
+        async with self._lock:
+            if time.monotonic() < self._fresh_until:
+                return
+            start = time.perf_counter()
+            try:
+                async with service.connection() as conn:
+                    ex = AsyncpgExecutor(conn)
+                    rows = await driver.metrics_jobs(ex, _BOUNDS_US)
+                    queues = await driver.metrics_queues(ex)
+            except Exception as exc:  # a scrape still answers, saying the database did not
+                self._log.warning("metrics_query_failed", error=repr(exc))
+                self.database.up = False
+            else:
+                self.database.figures = job_figures(rows, queues, time.perf_counter() - start)
+                self.database.up = True
+            # A failure is cached too: a database in trouble is not asked on every scrape.
+            # metrics_cache_seconds = 0 turns both off (tests that must see every change).
+            took = time.perf_counter() - start
+            wait = max(self._cache_seconds, took / QUERY_SHARE) if self._cache_seconds else 0.0
+            self._fresh_until = time.monotonic() + wait
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@get(
+    "/metrics",
+    guards=[requires("read")],
+    summary="Prometheus metrics",
+    tags=["operations"],
+    media_type=_MEDIA_TYPE,
+    responses=problem_responses(401, 403),
+)
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Job, queue and request figures in Prometheus' text format (see the service's
+    metrics.py for what each one means). Needs a key with the read scope: Prometheus
+    sends it with ``authorization: {credentials: KEY}`` in its scrape config."""
+    metrics: Metrics = request.app.state.pgqueue_metrics
+    await metrics.refresh(request.app.state.pgqueue)
+    return Response(metrics.render(), media_type=_MEDIA_TYPE)

@@ -1,0 +1,141 @@
+"""Every error as ``application/problem+json`` (RFC 9457), with a ``detail`` that says
+what was wrong."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from litestar import Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+
+from pgqueue.errors import InvalidJobError, JobNotFoundError, JobStateError
+
+from .schemas import Problem
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.types import ExceptionHandlersMap
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemError(Exception):
+    """An error response: its status, a short title and the detail for this case."""
+
+    def __init__(
+        self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **(extra or {}),
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _on_problem(_request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
+    return problem_response(exc.status, exc.detail, headers=exc.headers, extra=exc.extra)
+
+
+def _on_validation(
+    _request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
+    # The body or a parameter did not decode into what the endpoint takes.
+    errors = exc.extra if isinstance(exc.extra, list) else None
+    return problem_response(400, str(exc.detail), extra={"errors": errors} if errors else None)
+
+
+def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    detail = exc.detail or HTTPStatus(exc.status_code).phrase
+    if exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        limit = request.app.state.pgqueue.settings.max_body_bytes
+        detail = f"the request body is larger than the limit of {limit} bytes"
+    return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
+
+
+def _on_invalid_job(
+    _request: Request[Any, Any, Any], exc: InvalidJobError
+) -> Response[dict[str, Any]]:
+    return problem_response(422, str(exc))
+
+
+def _on_not_found(
+    _request: Request[Any, Any, Any], exc: JobNotFoundError
+) -> Response[dict[str, Any]]:
+    return problem_response(404, str(exc))
+
+
+def _on_state(_request: Request[Any, Any, Any], exc: JobStateError) -> Response[dict[str, Any]]:
+    return problem_response(409, str(exc))
+
+
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    structlog.get_logger("pgqueue.service").exception(
+        "request_failed", path=request.url.path, error=repr(exc)
+    )
+    return problem_response(500, "the server failed to handle the request; see its log")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ProblemError: _on_problem,
+    ValidationException: _on_validation,
+    HTTPException: _on_http,
+    InvalidJobError: _on_invalid_job,
+    JobNotFoundError: _on_not_found,
+    JobStateError: _on_state,
+    Exception: _on_unexpected,
+}
+
+# What each error status means wherever it is documented (see problem_responses).
+PROBLEM_DESCRIPTIONS = {
+    400: "The body or a parameter could not be decoded",
+    401: "No API key, or an unknown or revoked one",
+    403: "The API key's scope does not allow this",
+    404: "No such job",
+    409: "The job's state or an idempotency key conflicts with the request",
+    413: "The body, a job's args or a batch is larger than the limit",
+    422: "The request decoded but is not valid (names, ranges, parameters)",
+    503: "Not ready",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI descriptions of error responses, for a handler's ``responses=``: without
+    them the schema would promise Litestar's own JSON error shape, not ours."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_JSON,
+            description=PROBLEM_DESCRIPTIONS[status],
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "ProblemError",
+    "problem_response",
+    "problem_responses",
+]

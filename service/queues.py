@@ -1,0 +1,70 @@
+"""``/v1/queues``: per-queue counts, and pausing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath
+
+from pgqueue import driver
+from pgqueue.errors import InvalidJobError
+from pgqueue.executors import AsyncpgExecutor
+from pgqueue.jobs import validate_queue_name
+
+from .auth import requires
+from .problems import ProblemError, problem_responses
+from .schemas import QueueList, QueueOut
+
+
+def _queue_name(name: str) -> str:
+    try:
+        return validate_queue_name(name)
+    except InvalidJobError as exc:
+        raise ProblemError(422, str(exc)) from exc
+
+
+class QueuesController(Controller):
+    path = "/v1/queues"
+    tags = ["queues"]  # noqa: RUF012 - Litestar's own class attribute
+
+    @get(
+        "/",
+        guards=[requires("read")],
+        summary="Queues and their counts",
+        responses=problem_responses(401, 403),
+    )
+    async def list_queues(self, request: Request[Any, Any, Any]) -> QueueList:
+        """Per queue: jobs by state, the oldest claimable job's age, paused or not."""
+        async with request.app.state.pgqueue.connection() as conn:
+            stats = await driver.queue_stats(AsyncpgExecutor(conn))
+        return QueueList(queues=[QueueOut.of(s) for s in stats])
+
+    @post(
+        "/{name:str}/pause",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Pause",
+        responses=problem_responses(400, 401, 403, 422),
+    )
+    async def pause(self, request: Request[Any, Any, Any], name: FromPath[str]) -> QueueOut:
+        """Workers claim nothing more from the queue (running jobs finish)."""
+        return await self._set(request, _queue_name(name), paused=True)
+
+    @post(
+        "/{name:str}/resume",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Resume",
+        responses=problem_responses(400, 401, 403, 422),
+    )
+    async def resume(self, request: Request[Any, Any, Any], name: FromPath[str]) -> QueueOut:
+        return await self._set(request, _queue_name(name), paused=False)
+
+    @staticmethod
+    async def _set(request: Request[Any, Any, Any], name: str, *, paused: bool) -> QueueOut:
+        async with request.app.state.pgqueue.connection() as conn:
+            ex = AsyncpgExecutor(conn)
+            await (driver.pause_queue if paused else driver.resume_queue)(ex, name)
+            stats = {s.queue: s for s in await driver.queue_stats(ex)}
+        return QueueOut.of(stats[name])

@@ -1,0 +1,108 @@
+"""What the app holds while it runs: its settings, its connection pool, the API-key
+cache and the listener that wakes long-polling status requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+
+from pgqueue.app import Queue
+from pgqueue.pools import acquire, keep_session
+
+from .auth import KeyCache
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .settings import ServiceSettings
+
+FINISHED_CHANNEL = "pgqueue_finished"
+# The listener's safety net: a waiter looks again this often even without a NOTIFY
+# (a lost notification, a job finished by hand from psql without one).
+RECHECK_SECONDS = 5.0
+
+
+class FinishedJobs:
+    """One LISTEN connection for the whole process; status requests that wait for a
+    job to finish register here and are woken when its id is announced."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._waiters: dict[int, set[asyncio.Event]] = {}
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._log = structlog.get_logger("pgqueue.service")
+
+    async def _ensure_listening(self) -> None:
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            self._conn = await asyncpg.connect(self._dsn)
+            await self._conn.add_listener(FINISHED_CHANNEL, self._on_notify)
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        text = str(payload)
+        if text == "*":
+            events = [e for waiters in self._waiters.values() for e in waiters]
+        else:
+            events = []
+            for part in text.split(","):
+                with contextlib.suppress(ValueError):
+                    events.extend(self._waiters.get(int(part), ()))
+        for event in events:
+            event.set()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: int) -> AsyncIterator[asyncio.Event]:
+        """An event set when ``job_id`` is announced finished; LISTEN is on before the
+        caller's next look at the job, so a finish in between is not missed."""
+        try:
+            await self._ensure_listening()
+        except (OSError, asyncpg.PostgresError) as exc:
+            self._log.warning("finished_listener_failed", error=repr(exc))
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.keys = KeyCache(self, settings.key_cache_seconds)
+        self.finished = FinishedJobs(settings.dsn)
+        # For its job-building and enqueue logic only: every call passes a connection
+        # of the service's pool, so it never opens connections of its own.
+        self.queue = Queue(settings.dsn)
+
+    async def start(self) -> None:
+        self.pool = await asyncpg.create_pool(
+            self.settings.dsn, min_size=1, max_size=10, reset=keep_session
+        )
+
+    async def stop(self) -> None:
+        await self.finished.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        if self.pool is None:
+            raise RuntimeError("the service's pool is not open (app not started)")
+        async with acquire(self.pool) as conn:
+            yield conn

@@ -1,0 +1,117 @@
+"""The pgqueue command: exit codes and messages for bad input, migrate and --check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+from workerproc import APPS
+
+
+def pgqueue_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgqueue", *args],
+        cwd=APPS,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "no_colon"], "APP must look like module:attribute"),
+        (["worker", "no_such_module:queue"], "cannot import 'no_such_module'"),
+        (["worker", "slow_app:missing"], "not a pgqueue.Queue"),
+        (["worker", "slow_app:queue", "--concurrency", "0"], "must be at least 1"),
+        (["worker", "slow_app:queue", "--poll-interval", "-1"], "must be positive"),
+        (["worker", "slow_app:queue", "--queue", "bad name"], "invalid queue name"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(dsn, args, message):
+    result = pgqueue_cmd(*args, "--dsn", dsn)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_migrate_and_check(empty_dsn):
+    behind = pgqueue_cmd("migrate", "--check", "--dsn", empty_dsn)
+    assert behind.returncode == 1
+    assert "database_behind" in behind.stderr
+    with psycopg.connect(empty_dsn) as conn:  # --check changed nothing
+        assert conn.execute("SELECT to_regclass('pgqueue.jobs')").fetchone() == (None,)
+    assert pgqueue_cmd("migrate", "--dsn", empty_dsn).returncode == 0
+    assert pgqueue_cmd("migrate", "--dsn", empty_dsn).returncode == 0  # idempotent
+    ok = pgqueue_cmd("migrate", "--check", "--dsn", empty_dsn)
+    assert ok.returncode == 0, ok.stderr
+    assert "database_up_to_date" in ok.stderr
+
+
+def test_an_unreachable_database_is_a_clear_failure():
+    result = pgqueue_cmd(
+        "migrate", "--dsn", "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"
+    )
+    assert result.returncode == 1
+    assert "migration_failed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_worker_on_an_unmigrated_database_says_so(empty_dsn):
+    result = pgqueue_cmd("worker", "slow_app:queue", "--dsn", empty_dsn)
+    assert result.returncode == 1
+    assert "database_behind" in result.stderr
+    assert "pgqueue migrate" in result.stderr
+
+
+def test_a_worker_waits_for_a_database_that_is_not_up_yet():
+    from workerproc import WorkerProcess
+
+    worker = WorkerProcess(
+        "slow_app:queue", "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1"
+    )
+    try:
+        worker.wait_for_event("database_unreachable", count=2)
+        assert worker.stop() == 0
+    finally:
+        worker.close()
+
+
+def test_a_worker_stopped_while_it_starts_up_exits_cleanly(dsn):
+    """SIGTERM while the worker is still checking the schema (held up here by a lock
+    on Alembic's version table): noted, and a clean exit once the check returns."""
+    import signal
+
+    from workerproc import WorkerProcess
+
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE pgqueue.alembic_version IN ACCESS EXCLUSIVE MODE")
+        worker = WorkerProcess("slow_app:queue", dsn)
+        try:
+            worker.wait_until_handling(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while not _blocked_on_lock(dsn):  # inside the schema check, in SQLAlchemy
+                assert time.monotonic() < deadline, "the worker never reached the check"
+                time.sleep(0.05)
+            worker.signal(signal.SIGTERM)
+            locker.rollback()  # let the check return
+            assert worker.wait(30) == 0, worker.log_path.read_text()
+            events = [e["event"] for e in worker.events()]
+            assert "worker_stopped_before_start" in events
+            assert "worker_started" not in events
+        finally:
+            worker.close()
+
+
+def _blocked_on_lock(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%alembic_version%'"
+        ).fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,127 @@
+"""Start and stop real worker processes for tests (by pid, never by name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+APPS = Path(__file__).parent / "apps"
+
+
+class WorkerProcess:
+    def __init__(self, app: str, dsn: str, *args: str, env: dict[str, str] | None = None):
+        log_dir = Path(tempfile.gettempdir())
+        self.log_path = log_dir / f"pgqueue-worker-{os.getpid()}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgqueue",
+                "worker",
+                app,
+                "--dsn",
+                dsn,
+                "--log-format",
+                "json",
+                *args,
+            ],
+            cwd=APPS,
+            env={**os.environ, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait_until_handling(self, sig: signal.Signals, timeout: float = 30) -> None:
+        """Wait until the process has installed a handler for ``sig`` (Linux: read from
+        /proc; elsewhere, returns at once)."""
+        status = Path(f"/proc/{self.proc.pid}/status")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                caught = next(
+                    int(line.split()[1], 16)
+                    for line in status.read_text().splitlines()
+                    if line.startswith("SigCgt:")
+                )
+            except (OSError, StopIteration):
+                return
+            if caught & (1 << (sig - 1)):
+                return
+            time.sleep(0.02)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def stop(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def events(self) -> list[dict]:
+        self._log.flush()
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def wait_for_event(self, event: str, timeout: float = 20, count: int = 1) -> dict:
+        """The first ``event`` logged, once ``count`` of them have been."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = [e for e in self.events() if e.get("event") == event]
+            if len(seen) >= count:
+                return seen[0]
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited ({self.proc.returncode}):\n{self.log_path.read_text()}"
+                )
+            time.sleep(0.05)
+        raise TimeoutError(f"no {event!r} event within {timeout}s:\n{self.log_path.read_text()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def wait_for_sql(dsn: str, sql: str, expected: object, timeout: float = 60) -> None:
+    """Poll a query until it returns ``expected`` (bounded); fail with the last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(sql).fetchone()
+            value = row[0] if row else None
+            if value == expected:
+                return
+            time.sleep(0.05)
+    raise TimeoutError(f"{sql!r} gave {value!r}, not {expected!r}, after {timeout}s")
