@@ -22,6 +22,7 @@ from pgqueue.errors import (
     UnsupportedConnectionError,
 )
 from pgqueue.jobs import EnqueueResult, Job, JobSpec, QueueStats
+from pgqueue.retention import Retention
 from pgqueue.retry import RetryPolicy
 from pgqueue.states import JobState
 from pgqueue.tasks import Task
@@ -44,6 +45,7 @@ __all__ = [
     "PoolTimeoutError",
     "Queue",
     "QueueStats",
+    "Retention",
     "RetryPolicy",
     "RunningJob",
     "Snooze",

@@ -39,6 +39,7 @@ from pgqueue.jobs import (
     validate_task_name,
 )
 from pgqueue.pools import AsyncConnections, SyncConnections
+from pgqueue.retention import PRUNE_BATCH, Retention
 from pgqueue.retry import RetryPolicy
 from pgqueue.tasks import Task
 
@@ -347,6 +348,34 @@ class Queue:
         return self._sync_connections().run(
             lambda own: driver.retry_sync(PsycopgExecutor(own, own=True), job_id),
         )
+
+    async def prune(self, retention: Retention | None = None) -> int:
+        """Delete finished jobs older than ``retention`` (default: ``Retention()``), in
+        batches of short transactions; returns how many went. Workers do this by
+        themselves; this is for a cron job or a one-off clean-up. Same as
+        ``SELECT pgqueue.prune_jobs(...)``."""
+        params = (retention or Retention()).params(PRUNE_BATCH)
+        total = 0
+        while True:
+            gone = await self._async_connections().run(
+                lambda own: driver.prune(AsyncpgExecutor(own), params), idempotent=True
+            )
+            total += gone
+            if gone < PRUNE_BATCH:
+                return total
+
+    def prune_sync(self, retention: Retention | None = None) -> int:
+        """The sync twin of :meth:`prune`."""
+        params = (retention or Retention()).params(PRUNE_BATCH)
+        total = 0
+        while True:
+            gone = self._sync_connections().run(
+                lambda own: driver.prune_sync(PsycopgExecutor(own, own=True), params),
+                idempotent=True,
+            )
+            total += gone
+            if gone < PRUNE_BATCH:
+                return total
 
     async def pause(self, queue: str) -> None:
         """Pause a queue: workers claim nothing more from it (running jobs finish) until

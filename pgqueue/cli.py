@@ -25,10 +25,12 @@ from pgqueue import migrate
 from pgqueue.app import Queue
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
 from pgqueue.logs import configure_logging
+from pgqueue.retention import Retention, parse_duration
 from pgqueue.worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import timedelta
 
 EXIT_USAGE = 2
 
@@ -68,6 +70,13 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _duration(text: str) -> timedelta | None:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _non_negative_float(text: str) -> float:
@@ -134,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="size of the process pool for process=True tasks (default: min(concurrency, CPUs))",
+    )
+    defaults = Retention()
+    for state in ("succeeded", "failed", "cancelled"):
+        kept = getattr(defaults, state)
+        work.add_argument(
+            f"--keep-{state}",
+            type=_duration,
+            default=kept,
+            metavar="DURATION",
+            help=f"how long {state} jobs are kept before they are pruned: 7d, 12h, 90s or "
+            f"'forever' (default: {kept.days}d)",
+        )
+    work.add_argument(
+        "--prune-interval",
+        type=_positive_float,
+        default=60.0,
+        help="seconds between this worker's pruning rounds",
     )
 
     api = sub.add_parser("api", parents=[common], help="serve the HTTP API (API keys required)")
@@ -357,6 +383,12 @@ def _worker(app: Queue, dsn: str, args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
             lease=args.lease,
             processes=args.processes,
+            retention=Retention(
+                succeeded=args.keep_succeeded,
+                failed=args.keep_failed,
+                cancelled=args.keep_cancelled,
+            ),
+            prune_interval=args.prune_interval,
         )
     except ValueError as exc:  # an invalid --queue name
         raise UsageError(str(exc)) from exc

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pgqueue.executors import AsyncExecutor, SyncExecutor
+    from pgqueue.retention import PruneParams
 
 # A keyed enqueue whose key's holder committed after the statement's snapshot sees
 # neither its own row nor the holder; a new statement (a new snapshot under READ
@@ -185,6 +186,18 @@ async def cancel(ex: AsyncExecutor, job_id: int) -> JobState:
     return JobState(rows[0][0])
 
 
+async def prune(ex: AsyncExecutor, params: PruneParams) -> int:
+    """One batch of pruning (see Retention.params); how many jobs went."""
+    rows = await ex.fetch(query("prune_jobs"), params)
+    return int(rows[0][0])
+
+
+async def prune_elected(ex: AsyncExecutor, params: PruneParams) -> int | None:
+    """One batch of pruning if no other worker is pruning; None if one is."""
+    rows = await ex.fetch(query("prune_jobs_elected"), params)
+    return None if rows[0][0] is None else int(rows[0][0])
+
+
 async def retry(ex: AsyncExecutor, job_id: int) -> None:
     try:
         await ex.fetch(query("retry_job"), (job_id,))
@@ -319,6 +332,11 @@ def cancel_sync(ex: SyncExecutor, job_id: int) -> JobState:
     except Exception as exc:
         raise (translate_db_error(exc) or exc) from exc
     return JobState(rows[0][0])
+
+
+def prune_sync(ex: SyncExecutor, params: PruneParams) -> int:
+    rows = ex.fetch(query("prune_jobs"), params)
+    return int(rows[0][0])
 
 
 def retry_sync(ex: SyncExecutor, job_id: int) -> None:

@@ -41,6 +41,7 @@ from pgqueue.executors import AsyncpgExecutor
 from pgqueue.heartbeat import Heartbeat
 from pgqueue.jobs import ClaimedJob, validate_queue_name
 from pgqueue.pools import acquire, keep_session
+from pgqueue.retention import Pruner, Retention
 from pgqueue.retry import RetryPolicy, retry_in
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ CANCEL_CHANNEL = "pgqueue_cancel"
 # A claim that fails with one of these claimed nothing: back off and claim again.
 CLAIM_RETRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 _DEFAULT_RETRY = RetryPolicy()
+_DEFAULT_RETENTION = Retention()
 
 
 @dataclasses.dataclass(slots=True)
@@ -96,6 +98,8 @@ class Worker:
         grace_period: float = 30.0,
         lease: float = 15.0,
         processes: int | None = None,
+        retention: Retention | None = _DEFAULT_RETENTION,
+        prune_interval: float = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -107,6 +111,8 @@ class Worker:
             raise ValueError("lease must be positive")
         if processes is not None and processes < 1:
             raise ValueError("processes must be at least 1")
+        if prune_interval <= 0:
+            raise ValueError("prune_interval must be positive")
         self.app = app
         self._dsn = dsn
         self.queues = [validate_queue_name(q) for q in (queues or app.queues())]
@@ -119,6 +125,11 @@ class Worker:
         self.lease = lease
         # The process pool of process=True tasks, started with the first such job.
         self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        # Finished jobs past their retention are pruned by one worker at a time, every
+        # prune_interval seconds; None (or Retention.forever()) leaves it to others.
+        self.retention = retention if retention is not None and retention.prunes else None
+        self.prune_interval = prune_interval
+        self.pruner: Pruner | None = None
         self.worker_id = str(uuid.uuid4())
         self.heartbeat: Heartbeat | None = None
         self.stats = WorkerStats()
@@ -205,6 +216,15 @@ class Worker:
         )
         completer_task = asyncio.create_task(self._completer.run(), name="pgqueue-completer")
         listener_task = asyncio.create_task(self._listen(), name="pgqueue-listener")
+        maintenance = [listener_task]
+        if self.retention is not None:
+            self.pruner = Pruner(
+                pool,
+                self.retention,
+                interval=self.prune_interval,
+                stopping=self._stop.is_set,
+            )
+            maintenance.append(asyncio.create_task(self.pruner.run(), name="pgqueue-pruner"))
         loop = asyncio.get_running_loop()
         self.heartbeat = Heartbeat(
             self.dsn,
@@ -229,9 +249,10 @@ class Worker:
                 await asyncio.wait_for(completer_task, timeout=max(self.grace_period, 10.0))
             except TimeoutError:
                 log.exception("completions_not_written", outstanding=self._completer.outstanding())
-            listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener_task
+            for task in maintenance:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self.heartbeat.stop()
             await asyncio.to_thread(self.heartbeat.join, 10.0)
             await self._deregister(pool, log)
@@ -319,7 +340,8 @@ class Worker:
 
     def _stats_dict(self) -> dict[str, int]:
         writes = self._completer.batches if self._completer is not None else 0
-        return {**dataclasses.asdict(self.stats), "completion_writes": writes}
+        pruned = self.pruner.pruned if self.pruner is not None else 0
+        return {**dataclasses.asdict(self.stats), "completion_writes": writes, "pruned": pruned}
 
     async def _claim_loop(self, pool: asyncpg.Pool[Any]) -> None:
         assert self._stop is not None  # noqa: S101 - all three are set in run()

@@ -31,6 +31,8 @@ def pgqueue_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
         (["worker", "slow_app:queue", "--concurrency", "0"], "must be at least 1"),
         (["worker", "slow_app:queue", "--poll-interval", "-1"], "must be positive"),
         (["worker", "slow_app:queue", "--queue", "bad name"], "invalid queue name"),
+        (["worker", "slow_app:queue", "--keep-failed", "soon"], "invalid duration 'soon'"),
+        (["worker", "slow_app:queue", "--prune-interval", "0"], "must be positive"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -21,6 +21,7 @@ def test_all_is_pinned():
         "PoolTimeoutError",
         "Queue",
         "QueueStats",
+        "Retention",
         "RetryPolicy",
         "RunningJob",
         "Snooze",

@@ -370,3 +370,26 @@ GROUP BY 1, 2, 3;
 -- Queues with settings of their own (a small table): paused or not, and listed even
 -- when they hold no job.
 SELECT name, paused FROM pgqueue.queues;
+
+-- name: prune_jobs
+-- One batch of pruning: finished jobs older than their state's retention ($1 succeeded,
+-- $2 failed, $3 cancelled, in seconds; NULL keeps forever), at most $4 of them. Returns
+-- how many went.
+SELECT pgqueue.prune_jobs(
+    make_interval(secs => $1::float8),
+    make_interval(secs => $2::float8),
+    make_interval(secs => $3::float8),
+    $4::integer);
+
+-- name: prune_jobs_elected
+-- The same batch, by one worker at a time: the one whose statement gets this advisory
+-- lock (not the rescue's, so that pruning never holds up a rescue). Lock and batch are
+-- one statement, so the lock lasts no longer than the batch. NULL when another worker
+-- is pruning.
+SELECT CASE WHEN pg_try_advisory_xact_lock(7215408337251730691) THEN
+    pgqueue.prune_jobs(
+        make_interval(secs => $1::float8),
+        make_interval(secs => $2::float8),
+        make_interval(secs => $3::float8),
+        $4::integer)
+END;

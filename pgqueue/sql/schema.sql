@@ -248,3 +248,33 @@ FROM (
     GROUP BY queue
 ) AS s
 FULL JOIN pgqueue.queues p ON p.name = s.queue;
+
+-- Finished jobs by state and age: what pruning looks for.
+CREATE INDEX jobs_finished_idx ON pgqueue.jobs (state, finished_at)
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
+
+-- Delete finished jobs older than their state's retention: succeeded jobs finished more
+-- than keep_succeeded ago, and so on; a NULL retention keeps that state's jobs forever.
+-- At most max_rows rows go per call (NULL: no limit), so that a large backlog can be
+-- pruned in short transactions; returns how many went. Jobs locked by someone else (a
+-- retry in progress) are left for the next call. A pruned job's idempotency key is
+-- free again.
+CREATE FUNCTION pgqueue.prune_jobs(
+    keep_succeeded interval,
+    keep_failed interval,
+    keep_cancelled interval,
+    max_rows integer DEFAULT NULL
+) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH doomed AS (
+        SELECT id FROM pgqueue.jobs
+        WHERE (state = 'succeeded' AND finished_at < now() - keep_succeeded)
+           OR (state = 'failed' AND finished_at < now() - keep_failed)
+           OR (state = 'cancelled' AND finished_at < now() - keep_cancelled)
+        LIMIT max_rows
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgqueue.jobs j USING doomed d WHERE j.id = d.id RETURNING 1
+    )
+    SELECT count(*) FROM gone;
+$$;

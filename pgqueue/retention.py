@@ -1,0 +1,153 @@
+"""Retention: how long finished jobs are kept, and the pruning that enforces it.
+
+Workers prune as part of their maintenance, one worker at a time (the one whose batch
+statement gets the pruning lock), every ``prune_interval`` seconds, in batches of
+:data:`PRUNE_BATCH` rows so that no transaction grows large. ``Queue.prune`` and the SQL
+function ``pgqueue.prune_jobs`` do the same on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+
+from pgqueue import driver
+from pgqueue.dberrors import TRANSIENT_ERRORS
+from pgqueue.executors import AsyncpgExecutor
+from pgqueue.pools import acquire
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# Rows deleted per statement: large enough to be cheap per row, small enough that each
+# batch is a short transaction.
+PRUNE_BATCH = 10_000
+# Batches per maintenance round: a huge backlog is worked off over several rounds
+# rather than in one long burst.
+_ROUND_BATCHES = 50
+
+# The prune_jobs statements' parameters: retentions in seconds (None: forever), batch.
+PruneParams = tuple[float | None, float | None, float | None, int | None]
+
+_PRUNE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished jobs are kept, per state, before they are pruned; ``None``
+    keeps that state's jobs forever. Failed and cancelled jobs are kept longer by
+    default: they are the ones people come back to inspect and retry."""
+
+    succeeded: timedelta | None = timedelta(days=7)
+    failed: timedelta | None = timedelta(days=30)
+    cancelled: timedelta | None = timedelta(days=30)
+
+    def __post_init__(self) -> None:
+        for state in ("succeeded", "failed", "cancelled"):
+            value = getattr(self, state)
+            if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+                raise ValueError(
+                    f"retention for {state} jobs must be a non-negative timedelta or None, "
+                    f"got {value!r}"
+                )
+
+    @classmethod
+    def forever(cls) -> Retention:
+        """Keep every finished job (pruning off)."""
+        return cls(succeeded=None, failed=None, cancelled=None)
+
+    @property
+    def prunes(self) -> bool:
+        """Whether any state's jobs are ever pruned."""
+        return any(v is not None for v in (self.succeeded, self.failed, self.cancelled))
+
+    def params(
+        self, max_rows: int | None
+    ) -> tuple[float | None, float | None, float | None, int | None]:
+        """Parameters of the ``prune_jobs`` statements: retentions in seconds."""
+        return (_seconds(self.succeeded), _seconds(self.failed), _seconds(self.cancelled), max_rows)
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+_DURATION_RE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A retention as people write it: ``90s``, ``30m``, ``12h``, ``7d``, ``2w``, a plain
+    number of seconds, or ``forever`` (``None``). ValueError for anything else."""
+    cleaned = text.strip().lower()
+    if cleaned == "forever":
+        return None
+    match = _DURATION_RE.fullmatch(cleaned)
+    if match is None:
+        raise ValueError(
+            f"invalid duration {text!r}: a number with an optional unit s, m, h, d or w "
+            "(7d, 12h, 90s), or 'forever'"
+        )
+    seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    if not math.isfinite(seconds) or seconds > timedelta.max.total_seconds():
+        raise ValueError(f"duration {text!r} is too long; use 'forever' to keep jobs")
+    return timedelta(seconds=seconds)
+
+
+class Pruner:
+    """A worker's share of the pruning: every ``interval`` seconds (jittered, so that
+    workers started together do not all try at once), batches until the elected
+    statement finds nothing more to delete, or another worker holds the lock."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        retention: Retention,
+        *,
+        interval: float,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._pool = pool
+        self._retention = retention
+        self._interval = interval
+        self._stopping = stopping
+        self._log = structlog.get_logger("pgqueue.worker")
+        self.pruned = 0
+
+    async def run(self) -> None:
+        rng = random.Random()  # noqa: S311 - jitter, not secrets
+        while True:
+            await asyncio.sleep(self._interval * rng.uniform(0.5, 1.0))
+            await self.prune_round()
+
+    async def prune_round(self) -> int:
+        """One round of batches; how many jobs went. Database errors are logged and
+        left for the next round: pruning can always wait."""
+        total = 0
+        try:
+            for _ in range(_ROUND_BATCHES):
+                if self._stopping():
+                    break
+                async with acquire(self._pool) as conn:
+                    gone = await driver.prune_elected(
+                        AsyncpgExecutor(conn), self._retention.params(PRUNE_BATCH)
+                    )
+                if gone is None:  # another worker is pruning
+                    break
+                total += gone
+                if gone < PRUNE_BATCH:
+                    break
+        except _PRUNE_ERRORS as exc:
+            self._log.warning("prune_failed", error=repr(exc), pruned=total)
+        if total:
+            self.pruned += total
+            self._log.info("jobs_pruned", count=total)
+        return total
