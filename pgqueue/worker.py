@@ -4,7 +4,9 @@ One asyncio loop per process. Async tasks run on it; plain functions run in a th
 pool of ``concurrency`` threads, so they never block the loop. At most ``concurrency``
 jobs are in flight. An idle worker sleeps on LISTEN and is woken by the NOTIFY that an
 enqueue's commit sends; a poll every ``poll_interval`` seconds is the safety net for a
-lost notification or a dropped LISTEN connection.
+lost notification or a dropped LISTEN connection. Beside it run the listener
+(``listener.py``), the heartbeat and rescue (``heartbeat.py``) and pruning
+(``retention.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pgqueue.execution import (
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.heartbeat import Heartbeat
 from pgqueue.jobs import ClaimedJob, validate_queue_name
+from pgqueue.listener import Listener, first_of
 from pgqueue.pools import acquire, keep_session
 from pgqueue.retention import Pruner, Retention
 from pgqueue.retry import RetryPolicy, retry_in
@@ -50,8 +53,6 @@ if TYPE_CHECKING:
     from pgqueue.app import Queue
     from pgqueue.tasks import Task
 
-ENQUEUED_CHANNEL = "pgqueue_enqueued"
-CANCEL_CHANNEL = "pgqueue_cancel"
 # A claim that fails with one of these claimed nothing: back off and claim again.
 CLAIM_RETRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 _DEFAULT_RETRY = RetryPolicy()
@@ -195,7 +196,6 @@ class Worker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self.listening = asyncio.Event()
         self.idle = asyncio.Event()
         self._registered = asyncio.Event()
         log = self._log.bind(queues=self.queues, concurrency=self.concurrency)
@@ -215,8 +215,17 @@ class Worker:
             pool, on_requeued=self._wake.set, on_dropped=self._forget_outcomes
         )
         completer_task = asyncio.create_task(self._completer.run(), name="pgqueue-completer")
-        listener_task = asyncio.create_task(self._listen(), name="pgqueue-listener")
-        maintenance = [listener_task]
+        listener = Listener(
+            self.dsn,
+            queues=self._queue_set,
+            poll_interval=self.poll_interval,
+            stop=self._stop,
+            on_enqueued=self._wake.set,
+            on_cancel=self._cancel_running,
+            poll=self._poll_cancellations,
+        )
+        self.listening = listener.listening
+        maintenance = [asyncio.create_task(listener.run(), name="pgqueue-listener")]
         if self.retention is not None:
             self.pruner = Pruner(
                 pool,
@@ -279,13 +288,13 @@ class Worker:
                 failures += 1
                 delay = reconnect_delay(failures)
                 log.warning("database_unreachable", error=repr(exc), retry_in=round(delay, 3))
-                await _first_of(self._stop, timeout=delay)
+                await first_of(self._stop, timeout=delay)
             else:
                 if await self._register(pool, log):
                     return pool
                 await pool.close()
                 failures += 1  # not in a tight loop: back off as for a connection
-                await _first_of(self._stop, timeout=reconnect_delay(failures))
+                await first_of(self._stop, timeout=reconnect_delay(failures))
         return None
 
     async def _register(self, pool: asyncpg.Pool[Any], log: Any) -> bool:
@@ -336,7 +345,7 @@ class Worker:
                 self._log.info("worker_rejoined", worker_id=self.worker_id)
                 return
             failures += 1
-            await _first_of(self._stop, timeout=reconnect_delay(failures))
+            await first_of(self._stop, timeout=reconnect_delay(failures))
 
     def _stats_dict(self) -> dict[str, int]:
         writes = self._completer.batches if self._completer is not None else 0
@@ -353,12 +362,12 @@ class Worker:
         failures = 0
         while not stop.is_set():
             if not self._registered.is_set():
-                await _first_of(self._registered, stop, timeout=None)
+                await first_of(self._registered, stop, timeout=None)
                 continue
             free = self.concurrency - len(self._running)
             if free <= 0:
                 slot_freed.clear()
-                await _first_of(slot_freed, stop, timeout=None)
+                await first_of(slot_freed, stop, timeout=None)
                 continue
             want = min(free, self.batch_size)
             # Clear before claiming: a NOTIFY that lands during the claim must not be lost.
@@ -378,7 +387,7 @@ class Worker:
                 failures += 1
                 delay = reconnect_delay(failures)
                 self._log.warning("claim_failed", error=repr(exc), retry_in=round(delay, 3))
-                await _first_of(stop, timeout=delay)
+                await first_of(stop, timeout=delay)
                 continue
             if stop.is_set():
                 await self._release(pool, jobs)
@@ -389,7 +398,7 @@ class Worker:
             if len(jobs) < want:
                 idle_for = await self._idle_timeout(pool)
                 self.idle.set()
-                await _first_of(wake, stop, timeout=idle_for)
+                await first_of(wake, stop, timeout=idle_for)
                 self.idle.clear()
 
     def _forget_outcomes(self) -> None:
@@ -550,18 +559,7 @@ class Worker:
                 t.cancel()
             await asyncio.wait(pending, timeout=5.0)
 
-    # --- wake-ups ----------------------------------------------------------------------
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        if payload in self._queue_set and self._wake is not None:
-            self._wake.set()
-
-    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            job_id = int(str(payload))
-        except ValueError:
-            return
-        self._cancel_running(job_id)
+    # --- cancel requests ---------------------------------------------------------------
 
     def _cancel_running(self, job_id: int) -> None:
         task = self._running.get(job_id)
@@ -586,56 +584,8 @@ class Worker:
         for job_id in rows:
             self._cancel_running(job_id)
 
-    async def _listen(self) -> None:
-        """Hold a LISTEN connection; re-establish it whenever it drops."""
-        assert self._stop is not None  # noqa: S101 - all three are set in run()
-        assert self._wake is not None  # noqa: S101
-        assert self.listening is not None  # noqa: S101
-        failures = 0
-        while not self._stop.is_set():
-            conn: asyncpg.Connection[Any] | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                lost = asyncio.Event()
-                conn.add_termination_listener(functools.partial(_set_event, lost))
-                await conn.add_listener(ENQUEUED_CHANNEL, self._on_notify)
-                await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
-                failures = 0
-                # Anything enqueued while we were not listening: look now.
-                self._wake.set()
-                self.listening.set()
-                self._log.info("listener_connected", backend_pid=conn.get_server_pid())
-                while not conn.is_closed() and not lost.is_set():
-                    await _first_of(lost, timeout=self.poll_interval)
-                    await self._poll_cancellations()
-                self.listening.clear()
-                self._log.warning("listener_lost")
-            except CLAIM_RETRY_ERRORS as exc:  # a server error too (too many connections)
-                self.listening.clear()
-                failures += 1
-                delay = reconnect_delay(failures)
-                self._log.warning("listener_failed", error=repr(exc), retry_in=round(delay, 3))
-                await _first_of(self._stop, timeout=delay)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-
 
 def _call_on_loop(
     loop: asyncio.AbstractEventLoop, callback: Callable[[str], None], arg: str
 ) -> None:
     loop.call_soon_threadsafe(callback, arg)
-
-
-def _set_event(event: asyncio.Event, *_args: object) -> None:
-    event.set()
-
-
-async def _first_of(*events: asyncio.Event, timeout: float | None) -> None:
-    """Wait until any of the events is set, or the timeout passes."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -9,29 +9,21 @@ fetch HTML fragments: no build step, and nothing loaded from anywhere else.
 Auth: pages need scope ``read``, actions ``admin``. A browser logs in by pasting an API
 key into /dashboard/login, which keeps it in an HttpOnly, SameSite=Strict cookie (Secure
 over https) sent to /dashboard paths only; ``auth.ApiKeyMiddleware`` accepts it there.
-Every POST must carry the session's CSRF token, rendered into the page's forms: an HMAC
-of the API key keyed by a random per-browser cookie (HttpOnly, SameSite=Strict too), so
-a page of another site can neither read nor compute it, and a token is good only for
-one browser and one key. A browser's cross-site POST is refused outright as well.
+Every POST must carry the session's CSRF token (``dashboard_session``). What the pages
+show is computed in ``dashboard_views``; this module holds the handlers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import hmac
-import json
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import Cookie
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
@@ -44,13 +36,30 @@ from pgqueue.jobs import validate_queue_name
 from pgqueue.states import TERMINAL_STATES, JobState
 
 from .auth import DASHBOARD_COOKIE, DASHBOARD_PATH, ApiUser, requires
+from .dashboard_session import (
+    CSRF_FIELD,
+    NONCE_COOKIE,
+    checked_form,
+    csrf_token,
+    request_key,
+    safe_next,
+    session_cookie,
+)
+from .dashboard_views import (
+    JobFilter,
+    QueueRow,
+    ago,
+    attempt_errors,
+    duration,
+    pretty,
+    queue_rows,
+    when,
+)
 from .jobs import parse_job_id
 from .problems import ProblemError
 
 if TYPE_CHECKING:
-    from litestar.datastructures import FormMultiDict
-
-    from pgqueue.jobs import Job, QueueStats
+    from pgqueue.jobs import Job
 
     from .state import ServiceState
 
@@ -61,16 +70,11 @@ STATIC_TYPES: Final = {
     "dashboard.css": "text/css",
     "dashboard.js": "text/javascript",
 }
-# A random value per browser, the secret of its CSRF tokens (see the module docstring).
-NONCE_COOKIE = "pgqueue_dashboard_nonce"
-CSRF_FIELD = "csrf_token"
-CSRF_HEADER = "x-csrf-token"
 REFRESH_SECONDS = 5
 JOB_REFRESH_SECONDS = 3
 THROUGHPUT_MINUTES = 15
 RECENT_JOBS = 15
 PAGE_JOBS = 50
-SPARK = "▁▂▃▄▅▆▇█"
 # Pages only load this app's own script and styles, cannot be framed (the admin buttons
 # must not be clickjacked) and post forms only back here.
 SECURITY_HEADERS: Final = {
@@ -96,43 +100,6 @@ ERRORS: Final = {
 _log = structlog.get_logger("pgqueue.service")
 
 
-# --- template helpers --------------------------------------------------------------------
-
-
-def duration(seconds: float | None) -> str:
-    """A span of time for people: 850 ms, 12 s, 4 min 05 s, 2 h 03 min, 3 d 4 h."""
-    if seconds is None:
-        return "—"
-    value = max(0.0, seconds)
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-    minutes, secs = divmod(int(value), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
-def when(value: datetime | None) -> str:
-    return "—" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def ago(value: datetime | None) -> str:
-    if value is None:
-        return ""
-    delta = (datetime.now(UTC) - value).total_seconds()
-    return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
-
-
-def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
-
-
 @functools.cache
 def _environment() -> Environment:
     env = Environment(
@@ -148,163 +115,6 @@ def _environment() -> Environment:
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(_environment()))
-
-
-# --- what the pages show -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class QueueRow:
-    stats: QueueStats
-    last_minute: int  # jobs finished in the last 60 s
-    finished: int  # ... in the whole window
-    failed: int  # ... of which failed
-    spark: str  # one character per minute, oldest first
-    spark_title: str
-
-
-def queue_rows(
-    stats: list[QueueStats], throughput: list[tuple[str, int, int, int]], minutes: int
-) -> list[QueueRow]:
-    per_minute: dict[str, list[int]] = {}
-    failed: dict[str, int] = {}
-    for queue, minutes_ago, count, failures in throughput:
-        if 0 <= minutes_ago < minutes:
-            per_minute.setdefault(queue, [0] * minutes)[minutes - 1 - minutes_ago] += count
-            failed[queue] = failed.get(queue, 0) + failures
-    rows = []
-    for stat in stats:
-        counts = per_minute.get(stat.queue, [0] * minutes)
-        top = max(counts)
-        spark = "".join(
-            SPARK[0 if n == 0 else 1 + round((len(SPARK) - 2) * n / top)] for n in counts
-        )
-        rows.append(
-            QueueRow(
-                stats=stat,
-                last_minute=counts[-1],
-                finished=sum(counts),
-                failed=failed.get(stat.queue, 0),
-                spark=spark,
-                spark_title=(
-                    f"jobs finished per minute over the last {minutes} minutes, oldest first: "
-                    + ", ".join(map(str, counts))
-                ),
-            )
-        )
-    return rows
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AttemptError:
-    attempt: Any
-    type: str
-    message: str
-    traceback: str | None
-    at: str
-    extra: dict[str, Any]
-
-
-def attempt_errors(errors: list[Any]) -> list[AttemptError]:
-    """The job's error entries as the page shows them, whatever shape each one has."""
-    shown = []
-    for entry in errors:
-        item = entry if isinstance(entry, dict) else {"message": pretty(entry)}
-        known = {"attempt", "type", "message", "traceback", "at"}
-        traceback = item.get("traceback")
-        shown.append(
-            AttemptError(
-                attempt=item.get("attempt", "?"),
-                type=str(item.get("type") or "error"),
-                message=str(item.get("message") or ""),
-                traceback=None if traceback is None else str(traceback),
-                at=_timestamp(item.get("at")),
-                extra={k: v for k, v in item.items() if k not in known},
-            )
-        )
-    return shown
-
-
-def _timestamp(value: object) -> str:
-    """An error entry's ``at`` (ISO 8601 text, as jsonb keeps it) like the page's others."""
-    try:
-        return when(datetime.fromisoformat(str(value)))
-    except ValueError:
-        return "" if value is None else str(value)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class JobFilter:
-    queue: str | None = None
-    state: JobState | None = None
-    task: str | None = None
-    error: str | None = None
-
-    @classmethod
-    def parse(cls, queue: str | None, state: str | None, task: str | None) -> JobFilter:
-        queue, state, task = (v.strip() if v and v.strip() else None for v in (queue, state, task))
-        try:
-            return cls(queue, None if state is None else JobState(state), task)
-        except ValueError:
-            names = ", ".join(s.value for s in JobState)
-            return cls(queue, None, task, f"There is no state {state!r}: {names}.")
-
-    def query(self, **extra: Any) -> str:
-        params = {"queue": self.queue, "state": self.state and self.state.value, "task": self.task}
-        return urlencode({k: v for k, v in {**params, **extra}.items() if v is not None})
-
-
-def safe_next(raw: object) -> str:
-    """Where to go after logging in: a dashboard path of this site, never elsewhere."""
-    if not isinstance(raw, str) or not raw.startswith(DASHBOARD_PATH):
-        return DASHBOARD_PATH
-    parts = urlsplit(raw)
-    if parts.scheme or parts.netloc or "\\" in raw or any(c.isspace() for c in raw):
-        return DASHBOARD_PATH
-    return raw
-
-
-# --- CSRF and the session's cookies ----------------------------------------------------------
-
-
-def csrf_token(nonce: str, key: str) -> str:
-    """The token of a session: its browser's nonce cookie, bound to its API key."""
-    message = b"pgqueue dashboard csrf\0" + key.encode("utf-8")
-    return hmac.new(nonce.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
-def _request_key(request: Request[Any, Any, Any]) -> str:
-    """The key the request was authenticated with ("" for none: auth off, login)."""
-    auth = request.scope.get("auth")
-    return auth if isinstance(auth, str) else ""
-
-
-async def _checked_form(request: Request[Any, Any, Any], key: str | None = None) -> FormMultiDict:
-    """The posted form, once its CSRF token is the session's (else 403)."""
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        raise ProblemError(403, "the dashboard refuses posts from other sites")
-    form = await request.form()
-    sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
-    nonce = request.cookies.get(NONCE_COOKIE)
-    key = _request_key(request) if key is None else key
-    if (
-        not nonce
-        or not isinstance(sent, str)
-        or not hmac.compare_digest(sent, csrf_token(nonce, key))
-    ):
-        raise ProblemError(403, "missing or wrong CSRF token: reload the page and try again")
-    return form
-
-
-def _cookie(request: Request[Any, Any, Any], name: str, value: str) -> Cookie:
-    return Cookie(
-        key=name,
-        value=value,
-        path=DASHBOARD_PATH,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
 
 
 def _service(request: Request[Any, Any, Any]) -> ServiceState:
@@ -330,7 +140,7 @@ def render(
     nonce = request.cookies.get(NONCE_COOKIE)
     if not nonce:
         nonce = secrets.token_urlsafe(32)
-        cookies.append(_cookie(request, NONCE_COOKIE, nonce))
+        cookies.append(session_cookie(request, NONCE_COOKIE, nonce))
     user = _user(request)
     base = {
         "base": DASHBOARD_PATH,
@@ -338,7 +148,7 @@ def render(
         "admin": user is not None and user.can("admin"),
         "auth_on": _service(request).settings.auth,
         "csrf_field": CSRF_FIELD,
-        "csrf": csrf_token(nonce, _request_key(request)),
+        "csrf": csrf_token(nonce, request_key(request)),
         "refresh_seconds": REFRESH_SECONDS,
         "nav": "",
     }
@@ -501,7 +311,7 @@ class DashboardLoginController(Controller):
         service = _service(request)
         if not service.settings.auth:
             return Redirect(DASHBOARD_PATH, status_code=303)
-        form = await _checked_form(request)
+        form = await checked_form(request)
         target = safe_next(form.get("next"))
         key = form.get("key")
         key = key.strip() if isinstance(key, str) else ""
@@ -516,13 +326,15 @@ class DashboardLoginController(Controller):
                 error="That key is unknown or revoked.",
             )
         _log.info("dashboard_login", key_id=user.key_id, key_name=user.name, scope=user.scope)
-        return Redirect(target, status_code=303, cookies=[_cookie(request, DASHBOARD_COOKIE, key)])
+        return Redirect(
+            target, status_code=303, cookies=[session_cookie(request, DASHBOARD_COOKIE, key)]
+        )
 
     @post("/logout", status_code=303)
     async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
         key = request.cookies.get(DASHBOARD_COOKIE)
         if key:
-            await _checked_form(request, key)
+            await checked_form(request, key)
         response = Redirect(f"{DASHBOARD_PATH}/login", status_code=303)
         response.delete_cookie(DASHBOARD_COOKIE, path=DASHBOARD_PATH)
         return response
@@ -596,7 +408,7 @@ def _job_context(job: Job) -> dict[str, Any]:
 
 
 async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str) -> Redirect:
-    await _checked_form(request)
+    await checked_form(request)
     job_id = parse_job_id(raw_id)
     service = _service(request)
     user = _user(request)
@@ -623,7 +435,7 @@ async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str)
 async def _queue_action(
     request: Request[Any, Any, Any], raw_name: str, *, paused: bool
 ) -> Redirect:
-    await _checked_form(request)
+    await checked_form(request)
     try:
         name = validate_queue_name(raw_name)
     except InvalidJobError as exc:

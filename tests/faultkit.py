@@ -93,7 +93,7 @@ def spawn(dsn: str, *extra: str, ledger_dsn: str | None = None) -> WorkerProcess
         "fault_app:queue",
         dsn,
         "--concurrency", "20", "--lease", LEASE, "--poll-interval", "0.5",
-        "--log-level", "warning", *extra,
+        "--log-level", os.environ.get("PGQUEUE_FAULT_LOG_LEVEL", "warning"), *extra,
         env={"LEDGER_DSN": ledger_dsn or dsn},
     )  # fmt: skip
 
@@ -118,6 +118,27 @@ def diagnose(dsn: str) -> str:
             "SELECT id::text, pid, now() - last_heartbeat FROM pgqueue.workers"
         ).fetchall()
     return f"jobs {jobs}; workers {workers}"
+
+
+def stuck_logs(dsn: str, workers: list[WorkerProcess]) -> str:
+    """What the workers holding unfinished running jobs logged about them (their log
+    files are gone once the test ends)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT j.id, w.pid FROM pgqueue.jobs j JOIN pgqueue.workers w ON w.id = j.worker_id "
+            "WHERE j.state = 'running' LIMIT 5"
+        ).fetchall()
+    out = []
+    for job_id, pid in rows:
+        owner = next((w for w in workers if w.pid == pid), None)
+        if owner is None:
+            out.append(f"job {job_id}: held by pid {pid}, not one of this test's workers")
+            continue
+        lines = owner.log_path.read_text().splitlines()
+        about = [ln for ln in lines if f'"job_id": {job_id}' in ln or str(job_id) in ln]
+        out.append(f"job {job_id}, worker pid {pid}; its lines:\n" + "\n".join(about[-20:]))
+        out.append("the worker's last lines:\n" + "\n".join(lines[-30:]))
+    return "\n".join(out)
 
 
 def check_invariants(dsn: str, figures: Figures, *, maybe_more: int = 0) -> None:
@@ -198,7 +219,9 @@ def run(
     try:
         while unfinished(dsn):
             if time.monotonic() - began > timeout:
-                pytest.fail(f"unfinished after {timeout} s: {diagnose(dsn)}")
+                pytest.fail(
+                    f"unfinished after {timeout} s: {diagnose(dsn)}\n{stuck_logs(dsn, workers)}"
+                )
             chaos(workers)
         figures.seconds = time.monotonic() - began
         stop_all(workers)

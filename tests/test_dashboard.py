@@ -20,7 +20,8 @@ import pgqueue
 from pgqueue.retry import RetryPolicy
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.auth import DASHBOARD_COOKIE, create_key, revoke_key
-from pgqueue.service.dashboard import queue_rows, safe_next
+from pgqueue.service.dashboard_session import safe_next
+from pgqueue.service.dashboard_views import queue_rows
 from pgqueue.states import JobState
 from pgqueue.testing import running_worker, wait_for_job
 

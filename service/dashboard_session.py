@@ -1,0 +1,79 @@
+"""The dashboard's browser session: the login cookie's attributes, where a login may
+send the browser next, and CSRF protection.
+
+Every POST must carry the session's CSRF token, rendered into the page's forms: an HMAC
+of the API key keyed by a random per-browser cookie (HttpOnly, SameSite=Strict), so a
+page of another site can neither read nor compute it, and a token is good only for one
+browser and one key. A browser's cross-site POST is refused outright as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from litestar.datastructures import Cookie
+
+from .auth import DASHBOARD_PATH
+from .problems import ProblemError
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.datastructures import FormMultiDict
+
+# A random value per browser, the secret of its CSRF tokens.
+NONCE_COOKIE = "pgqueue_dashboard_nonce"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+
+def safe_next(raw: object) -> str:
+    """Where to go after logging in: a dashboard path of this site, never elsewhere."""
+    if not isinstance(raw, str) or not raw.startswith(DASHBOARD_PATH):
+        return DASHBOARD_PATH
+    parts = urlsplit(raw)
+    if parts.scheme or parts.netloc or "\\" in raw or any(c.isspace() for c in raw):
+        return DASHBOARD_PATH
+    return raw
+
+
+def csrf_token(nonce: str, key: str) -> str:
+    """The token of a session: its browser's nonce cookie, bound to its API key."""
+    message = b"pgqueue dashboard csrf\0" + key.encode("utf-8")
+    return hmac.new(nonce.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def request_key(request: Request[Any, Any, Any]) -> str:
+    """The key the request was authenticated with ("" for none: auth off, login)."""
+    auth = request.scope.get("auth")
+    return auth if isinstance(auth, str) else ""
+
+
+async def checked_form(request: Request[Any, Any, Any], key: str | None = None) -> FormMultiDict:
+    """The posted form, once its CSRF token is the session's (else 403)."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise ProblemError(403, "the dashboard refuses posts from other sites")
+    form = await request.form()
+    sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
+    nonce = request.cookies.get(NONCE_COOKIE)
+    key = request_key(request) if key is None else key
+    if (
+        not nonce
+        or not isinstance(sent, str)
+        or not hmac.compare_digest(sent, csrf_token(nonce, key))
+    ):
+        raise ProblemError(403, "missing or wrong CSRF token: reload the page and try again")
+    return form
+
+
+def session_cookie(request: Request[Any, Any, Any], name: str, value: str) -> Cookie:
+    return Cookie(
+        key=name,
+        value=value,
+        path=DASHBOARD_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )

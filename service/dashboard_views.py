@@ -1,0 +1,153 @@
+"""What the dashboard's pages show, as plain values: the template filters (durations,
+times, JSON), the queue table's rows with their throughput sparklines, a job's attempt
+errors, and the job list's filter. No I/O here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from pgqueue.states import JobState
+
+if TYPE_CHECKING:
+    from pgqueue.jobs import QueueStats
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def duration(seconds: float | None) -> str:
+    """A span of time for people: 850 ms, 12 s, 4 min 05 s, 2 h 03 min, 3 d 4 h."""
+    if seconds is None:
+        return "—"
+    value = max(0.0, seconds)
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    minutes, secs = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def when(value: datetime | None) -> str:
+    return "—" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    delta = (datetime.now(UTC) - value).total_seconds()
+    return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueRow:
+    stats: QueueStats
+    last_minute: int  # jobs finished in the last 60 s
+    finished: int  # ... in the whole window
+    failed: int  # ... of which failed
+    spark: str  # one character per minute, oldest first
+    spark_title: str
+
+
+def queue_rows(
+    stats: list[QueueStats], throughput: list[tuple[str, int, int, int]], minutes: int
+) -> list[QueueRow]:
+    per_minute: dict[str, list[int]] = {}
+    failed: dict[str, int] = {}
+    for queue, minutes_ago, count, failures in throughput:
+        if 0 <= minutes_ago < minutes:
+            per_minute.setdefault(queue, [0] * minutes)[minutes - 1 - minutes_ago] += count
+            failed[queue] = failed.get(queue, 0) + failures
+    rows = []
+    for stat in stats:
+        counts = per_minute.get(stat.queue, [0] * minutes)
+        top = max(counts)
+        spark = "".join(
+            SPARK[0 if n == 0 else 1 + round((len(SPARK) - 2) * n / top)] for n in counts
+        )
+        rows.append(
+            QueueRow(
+                stats=stat,
+                last_minute=counts[-1],
+                finished=sum(counts),
+                failed=failed.get(stat.queue, 0),
+                spark=spark,
+                spark_title=(
+                    f"jobs finished per minute over the last {minutes} minutes, oldest first: "
+                    + ", ".join(map(str, counts))
+                ),
+            )
+        )
+    return rows
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptError:
+    attempt: Any
+    type: str
+    message: str
+    traceback: str | None
+    at: str
+    extra: dict[str, Any]
+
+
+def attempt_errors(errors: list[Any]) -> list[AttemptError]:
+    """The job's error entries as the page shows them, whatever shape each one has."""
+    shown = []
+    for entry in errors:
+        item = entry if isinstance(entry, dict) else {"message": pretty(entry)}
+        known = {"attempt", "type", "message", "traceback", "at"}
+        traceback = item.get("traceback")
+        shown.append(
+            AttemptError(
+                attempt=item.get("attempt", "?"),
+                type=str(item.get("type") or "error"),
+                message=str(item.get("message") or ""),
+                traceback=None if traceback is None else str(traceback),
+                at=_timestamp(item.get("at")),
+                extra={k: v for k, v in item.items() if k not in known},
+            )
+        )
+    return shown
+
+
+def _timestamp(value: object) -> str:
+    """An error entry's ``at`` (ISO 8601 text, as jsonb keeps it) like the page's others."""
+    try:
+        return when(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return "" if value is None else str(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFilter:
+    queue: str | None = None
+    state: JobState | None = None
+    task: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, queue: str | None, state: str | None, task: str | None) -> JobFilter:
+        queue, state, task = (v.strip() if v and v.strip() else None for v in (queue, state, task))
+        try:
+            return cls(queue, None if state is None else JobState(state), task)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            return cls(queue, None, task, f"There is no state {state!r}: {names}.")
+
+    def query(self, **extra: Any) -> str:
+        params = {"queue": self.queue, "state": self.state and self.state.value, "task": self.task}
+        return urlencode({k: v for k, v in {**params, **extra}.items() if v is not None})
