@@ -53,6 +53,10 @@ if TYPE_CHECKING:
     from pgqueue.app import Queue
     from pgqueue.tasks import Task
 
+# However sure a worker is of what it holds, it checks against the database this often
+# (one indexed statement): a job it lost track of, whatever the cause, goes back to the
+# queue within this time instead of staying running under a live worker for good.
+RECONCILE_SECONDS = 30.0
 # A claim that fails with one of these claimed nothing: back off and claim again.
 CLAIM_RETRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 _DEFAULT_RETRY = RetryPolicy()
@@ -152,6 +156,7 @@ class Worker:
         # cancelled in the database, so their outcomes are not written.
         self._cancelled: set[int] = set()
         self._claim_unsure = False
+        self._reconcile_at = time.monotonic() + RECONCILE_SECONDS
         self._contexts: dict[int, RunningJob] = {}
         self._completer: Completer | None = None
         # Set while the worker is listening for wake-ups (its LISTEN connection is up),
@@ -375,7 +380,7 @@ class Worker:
             try:
                 async with acquire(pool) as conn:
                     ex = AsyncpgExecutor(conn)
-                    if self._claim_unsure:
+                    if self._claim_unsure or time.monotonic() >= self._reconcile_at:
                         await self._hand_back_unknown(ex)
                     jobs = await driver.claim(ex, self.queues, want, self.worker_id)
                 failures = 0
@@ -410,15 +415,25 @@ class Worker:
 
     async def _hand_back_unknown(self, ex: AsyncpgExecutor) -> None:
         """Jobs the database says this worker holds, but that it is neither running nor
-        about to report on: claimed by a claim whose answer never arrived. Never
-        started, so they go back as if never claimed."""
+        about to report on: claimed by a claim whose answer never arrived, or whose
+        outcome was lost. They go back as if never claimed. Run before a claim after
+        such a loss, and every RECONCILE_SECONDS whatever happened."""
         assert self._completer is not None  # noqa: S101 - set in run()
+        # Cleared before the snapshot of what we know, not after the release: an outcome
+        # lost while the release is in flight (a job among ``known`` now, unknown by the
+        # time the release answers) must bring another pass, or its job would stay
+        # running under this live worker for good. A failed release sets it again.
+        unsure, self._claim_unsure = self._claim_unsure, False
         known = [*self._running, *self._completer.pending_ids()]
         released = await driver.release_unknown(ex, self.worker_id, known)
-        self._claim_unsure = False
+        self._reconcile_at = time.monotonic() + RECONCILE_SECONDS
         if released:
             self.stats.released += len(released)
-            self._log.warning("jobs_released_after_lost_claim", job_ids=released)
+            self._log.warning(
+                "unknown_jobs_released",
+                job_ids=released,
+                reason="a claim or an outcome was lost" if unsure else "periodic check",
+            )
 
     async def _idle_timeout(self, pool: asyncpg.Pool[Any]) -> float:
         """Sleep until the poll comes round, or until the next delayed job is due."""

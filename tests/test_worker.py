@@ -13,6 +13,8 @@ import pytest
 
 import pgqueue
 from pgqueue import JobState, PermanentError, RetryPolicy
+from pgqueue.completer import Completer
+from pgqueue.executors import AsyncpgExecutor
 from pgqueue.testing import running_worker, wait_for_job
 
 FAST_RETRY = RetryPolicy(base=0.05, factor=2.0, max_delay=0.2, jitter=0.5)
@@ -356,3 +358,87 @@ async def test_the_worker_survives_its_connections_being_terminated(dsn, queue):
         await asyncio.wait_for(done.wait(), 20)
         assert (await wait_for_job(queue, result.id)).state is JobState.SUCCEEDED
     assert worker.stats.succeeded == 1
+
+
+async def test_an_outcome_lost_while_unknown_jobs_are_handed_back_brings_another_pass(dsn, queue):
+    """A transactional job's commit turns out unknown while the worker is handing back
+    the jobs it holds without knowing (after a lost claim answer): that job was still
+    "known" when the hand-back looked, so a second pass must follow, or it would stay
+    running under this live worker for good. (Seen once in the fault suite, as a job
+    left running for the whole run.)"""
+    worker = pgqueue.Worker(queue)
+    ids = [r.id for r in await queue.enqueue_many([queue.build("t", {}) for _ in range(2)])]
+    outcome_lost, unknown = ids
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE pgqueue.jobs SET state = 'running', attempts = 1, started_at = now(), "
+            "worker_id = %s WHERE id = ANY(%s)",
+            (worker.worker_id, ids),
+        )
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    still_running = asyncio.create_task(asyncio.sleep(3600))
+    try:
+        worker._completer = Completer(pool)
+        worker._running = {outcome_lost: still_running}
+        # Hold the unknown job's row so that the hand-back's release waits on it.
+        await blocker.execute("SELECT FROM pgqueue.jobs WHERE id = %s FOR UPDATE", (unknown,))
+        async with pool.acquire() as conn:
+            first = asyncio.create_task(worker._hand_back_unknown(AsyncpgExecutor(conn)))
+            await _wait_until_blocked(dsn, conn.get_server_pid())
+            # What _execute does when a transactional commit's outcome is unknown.
+            del worker._running[outcome_lost]
+            worker._forget_outcomes()
+            await blocker.rollback()
+            await asyncio.wait_for(first, 10)
+            assert (await queue.get_job(unknown)).state is JobState.QUEUED
+            assert (await queue.get_job(outcome_lost)).state is JobState.RUNNING
+            assert worker._claim_unsure
+            await worker._hand_back_unknown(AsyncpgExecutor(conn))
+        job = await queue.get_job(outcome_lost)
+        assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    finally:
+        still_running.cancel()
+        await blocker.close()
+        await pool.close()
+
+
+async def _wait_until_blocked(dsn: str, backend_pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            cur = await conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] == "Lock":
+                return
+            await asyncio.sleep(0.01)
+    raise TimeoutError(f"backend {backend_pid} never waited on a lock")
+
+
+async def test_a_job_the_worker_lost_track_of_goes_back_at_the_periodic_check(
+    dsn, queue, monkeypatch
+):
+    """Whatever the cause, a job held in the database under a live worker that does not
+    know it is handed back by the worker's periodic check, and then runs."""
+    monkeypatch.setattr(pgqueue.worker, "RECONCILE_SECONDS", 0.2)
+
+    @queue.task(name="forgotten")
+    async def forgotten() -> str:
+        return "ran"
+
+    async with running_worker(queue, poll_interval=0.05) as worker:
+        assert worker.idle is not None
+        await asyncio.wait_for(worker.idle.wait(), 10)
+        job_id = (await queue.enqueue("forgotten", {}, queue="elsewhere")).id
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            # As if claimed by this worker, with the claim's answer lost for good.
+            await conn.execute(
+                "UPDATE pgqueue.jobs SET state = 'running', attempts = 1, started_at = now(), "
+                "queue = 'default', worker_id = %s WHERE id = %s",
+                (worker.worker_id, job_id),
+            )
+        job = await wait_for_job(queue, job_id, timeout=20)
+    assert (job.state, job.result, job.attempts) == (JobState.SUCCEEDED, "ran", 1)
+    assert worker.stats.released == 1
