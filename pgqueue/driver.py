@@ -22,6 +22,7 @@ from pgqueue.jobs import (
     claimed_from_row,
     copy_records,
     job_from_row,
+    new_job,
     queue_stats_from_row,
 )
 from pgqueue.sql import query
@@ -43,10 +44,9 @@ def _enqueue_statement(spec: JobSpec) -> str:
     return query("enqueue") if spec.idempotency_key is None else query("enqueue_idempotent")
 
 
-def _enqueue_result(rows: list[Any]) -> EnqueueResult | None:
-    if not rows:
-        return None
-    return EnqueueResult(id=rows[0][0], duplicate=rows[0][1])
+def _described(spec: JobSpec, row: Any) -> tuple[EnqueueResult, Job | None]:
+    result = EnqueueResult(id=row[0], duplicate=row[1])
+    return result, None if result.duplicate else new_job(spec, row[0], row[2], row[3])
 
 
 def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
@@ -61,11 +61,22 @@ def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
 
 
 async def enqueue(ex: AsyncExecutor, spec: JobSpec) -> EnqueueResult:
+    row = await _enqueue_row(ex, spec)
+    return EnqueueResult(id=row[0], duplicate=row[1])
+
+
+async def enqueue_described(ex: AsyncExecutor, spec: JobSpec) -> tuple[EnqueueResult, Job | None]:
+    """Enqueue, and describe the new job as written without reading it back (None when
+    an existing job holds the key: read that one)."""
+    return _described(spec, await _enqueue_row(ex, spec))
+
+
+async def _enqueue_row(ex: AsyncExecutor, spec: JobSpec) -> Any:
     sql, params = _enqueue_statement(spec), spec.insert_params()
     for _ in range(IDEMPOTENT_ROUNDS):
-        result = _enqueue_result(await ex.fetch(sql, params))
-        if result is not None:
-            return result
+        rows = await ex.fetch(sql, params)
+        if rows:
+            return rows[0]
     raise _unresolved_key(spec)
 
 
@@ -280,11 +291,16 @@ async def metrics_queues(ex: AsyncExecutor) -> list[tuple[str, bool]]:
 
 
 def enqueue_sync(ex: SyncExecutor, spec: JobSpec) -> EnqueueResult:
+    row = _enqueue_row_sync(ex, spec)
+    return EnqueueResult(id=row[0], duplicate=row[1])
+
+
+def _enqueue_row_sync(ex: SyncExecutor, spec: JobSpec) -> Any:
     sql, params = _enqueue_statement(spec), spec.insert_params()
     for _ in range(IDEMPOTENT_ROUNDS):
-        result = _enqueue_result(ex.fetch(sql, params))
-        if result is not None:
-            return result
+        rows = ex.fetch(sql, params)
+        if rows:
+            return rows[0]
     raise _unresolved_key(spec)
 
 

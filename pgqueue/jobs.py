@@ -336,6 +336,29 @@ def job_from_row(row: Any) -> Job:
     )
 
 
+def new_job(spec: JobSpec, job_id: int, created_at: datetime, run_at: datetime) -> Job:
+    """The job an enqueue of ``spec`` has just written, as it stands: queued, never
+    tried. ``created_at`` and ``run_at`` are the values the database decided."""
+    return Job(
+        id=job_id,
+        queue=spec.queue,
+        task=spec.task,
+        args=json.loads(spec.args_json),
+        state=JobState.QUEUED,
+        priority=spec.priority,
+        attempts=0,
+        max_attempts=spec.max_attempts,
+        run_at=run_at,
+        idempotency_key=spec.idempotency_key,
+        result=None,
+        errors=[],
+        created_at=created_at,
+        started_at=None,
+        finished_at=None,
+        timeout=spec.timeout,
+    )
+
+
 def claimed_from_row(row: Any) -> ClaimedJob:
     """A ``claim_jobs`` row as a ClaimedJob."""
     return ClaimedJob(

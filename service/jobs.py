@@ -101,9 +101,11 @@ class JobsController(Controller):
         service = _state(request)
         spec = build_spec(service, data, header_key=idempotency_key)
         async with service.connection() as conn:
-            result = await service.queue.enqueue_spec(spec, conn=conn)
-            job = await driver.get_job(AsyncpgExecutor(conn), result.id)
-        if job is None:  # deleted between the two statements: nothing sensible to show
+            # One round trip for a new job; a duplicate's holder is read back.
+            result, job = await driver.enqueue_described(AsyncpgExecutor(conn), spec)
+            if job is None:
+                job = await driver.get_job(AsyncpgExecutor(conn), result.id)
+        if job is None:  # the holder was deleted meanwhile: nothing sensible to show
             raise ProblemError(409, f"job {result.id} was deleted as it was enqueued")
         location = {"Location": f"/v1/jobs/{job.id}"}
         if not result.duplicate:

@@ -106,6 +106,20 @@ async def test_enqueue_answers_202_with_the_job_and_its_location(api, admin, dsn
     assert job_count(dsn) == 1
 
 
+async def test_the_202_body_is_the_job_as_stored(api, admin):
+    """The enqueue describes the new job from what its INSERT returned, without reading
+    it back: it must be exactly what a read of the job gives (no worker runs here)."""
+    for body in (
+        {"task": "report.build", "args": {"n": [1, 2], "s": "é"}, "delay_seconds": 5},
+        {"task": "report.build", "run_at": "2031-02-03T04:05:06.789+02:00", "priority": -3},
+        {"task": "report.build", "idempotency_key": "described-1", "timeout_seconds": 1.5},
+    ):
+        posted = await api.post("/v1/jobs", json=body, headers=admin)
+        assert posted.status_code == 202, posted.text
+        read = await api.get(posted.headers["location"], headers=admin)
+        assert posted.json() == read.json()
+
+
 async def test_an_idempotency_key_returns_the_existing_job(api, admin, dsn):
     body = {"task": "charge", "args": {"order": 1}}
     first = await api.post("/v1/jobs", json=body, headers={**admin, "Idempotency-Key": "o-1"})

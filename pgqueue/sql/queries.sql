@@ -4,11 +4,13 @@
 -- drivers' different jsonb codecs never matter.
 
 -- name: enqueue
--- One job, no idempotency key: a plain INSERT, as cheap as the table allows.
+-- One job, no idempotency key: a plain INSERT, as cheap as the table allows. Also
+-- returns the two values the database decides (created_at, run_at), so that the new
+-- job can be described without reading it back.
 INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout)
 VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
         make_interval(secs => $8::float8))
-RETURNING id, false AS duplicate;
+RETURNING id, false AS duplicate, created_at, run_at;
 
 -- name: enqueue_idempotent
 -- One job with a key. The unique index decides; a conflict returns the holder. When the
@@ -21,11 +23,11 @@ WITH inserted AS (
     ON CONFLICT (idempotency_key)
         WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
         DO NOTHING
-    RETURNING id
+    RETURNING id, created_at, run_at
 )
-SELECT id, false AS duplicate FROM inserted
+SELECT id, false AS duplicate, created_at, run_at FROM inserted
 UNION ALL
-SELECT j.id, true AS duplicate
+SELECT j.id, true AS duplicate, j.created_at, j.run_at
 FROM pgqueue.jobs j
 WHERE j.idempotency_key = $9
   AND j.state IN ('queued', 'running', 'succeeded')
