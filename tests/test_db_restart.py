@@ -233,6 +233,8 @@ def run_scenario(
     server: DedicatedServer,
     figures: Figures,
     outages: list[Callable[[list[WorkerProcess]], None]],
+    *,
+    expect_declared_dead: bool = False,
 ) -> tuple[Producer, dict[str, int]]:
     dsn = server.dsn
     prepare(dsn, INITIAL_JOBS)
@@ -276,6 +278,14 @@ def run_scenario(
                     lambda w=w, name=name: count_events(w, name) >= len(outages),
                     30,
                 )
+        if expect_declared_dead:
+            # A worker learns it was declared dead at its next beat, which may come
+            # after the last job finished.
+            wait_until(
+                "a worker logging worker_declared_dead",
+                lambda: sum(count_events(w, "worker_declared_dead") for w in workers) >= 1,
+                30,
+            )
         for name in (
             "listener_lost",
             "heartbeat_failed",
@@ -343,7 +353,7 @@ def test_an_outage_longer_than_the_lease_rescues_and_loses_nothing(server, capsy
         )
         server.start()
 
-    producer, events = run_scenario(server, figures, [long_outage])
+    producer, events = run_scenario(server, figures, [long_outage], expect_declared_dead=True)
     report(figures, producer, events)
     with capsys.disabled():
         print("\n" + figures.report("PostgreSQL down for longer than the lease"))
