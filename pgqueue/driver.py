@@ -44,11 +44,6 @@ def _enqueue_statement(spec: JobSpec) -> str:
     return query("enqueue") if spec.idempotency_key is None else query("enqueue_idempotent")
 
 
-def _described(spec: JobSpec, row: Any) -> tuple[EnqueueResult, Job | None]:
-    result = EnqueueResult(id=row[0], duplicate=row[1])
-    return result, None if result.duplicate else new_job(spec, row[0], row[2], row[3])
-
-
 def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
     return IdempotencyConflictError(
         f"idempotency key {spec.idempotency_key!r} is held by a job this transaction cannot "
@@ -68,7 +63,9 @@ async def enqueue(ex: AsyncExecutor, spec: JobSpec) -> EnqueueResult:
 async def enqueue_described(ex: AsyncExecutor, spec: JobSpec) -> tuple[EnqueueResult, Job | None]:
     """Enqueue, and describe the new job as written without reading it back (None when
     an existing job holds the key: read that one)."""
-    return _described(spec, await _enqueue_row(ex, spec))
+    row = await _enqueue_row(ex, spec)
+    result = EnqueueResult(id=row[0], duplicate=row[1])
+    return result, None if result.duplicate else new_job(spec, row[0], row[2], row[3])
 
 
 async def _enqueue_row(ex: AsyncExecutor, spec: JobSpec) -> Any:
