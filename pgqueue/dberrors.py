@@ -34,6 +34,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 
+# Anything asyncpg raises about the database: the connection or server gone, or a
+# statement the server refused. What a background loop (claims, the listener, pruning,
+# progress reports) catches, logs and outlives.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
+
 # SQLSTATEs after which the statement was rolled back on a sound connection, for a
 # reason another try may not meet: deadlock_detected, serialization_failure,
 # query_canceled (statement_timeout) and lock_not_available (lock_timeout).

@@ -35,7 +35,7 @@ from pebble import ProcessPool
 
 from pgqueue import driver
 from pgqueue.context import RunningJob, enter_job
-from pgqueue.dberrors import TRANSIENT_ERRORS, connection_failed
+from pgqueue.dberrors import DATABASE_ERRORS, TRANSIENT_ERRORS, connection_failed
 from pgqueue.errors import InvalidJobError, JobTimeoutError, PermanentError
 from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
 from pgqueue.jobs import encode_json
@@ -83,9 +83,6 @@ def timeout_error(seconds: float) -> JobTimeoutError:
     return JobTimeoutError(f"the attempt ran longer than its timeout of {seconds:g} s")
 
 
-_PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
-
-
 class ProgressWriter:
     """Progress reports of running jobs, written through the worker's pool."""
 
@@ -100,7 +97,7 @@ class ProgressWriter:
                 current = await driver.set_progress(
                     AsyncpgExecutor(conn), job.id, job.attempt, progress_json
                 )
-        except _PROGRESS_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             # Progress is a courtesy to onlookers: losing one report must not fail the job.
             self._log.warning("progress_write_failed", job_id=job.id, error=repr(exc))
             return

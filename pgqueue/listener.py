@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import structlog
 
-from pgqueue.dberrors import TRANSIENT_ERRORS, reconnect_delay
+from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 ENQUEUED_CHANNEL = "pgqueue_enqueued"
 CANCEL_CHANNEL = "pgqueue_cancel"
-
-_LISTEN_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 
 
 class Listener:
@@ -71,7 +69,7 @@ class Listener:
                     await self._poll()
                 self.listening.clear()
                 self._log.warning("listener_lost")
-            except _LISTEN_ERRORS as exc:  # a server error too (too many connections)
+            except DATABASE_ERRORS as exc:  # a server error too (too many connections)
                 self.listening.clear()
                 failures += 1
                 delay = reconnect_delay(failures)

@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import structlog
 
 from pgqueue import driver
-from pgqueue.dberrors import TRANSIENT_ERRORS
+from pgqueue.dberrors import DATABASE_ERRORS
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.pools import acquire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import asyncpg
 
 # Rows deleted per statement: large enough to be cheap per row, small enough that each
 # batch is a short transaction.
@@ -36,8 +37,6 @@ _ROUND_BATCHES = 50
 
 # The prune_jobs statements' parameters: retentions in seconds (None: forever), batch.
 PruneParams = tuple[float | None, float | None, float | None, int | None]
-
-_PRUNE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ class Pruner:
                 total += gone
                 if gone < PRUNE_BATCH:
                     break
-        except _PRUNE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             self._log.warning("prune_failed", error=repr(exc), pruned=total)
         if total:
             self.pruned += total

@@ -31,6 +31,7 @@ import structlog
 from pgqueue import driver
 from pgqueue.completer import TRANSIENT_ERRORS, Completer, reconnect_delay
 from pgqueue.context import RunningJob
+from pgqueue.dberrors import DATABASE_ERRORS
 from pgqueue.errors import PermanentError, Snooze
 from pgqueue.execution import (
     CommitOutcomeUnknownError,
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 # queue within this time instead of staying running under a live worker for good.
 RECONCILE_SECONDS = 30.0
 # A claim that fails with one of these claimed nothing: back off and claim again.
-CLAIM_RETRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
+CLAIM_RETRY_ERRORS = DATABASE_ERRORS
 _DEFAULT_RETRY = RetryPolicy()
 _DEFAULT_RETENTION = Retention()
 
