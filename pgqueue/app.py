@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -17,6 +19,8 @@ from typing import (
     Unpack,
     overload,
 )
+
+import structlog
 
 from pgqueue import driver
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
@@ -35,6 +39,8 @@ from pgqueue.jobs import (
     JobSpec,
     QueueStats,
     build_job,
+    check_spec,
+    validate_job_id,
     validate_queue_name,
     validate_task_name,
 )
@@ -46,7 +52,6 @@ from pgqueue.tasks import Task
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
     from datetime import datetime
-    from pathlib import Path
 
     from pgqueue.states import JobState
 
@@ -179,11 +184,13 @@ class Queue:
         ``timeout`` bounds one attempt, in seconds. A ``transactional`` task takes a
         connection first (asyncpg for async, psycopg for plain functions) whose
         transaction also marks the job succeeded. ``name`` defaults to
-        ``module.qualname``.
+        ``module.qualname``, where module is the name a worker imports the function's
+        module by: for a script run as ``python app.py`` that is ``app``, not
+        ``__main__`` (see :func:`importable_module_name`).
         """
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            task_name = name or f"{importable_module_name(func)}.{func.__qualname__}"
             try:
                 validate_task_name(task_name)
             except InvalidJobError as exc:
@@ -268,6 +275,7 @@ class Queue:
         return self.enqueue_spec_sync(self.build(task, args, **options), conn=conn)
 
     async def enqueue_spec(self, spec: JobSpec, *, conn: Any = None) -> EnqueueResult:
+        spec = check_spec(spec)
         if conn is not None:
             return await driver.enqueue(await async_executor_for(conn), spec)
         return await self._async_connections().run(
@@ -276,6 +284,7 @@ class Queue:
         )
 
     def enqueue_spec_sync(self, spec: JobSpec, *, conn: Any = None) -> EnqueueResult:
+        spec = check_spec(spec)
         if conn is not None:
             return driver.enqueue_sync(sync_executor_for(conn), spec)
         return self._sync_connections().run(
@@ -318,6 +327,7 @@ class Queue:
         """Cancel a queued or running job (a running one's worker is told at once);
         returns the state it was in. ``JobStateError`` if it has already finished,
         ``JobNotFoundError`` for an unknown id. Same as ``SELECT pgqueue.cancel_job(id)``."""
+        job_id = validate_job_id(job_id)
         if conn is not None:
             return await driver.cancel(await async_executor_for(conn), job_id)
         return await self._async_connections().run(
@@ -326,6 +336,7 @@ class Queue:
 
     def cancel_sync(self, job_id: int, *, conn: Any = None) -> JobState:
         """The sync twin of :meth:`cancel`."""
+        job_id = validate_job_id(job_id)
         if conn is not None:
             return driver.cancel_sync(sync_executor_for(conn), job_id)
         return self._sync_connections().run(
@@ -335,6 +346,7 @@ class Queue:
     async def retry(self, job_id: int, *, conn: Any = None) -> None:
         """Queue a failed or cancelled job again now, keeping its error history (one
         more attempt if it had used them all). Same as ``SELECT pgqueue.retry_job(id)``."""
+        job_id = validate_job_id(job_id)
         if conn is not None:
             return await driver.retry(await async_executor_for(conn), job_id)
         return await self._async_connections().run(
@@ -343,6 +355,7 @@ class Queue:
 
     def retry_sync(self, job_id: int, *, conn: Any = None) -> None:
         """The sync twin of :meth:`retry`."""
+        job_id = validate_job_id(job_id)
         if conn is not None:
             return driver.retry_sync(sync_executor_for(conn), job_id)
         return self._sync_connections().run(
@@ -411,6 +424,7 @@ class Queue:
     # --- inspection --------------------------------------------------------------------
 
     async def get_job(self, job_id: int, *, conn: Any = None) -> Job | None:
+        job_id = validate_job_id(job_id)
         if conn is not None:
             return await driver.get_job(await async_executor_for(conn), job_id)
         return await self._async_connections().run(
@@ -432,6 +446,7 @@ class Queue:
         )
 
     def get_job_sync(self, job_id: int, *, conn: Any = None) -> Job | None:
+        job_id = validate_job_id(job_id)
         if conn is not None:
             return driver.get_job_sync(sync_executor_for(conn), job_id)
         return self._sync_connections().run(
@@ -498,6 +513,37 @@ class Queue:
         self.close_sync()
 
 
+def importable_module_name(func: Callable[..., Any]) -> str:
+    """The name under which a worker imports ``func``'s module. A function defined in a
+    script run as ``python app.py`` has ``__module__ == "__main__"``, while the worker,
+    importing ``app:queue``, knows it as ``app``: such a task is named after the module
+    the script would be imported as (``python -m pkg.app`` -> ``pkg.app``; ``python
+    pkg/app.py`` with ``pkg/__init__.py`` -> ``pkg.app``), so that both sides agree."""
+    module = str(func.__module__)
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and not spec.name.endswith("__main__"):
+        return str(spec.name)
+    path = getattr(main, "__file__", None)
+    if not path:  # a REPL or notebook: nothing a worker could import
+        structlog.get_logger("pgqueue").warning(
+            "task_not_importable",
+            task=func.__qualname__,
+            hint="defined in an interactive session: a worker cannot import it; define it "
+            "in a module, or pass name= and register the same name in the worker's app",
+        )
+        return module
+    file = Path(path).resolve()
+    parts = [file.stem]
+    parent = file.parent
+    while (parent / "__init__.py").exists():  # inside a package: its dotted name
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    return ".".join(parts)
+
+
 def _all_keyed(specs: list[JobSpec]) -> bool:
     # Enqueueing again after a connection lost mid-statement is safe only when every
     # job has an idempotency key: a job that did get in is then found, not doubled.
@@ -505,11 +551,13 @@ def _all_keyed(specs: list[JobSpec]) -> bool:
 
 
 def _checked_specs(jobs: Iterable[JobSpec]) -> list[JobSpec]:
-    specs = list(jobs)
-    for index, spec in enumerate(specs):
-        if not isinstance(spec, JobSpec):
-            raise InvalidJobError(
-                f"item {index} is a {type(spec).__name__}, not a JobSpec: build jobs with "
-                "task.job(...) or queue.build(...)"
-            )
+    """The batch as a list of checked jobs; a bad item (or one that fails as it is built,
+    when ``jobs`` is a generator) raises InvalidJobError naming its index."""
+    specs: list[JobSpec] = []
+    try:
+        for spec in jobs:
+            specs.append(check_spec(spec))  # noqa: PERF401 - len(specs) names a bad item
+    except InvalidJobError as exc:
+        index = len(specs)  # the item being built or checked when it failed
+        raise InvalidJobError(f"item {index}: {exc}", field=exc.field, index=index) from exc
     return specs

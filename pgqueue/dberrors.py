@@ -21,6 +21,8 @@ from typing import Any
 import asyncpg
 import psycopg
 
+from pgqueue.errors import SchemaNotReadyError
+
 # asyncpg errors meaning the connection or the server went away (or never answered).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -37,7 +39,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 # Anything asyncpg raises about the database: the connection or server gone, or a
 # statement the server refused. What a background loop (claims, the listener, pruning,
 # progress reports) catches, logs and outlives.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
+# SchemaNotReadyError is what the executors make of the errors a missing schema gives.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    asyncpg.PostgresError,
+    SchemaNotReadyError,
+)
 
 # SQLSTATEs after which the statement was rolled back on a sound connection, for a
 # reason another try may not meet: deadlock_detected, serialization_failure,

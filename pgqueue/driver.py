@@ -172,8 +172,15 @@ async def register_worker(
     pid: int,
     queues: Sequence[str],
     concurrency: int,
+    lease: float,
+    heartbeat_interval: float,
 ) -> None:
-    await ex.fetch(query("register_worker"), (worker_id, host, pid, list(queues), concurrency))
+    """Enter a worker in pgqueue.workers with its own lease and heartbeat interval
+    (seconds), by which the rescue judges it."""
+    await ex.fetch(
+        query("register_worker"),
+        (worker_id, host, pid, list(queues), concurrency, lease, heartbeat_interval),
+    )
 
 
 async def deregister_worker(ex: AsyncExecutor, worker_id: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pgqueue.limits import MAX_SECONDS
+
 
 class PgQueueError(Exception):
     """Base class of every pgqueue error."""
@@ -10,8 +12,20 @@ class PgQueueError(Exception):
 class InvalidJobError(PgQueueError, ValueError):
     """A job could not be built: bad arguments, queue name, priority and so on.
 
-    Raised before anything is sent to the database, so nothing is written.
+    Raised before anything is sent to the database, so nothing is written. ``field``
+    names the offending field when there is one (``"delay"``, ``"args"``...), ``index``
+    the offending item of a batch (``Queue.enqueue_many``, ``POST /v1/jobs/batch``).
     """
+
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.index = index
+
+
+class SchemaNotReadyError(PgQueueError):
+    """The database has no pgqueue schema, or an older one than this pgqueue needs:
+    run ``pgqueue migrate`` (or ``alembic upgrade head``) against it."""
 
 
 class UnknownTaskError(PgQueueError, LookupError):
@@ -67,8 +81,8 @@ class Snooze(Exception):  # noqa: N818 - a request, not an error
     an attempt or recording an error (the thing it waits for is not ready yet)."""
 
     def __init__(self, after: float) -> None:
-        if not after >= 0:
-            raise ValueError("Snooze(after=...) takes a non-negative number of seconds")
+        if not 0 <= after <= MAX_SECONDS:  # also refuses NaN
+            raise ValueError(f"Snooze(after=...) takes a number of seconds from 0 to {MAX_SECONDS}")
         super().__init__(f"snoozed for {after} s")
         self.after = float(after)
 
@@ -81,11 +95,35 @@ _SQLSTATE_ERRORS: dict[str, type[PgQueueError]] = {
 }
 
 
+def primary_message(exc: BaseException) -> str:
+    """A database error's primary message alone: never its CONTEXT or DETAIL lines,
+    which quote PL/pgSQL internals rather than speak to whoever called."""
+    diag = getattr(exc, "diag", None)  # psycopg's; asyncpg's errors carry .message
+    message = getattr(diag, "message_primary", None) or getattr(exc, "message", None) or str(exc)
+    return str(message).split("\n", 1)[0]
+
+
 def translate_db_error(exc: Exception) -> PgQueueError | None:
     """The typed error for a database error from either driver, if it is one of ours."""
     sqlstate = getattr(exc, "sqlstate", None)
     error_class = _SQLSTATE_ERRORS.get(sqlstate) if isinstance(sqlstate, str) else None
     if error_class is None:
         return None
-    message = getattr(exc, "message", None) or str(exc)
-    return error_class(str(message).removeprefix("pgqueue: "))
+    return error_class(primary_message(exc).removeprefix("pgqueue: "))
+
+
+# What a statement of pgqueue's meets in a database never migrated, or migrated by an
+# older pgqueue: undefined_table, invalid_schema_name, undefined_function,
+# undefined_object (a type) and undefined_column.
+_SCHEMA_SQLSTATES = frozenset({"42P01", "3F000", "42883", "42704", "42703"})
+
+
+def schema_not_ready(exc: BaseException) -> SchemaNotReadyError | None:
+    """SchemaNotReadyError for an error a pgqueue statement gets where the pgqueue
+    schema is missing or older than this pgqueue; None for any other error."""
+    if getattr(exc, "sqlstate", None) not in _SCHEMA_SQLSTATES:
+        return None
+    return SchemaNotReadyError(
+        f"the pgqueue schema is missing or out of date in this database "
+        f"({primary_message(exc)}): run `pgqueue migrate`"
+    )

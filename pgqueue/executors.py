@@ -24,7 +24,7 @@ import asyncpg
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from pgqueue.errors import UnsupportedConnectionError
+from pgqueue.errors import UnsupportedConnectionError, schema_not_ready
 
 Row = Sequence[Any]
 
@@ -71,7 +71,11 @@ class AsyncpgExecutor:
         self.conn = conn
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
-        return list(await self.conn.fetch(sql, *args))
+        try:
+            return list(await self.conn.fetch(sql, *args))
+        except asyncpg.PostgresError as exc:
+            _raise_schema_not_ready(exc)
+            raise
 
     async def copy_in(self, sql: str, records: Sequence[Sequence[Any]]) -> None:
         schema, table, columns = parse_copy_statement(sql)
@@ -95,7 +99,11 @@ class PsycopgAsyncExecutor:
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
         async with psycopg.AsyncRawCursor(self.conn) as cur:
-            await cur.execute(sql, args)
+            try:
+                await cur.execute(sql, args)
+            except psycopg.DatabaseError as exc:
+                _raise_schema_not_ready(exc)
+                raise
             return list(await cur.fetchall()) if cur.description is not None else []
 
     async def copy_in(self, sql: str, records: Sequence[Sequence[Any]]) -> None:
@@ -126,16 +134,20 @@ class PsycopgExecutor:
         self.own = own
 
     def fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
-        if self.own:
-            cur = getattr(self.conn, _OWN_CURSOR, None)
-            if cur is None or cur.closed:
-                cur = psycopg.RawCursor(self.conn)
-                setattr(self.conn, _OWN_CURSOR, cur)
-            cur.execute(sql, args)
-            return list(cur.fetchall()) if cur.description is not None else []
-        with psycopg.RawCursor(self.conn) as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall()) if cur.description is not None else []
+        try:
+            if self.own:
+                cur = getattr(self.conn, _OWN_CURSOR, None)
+                if cur is None or cur.closed:
+                    cur = psycopg.RawCursor(self.conn)
+                    setattr(self.conn, _OWN_CURSOR, cur)
+                cur.execute(sql, args)
+                return list(cur.fetchall()) if cur.description is not None else []
+            with psycopg.RawCursor(self.conn) as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall()) if cur.description is not None else []
+        except psycopg.DatabaseError as exc:
+            _raise_schema_not_ready(exc)
+            raise
 
     def copy_in(self, sql: str, records: Sequence[Sequence[Any]]) -> None:
         with self.conn.cursor() as cur, cur.copy(sql) as copy:
@@ -146,6 +158,14 @@ class PsycopgExecutor:
         if _opens_implicit_transaction(self.conn.autocommit, self.conn.info.transaction_status):
             return nullcontext()
         return _sync_transaction(self.conn)
+
+
+def _raise_schema_not_ready(exc: BaseException) -> None:
+    # Every statement of pgqueue's passes here: a database never migrated says
+    # "run pgqueue migrate" instead of a driver's UndefinedTable.
+    missing = schema_not_ready(exc)
+    if missing is not None:
+        raise missing from exc
 
 
 def _opens_implicit_transaction(autocommit: bool, status: TransactionStatus) -> bool:

@@ -5,7 +5,8 @@ event loop cannot stop the beats of a worker that is alive (only a worker that i
 frozen or cut off from the database stops beating). Each beat is one statement per
 worker, whatever the number of jobs it holds. After each beat the thread tries the
 rescue; the one worker whose statement gets the rescue lock hands back the jobs of
-workers whose heartbeat is older than the lease.
+workers whose heartbeat is older than their own lease, as each recorded it when it
+registered: workers with different leases never judge one another by their own.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Heartbeat(threading.Thread):
         """Rescue the jobs of dead workers if no other worker is doing it; how many."""
         conn = self._connection()  # autocommit: the rescue's lock lasts one statement
         with psycopg.RawCursor(conn) as cur:
+            # Our lease judges only the workers that recorded none (older releases).
             rows = cur.execute(query("rescue_jobs"), (self._lease,)).fetchall()
         if rows:
             self.rescued += len(rows)

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from pgqueue.errors import InvalidJobError
+from pgqueue.limits import JOB_ID_MAX, MAX_JSON_DEPTH, MAX_SECONDS, RUN_AT_MAX, RUN_AT_MIN
 from pgqueue.states import JobState
 
 # The same patterns as the CHECK constraints on pgqueue.jobs: checked here first so the
@@ -69,6 +70,17 @@ class JobSpec(NamedTuple):
         return params
 
 
+class CheckedJobSpec(JobSpec):
+    """A JobSpec that :func:`build_job` made, and so checked: enqueueing it checks
+    nothing again (a JobSpec made by hand is checked at enqueue, see check_spec).
+    ``_replace`` gives a plain JobSpec, which is checked again when enqueued."""
+
+    __slots__ = ()
+
+    def _replace(self, /, **changes: Any) -> JobSpec:  # type: ignore[override]
+        return JobSpec(*self)._replace(**changes)
+
+
 class EnqueueResult(NamedTuple):
     """What an enqueue did: the job's id, and whether an existing job holding the same
     idempotency key was returned instead of a new row being written (a NamedTuple, for
@@ -120,14 +132,123 @@ _JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def encode_json(value: Any, what: str) -> str:
-    """JSON text PostgreSQL's jsonb accepts, or InvalidJobError saying why not."""
+    """JSON text PostgreSQL's jsonb accepts and Python reads back, or InvalidJobError
+    saying why not: serialisable, no NUL, no lone surrogate, at most MAX_JSON_DEPTH deep."""
     try:
         text = _JSON.encode(value)
     except (TypeError, ValueError) as exc:
-        raise InvalidJobError(f"{what} must be JSON-serialisable: {exc}") from exc
-    if "\\u0000" in text:
-        raise InvalidJobError(f"{what} must not contain NUL characters (jsonb refuses them)")
+        raise InvalidJobError(f"{what} must be JSON-serialisable: {exc}", field=what) from exc
+    except RecursionError as exc:
+        raise InvalidJobError(
+            f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", field=what
+        ) from exc
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise InvalidJobError(
+            f"{what} must not contain NUL characters (jsonb refuses them)", field=what
+        )
+    # Both checks below walk the value, so they run only when the cheap test on the text
+    # says they might find something (a surrogate escape; enough brackets to be deep).
+    if "\\ud" in text and not _utf8_encodable(_JSON_UTF8.encode(value)):
+        raise InvalidJobError(
+            f"{what} must not contain lone surrogates (text that is not valid Unicode)", field=what
+        )
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise InvalidJobError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", field=what)
     return text
+
+
+# \u0000 in JSON text is a NUL unless its backslash is itself escaped (a literal
+# backslash followed by "u0000" in the original string).
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_JSON_UTF8 = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON containers nest more than ``limit`` levels (iterative: a recursive
+    walk would itself hit Python's recursion limit on the values it must refuse)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def validate_text(value: object, what: str, max_length: int) -> str:
+    """A string PostgreSQL's text type stores: 1 to ``max_length`` characters, no NUL,
+    valid Unicode."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= max_length
+        or "\x00" in value
+        or not _utf8_encodable(value)
+    ):
+        raise InvalidJobError(
+            f"{what} must be a string of 1-{max_length} characters without NUL or lone "
+            f"surrogates, got {_short(value)}",
+            field=what,
+        )
+    return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def validate_job_id(value: object) -> int:
+    """A job id: an integer from 1 to 2**63 - 1 (PostgreSQL's bigint)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= JOB_ID_MAX:
+        raise InvalidJobError(
+            f"job id must be an integer from 1 to {JOB_ID_MAX}, got {_short(value)}", field="id"
+        )
+    return value
+
+
+def validate_seconds(value: object, what: str, *, allow_zero: bool) -> float:
+    """A number of seconds: finite, positive (or zero) and at most MAX_SECONDS."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (value >= 0 if allow_zero else value > 0)
+        or value > MAX_SECONDS
+    ):
+        low = "0" if allow_zero else "above 0"
+        raise InvalidJobError(
+            f"{what} must be a number of seconds from {low} to {MAX_SECONDS}, got {_short(value)}",
+            field=what,
+        )
+    return float(value)
+
+
+def validate_run_at(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidJobError(
+            f"run_at must be a timezone-aware datetime, got {_short(value)}", field="run_at"
+        )
+    if not RUN_AT_MIN <= value <= RUN_AT_MAX:
+        raise InvalidJobError(
+            f"run_at must be from {RUN_AT_MIN.isoformat()} to {RUN_AT_MAX.isoformat()}, "
+            f"got {value.isoformat()}",
+            field="run_at",
+        )
+    return value
 
 
 @cache
@@ -140,7 +261,8 @@ def validate_queue_name(queue: object) -> str:
     if not isinstance(queue, str) or len(queue) > 64 or not _name_ok(QUEUE_NAME_RE, queue):
         raise InvalidJobError(
             f"invalid queue name {queue!r}: 1-64 characters from A-Z a-z 0-9 _ . : -, "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            field="queue",
         )
     return queue
 
@@ -149,14 +271,17 @@ def validate_task_name(task: object) -> str:
     if not isinstance(task, str) or len(task) > 200 or not _name_ok(TASK_NAME_RE, task):
         raise InvalidJobError(
             f"invalid task name {task!r}: 1-200 characters from A-Z a-z 0-9 _ . : -, "
-            "starting with a letter or underscore"
+            "starting with a letter or underscore",
+            field="task",
         )
     return task
 
 
 def _validate_int(value: object, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidJobError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+        raise InvalidJobError(
+            f"{what} must be an integer from {low} to {high}, got {value!r}", field=what
+        )
     return value
 
 
@@ -172,36 +297,30 @@ def build_job(
     idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> JobSpec:
-    """Check every field of a job and return it ready to insert."""
+    """Check every field of a job and return it ready to insert: the one place where a
+    job's fields are validated, so that the library, the API and the CLI refuse the same
+    things with the same InvalidJobError, naming the field, before anything is written."""
     validate_task_name(task)
     validate_queue_name(queue)
     if args is None:
         args = {}
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-        raise InvalidJobError("args must be a dict with string keys (the task's keyword arguments)")
+        raise InvalidJobError(
+            "args must be a dict with string keys (the task's keyword arguments)", field="args"
+        )
     args_json = encode_json(args, "args")
     _validate_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
     _validate_int(max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
     if run_at is not None and delay is not None:
-        raise InvalidJobError("give run_at or delay, not both")
-    if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
-        raise InvalidJobError("run_at must be a timezone-aware datetime")
-    delay_seconds = 0.0
-    if delay is not None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise InvalidJobError(f"delay must be a number of seconds, got {delay!r}")
-        if not math.isfinite(delay) or delay < 0:
-            raise InvalidJobError(f"delay must be a finite, non-negative number, got {delay!r}")
-        delay_seconds = float(delay)
+        raise InvalidJobError("give run_at or delay, not both", field="run_at")
+    if run_at is not None:
+        validate_run_at(run_at)
+    delay_seconds = 0.0 if delay is None else validate_seconds(delay, "delay", allow_zero=True)
     if timeout is not None:
         timeout = validate_timeout(timeout, "timeout")
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX
-    ):
-        raise InvalidJobError(
-            f"idempotency_key must be a string of 1-{IDEMPOTENCY_KEY_MAX} characters"
-        )
-    return JobSpec(
+    if idempotency_key is not None:
+        validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_MAX)
+    return CheckedJobSpec(
         task=task,
         args_json=args_json,
         queue=queue,
@@ -214,16 +333,38 @@ def build_job(
     )
 
 
+def check_spec(spec: JobSpec) -> JobSpec:
+    """Check a JobSpec made without :func:`build_job` (its constructor checks nothing)
+    against the same rules, so that no path writes what build_job would refuse."""
+    if type(spec) is CheckedJobSpec:
+        return spec
+    if not isinstance(spec, JobSpec):
+        raise InvalidJobError(
+            f"a {type(spec).__name__} is not a JobSpec: build jobs with task.job(...) or "
+            "queue.build(...)"
+        )
+    if not isinstance(spec.args_json, str):
+        raise InvalidJobError("args_json must be JSON text", field="args")
+    try:
+        args = json.loads(spec.args_json)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJobError(f"args_json is not valid JSON: {exc}", field="args") from exc
+    return build_job(
+        spec.task,
+        args,
+        queue=spec.queue,
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        run_at=spec.run_at,
+        delay=spec.delay if spec.run_at is None else None,
+        idempotency_key=spec.idempotency_key,
+        timeout=spec.timeout,
+    )
+
+
 def validate_timeout(value: object, what: str) -> float:
-    """A timeout in seconds: a finite number above zero."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise InvalidJobError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    """A timeout in seconds: a finite number above zero, at most MAX_SECONDS."""
+    return validate_seconds(value, what, allow_zero=False)
 
 
 def bulk_params(ids: list[int], specs: list[JobSpec]) -> tuple[list[Any], ...]:
@@ -313,26 +454,40 @@ class BulkPlan:
         return out
 
 
+def decode_json(text: str | None) -> Any:
+    """A JSON column as read back. Whatever a row holds must stay readable (a job with
+    args nested deeper than Python's decoder goes, written from psql, must not break
+    every listing): such a value reads as a dict saying so instead of failing."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return {"pgqueue_undecodable": f"JSON nested too deeply to decode ({len(text)} characters)"}
+
+
 def job_from_row(row: Any) -> Job:
     """A ``get_job`` row (either driver's) as a Job."""
+    args = decode_json(row[3])
+    errors = decode_json(row[11])
     return Job(
         id=row[0],
         queue=row[1],
         task=row[2],
-        args=json.loads(row[3]),
+        args=args if isinstance(args, dict) else {"pgqueue_undecodable": args},
         state=JobState(row[4]),
         priority=row[5],
         attempts=row[6],
         max_attempts=row[7],
         run_at=row[8],
         idempotency_key=row[9],
-        result=None if row[10] is None else json.loads(row[10]),
-        errors=json.loads(row[11]),
+        result=decode_json(row[10]),
+        errors=errors if isinstance(errors, list) else [errors],
         created_at=row[12],
         started_at=row[13],
         finished_at=row[14],
         timeout=row[15],
-        progress=None if row[16] is None else json.loads(row[16]),
+        progress=decode_json(row[16]),
     )
 
 
@@ -365,7 +520,7 @@ def claimed_from_row(row: Any) -> ClaimedJob:
         id=row[0],
         queue=row[1],
         task=row[2],
-        args=json.loads(row[3]),
+        args=decode_json(row[3]),
         priority=row[4],
         attempt=row[5],
         max_attempts=row[6],

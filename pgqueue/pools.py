@@ -21,6 +21,7 @@ import psycopg_pool
 import structlog
 from psycopg.pq import TransactionStatus
 
+from pgqueue.connect import asyncpg_pool, psycopg_connect_args
 from pgqueue.dberrors import (
     asyncpg_fileno,
     connection_failed,
@@ -196,7 +197,7 @@ class AsyncConnections:
                     # No floor of idle connections: asyncpg would keep restoring it in
                     # the background while the database is down (a restart), logging a
                     # traceback each time. The held connection stays open anyway.
-                    self._pool = await asyncpg.create_pool(
+                    self._pool = await asyncpg_pool(
                         self._dsn, min_size=0, max_size=self._size, reset=keep_session
                     )
         return self._pool
@@ -304,6 +305,41 @@ def _pool_timed_out(pool: asyncpg.Pool[Any], timeout: float) -> PgQueueError:
     )
 
 
+class _ConnectionPool(psycopg_pool.ConnectionPool[psycopg.Connection[Any]]):
+    """psycopg_pool's pool, counting its failed connection attempts and keeping the last
+    error: it reconnects in the background and tells only the logging module why it
+    cannot, while a caller waiting in ``getconn`` learns nothing until its timeout."""
+
+    failures = 0
+    connected = 0
+    last_error: Exception | None = None
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            self.last_error = exc
+            self.failures += 1
+            raise
+        self.last_error = None
+        self.connected += 1
+        return conn
+
+    def answering(self) -> bool:
+        """Whether the pool's last connection attempt succeeded."""
+        return self.connected > 0 and self.last_error is None
+
+
+class _NoConnectionError(ConnectionError):
+    """The pool's attempts to connect failed while a call waited for a connection:
+    nothing was sent, another try is safe."""
+
+
+# How long a sync call waits for the pool at a time before it looks whether the pool's
+# connection attempts are failing (then it logs a failed try and backs off).
+_SYNC_WAIT_STEP = 1.0
+
+
 class SyncConnections:
     """A psycopg pool, and a held connection in front of it; thread-safe."""
 
@@ -311,11 +347,11 @@ class SyncConnections:
         self._dsn = dsn
         self._size = size
         self._pool_timeout = pool_timeout
-        self._pool = psycopg_pool.ConnectionPool(
+        self._pool = _ConnectionPool(
             dsn,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **psycopg_connect_args(dsn)},
             open=True,
             name=name,
             timeout=pool_timeout,
@@ -369,34 +405,47 @@ class SyncConnections:
 
     def _getconn_live(self, deadline: float | None) -> psycopg.Connection[Any]:
         # As in AsyncConnections._acquire_live. While the database is down the pool
-        # keeps reconnecting in the background (with its own backoff and jitter) and
-        # getconn waits for it, at most until the deadline.
+        # keeps reconnecting in the background (with its own backoff and jitter, each
+        # attempt bounded by the connect timeout) and getconn waits for it, at most until
+        # the deadline.
         for _ in range(self._size + 1):
-            timeout = self._pool_timeout if deadline is None else deadline - time.monotonic()
-            try:
-                conn = self._pool.getconn(timeout=max(timeout, 0.001))
-            except psycopg_pool.PoolTimeout as exc:
-                raise self._timed_out() from exc
+            if deadline is None:
+                deadline = time.monotonic() + self._pool_timeout
+            conn = self._getconn(deadline)
             if _usable(conn):
                 return conn
             _discard_if_dead(conn)
             self._pool.putconn(conn)
         raise _FoundDeadError("every pooled connection tried was found closed by the server")
 
-    def _timed_out(self) -> PgQueueError:
-        # The pool says only that it gave no connection in time: all busy, or none
-        # could be made. One connection attempt of our own tells which.
-        try:
-            psycopg.connect(self._dsn, connect_timeout=5).close()
-        except psycopg.Error as exc:
-            return DatabaseUnavailableError(
-                f"no connection to PostgreSQL could be made within {self._pool_timeout:g} s"
-                f" ({exc}); nothing was written"
-            )
-        return PoolTimeoutError(
-            f"all {self._size} connections of the Queue's pool stayed busy for "
-            f"{self._pool_timeout:g} s (pool_size, pool_timeout); nothing was written"
-        )
+    def _getconn(self, deadline: float) -> psycopg.Connection[Any]:
+        """A connection from the pool; a connection attempt of the pool's that failed
+        meanwhile raises :class:`_NoConnectionError` (a failed try, logged and retried
+        by the caller), and so does the deadline when the last attempt failed."""
+        failures = self._pool.failures
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._pool.getconn(timeout=max(min(remaining, _SYNC_WAIT_STEP), 0.001))
+            except psycopg_pool.PoolTimeout as exc:
+                error = self._pool.last_error
+                failed = self._pool.failures != failures or remaining <= _SYNC_WAIT_STEP
+                if error is not None and failed:
+                    raise _NoConnectionError(
+                        f"cannot connect to PostgreSQL: {_one_line(error)}"
+                    ) from error
+                if remaining > _SYNC_WAIT_STEP:
+                    continue
+                if self._pool.answering():  # the database is there: the pool is busy
+                    raise PoolTimeoutError(
+                        f"all {self._size} connections of the Queue's pool stayed busy for "
+                        f"{self._pool_timeout:g} s (pool_size, pool_timeout); nothing was "
+                        "written"
+                    ) from exc
+                raise DatabaseUnavailableError(
+                    f"no connection to PostgreSQL could be made within "
+                    f"{self._pool_timeout:g} s; nothing was written"
+                ) from exc
 
     def close(self) -> None:
         with self._held_lock:
@@ -404,6 +453,11 @@ class SyncConnections:
                 self._pool.putconn(self._held)
                 self._held = None
         self._pool.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    # libpq's messages run over several lines (a hint on the second).
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _usable(conn: psycopg.Connection[Any]) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
+
+from pgqueue.limits import MAX_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +24,11 @@ class RetryPolicy:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.max_delay < 0:
-            raise ValueError("retry delays must not be negative")
-        if self.factor < 1:
+        # The delays become run_at = now() + delay in the database: finite and within
+        # the bound every delay keeps (see pgqueue.limits).
+        if not (0 <= self.base <= MAX_SECONDS and 0 <= self.max_delay <= MAX_SECONDS):
+            raise ValueError(f"retry delays must be from 0 to {MAX_SECONDS} seconds")
+        if not (math.isfinite(self.factor) and self.factor >= 1):
             raise ValueError("retry factor must be at least 1")
         if not 0 <= self.jitter <= 1:
             raise ValueError("retry jitter must be between 0 and 1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import tempfile
@@ -18,12 +19,17 @@ import structlog
 import uvicorn
 
 from pgqueue.service import ServiceSettings, create_app
+from pgqueue.service.http_limits import LimitedHttpToolsProtocol
+from pgqueue.service.settings import HttpLimits
 from pgqueue.worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
     from pgqueue.app import Queue
+
+
+HTTP_PROTOCOL = f"{LimitedHttpToolsProtocol.__module__}:{LimitedHttpToolsProtocol.__qualname__}"
 
 
 def run_api(
@@ -47,7 +53,11 @@ def run_api(
         PGQUEUE_LOG_LEVEL=log_level,
         PGQUEUE_LOG_FORMAT=log_format,
     )
-    structlog.get_logger("pgqueue.api").info("api_starting", host=host, port=port, workers=workers)
+    # Each server process reads these itself; a bad value fails here, once, instead.
+    limits = HttpLimits.from_env(os.environ)
+    structlog.get_logger("pgqueue.api").info(
+        "api_starting", host=host, port=port, workers=workers, **dataclasses.asdict(limits)
+    )
     uvicorn.run(
         "pgqueue.service.asgi:app_from_env",
         factory=True,
@@ -56,6 +66,9 @@ def run_api(
         workers=workers,
         log_level=log_level,
         access_log=False,  # the app logs each request itself, with its request id
+        # Header limits and slow-client timeouts (by name: worker processes import it).
+        http=HTTP_PROTOCOL,
+        ws="none",  # the app has no websockets: no upgrade path to attack
         timeout_graceful_shutdown=max(int(grace_period), 1),
     )
 
@@ -79,13 +92,16 @@ async def run_dev(
         reason="pgqueue dev: local use only, served on loopback without API keys",
         host=host,
     )
+    settings = ServiceSettings(dsn=dsn, auth=False, http=HttpLimits.from_env(os.environ))
     server = _Server(
         uvicorn.Config(
-            create_app(ServiceSettings(dsn=dsn, auth=False)),
+            create_app(settings),
             host=host,
             port=port,
             log_level=log_level,
             access_log=False,
+            http=LimitedHttpToolsProtocol.with_limits(settings.http),
+            ws="none",
         )
     )
     worker = Worker(app, dsn=dsn, concurrency=concurrency) if app is not None else None

@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from pgqueue.errors import InvalidJobError
-from pgqueue.jobs import EnqueueResult, JobSpec, build_job, encode_json, validate_timeout
+from pgqueue.jobs import (
+    CheckedJobSpec,
+    EnqueueResult,
+    JobSpec,
+    build_job,
+    encode_json,
+    validate_timeout,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -225,6 +232,7 @@ class Task(Generic[P, R]):
         clone.__dict__.update(self.__dict__)
         clone._options = options  # noqa: SLF001 - a copy of our own class
         clone._defaults_only = options.only_conn()  # noqa: SLF001
+        clone._spec({})  # noqa: SLF001 - bad options fail here, not at the first enqueue
         return clone
 
     def _spec(self, args: dict[str, Any]) -> JobSpec:
@@ -251,7 +259,7 @@ class Task(Generic[P, R]):
         arguments = bind_arguments(self.signature, self.name, args, kwargs, self._shape)
         if self._defaults_only:
             # Keyword names are strings by construction; only the values need checking.
-            return JobSpec(
+            return CheckedJobSpec(
                 task=self.name,
                 args_json=encode_json(arguments, "args"),
                 queue=self.queue,

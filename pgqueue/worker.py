@@ -81,10 +81,19 @@ def error_entry(attempt: int, exc: BaseException) -> str:
         {
             "attempt": attempt,
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "message": str(exc) or type(exc).__name__,
-            "traceback": "".join(traceback.format_exception(exc)),
+            "message": storable_text(str(exc) or type(exc).__name__),
+            "traceback": storable_text("".join(traceback.format_exception(exc))),
         }
     )
+
+
+def storable_text(text: str) -> str:
+    """Text jsonb stores: a task's error message is whatever it raised, and a NUL or a
+    lone surrogate in it would make the database refuse the whole batch of outcomes
+    it is written with. A NUL becomes U+FFFD, a lone surrogate "?"."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 class _Interrupted(Exception):  # noqa: N818 - it is a reason, recorded as the error
@@ -113,8 +122,10 @@ class Worker:
             raise ValueError("batch_size must be at least 1")
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
-        if lease <= 0:
-            raise ValueError("lease must be positive")
+        # Recorded in pgqueue.workers as an interval of whole microseconds, with its fifth
+        # (the heartbeat interval) positive: neither may round to zero or overflow.
+        if not 0.001 <= lease <= 365 * 86400:
+            raise ValueError(f"lease must be between 0.001 and 31536000 seconds, got {lease!r}")
         if processes is not None and processes < 1:
             raise ValueError("processes must be at least 1")
         if prune_interval <= 0:
@@ -127,8 +138,10 @@ class Worker:
         self.poll_interval = poll_interval
         self.grace_period = grace_period
         # A running job is this worker's for as long as it heartbeats (every fifth of the
-        # lease); a worker silent for a whole lease has its jobs rescued by another.
+        # lease); a worker silent for a whole lease has its jobs rescued by another. Both
+        # are recorded in pgqueue.workers: the rescue judges this worker by its own lease.
         self.lease = lease
+        self.heartbeat_interval = lease / 5
         # The process pool of process=True tasks, started with the first such job.
         self.processes = processes or min(concurrency, os.cpu_count() or 1)
         # Finished jobs past their retention are pruned by one worker at a time, every
@@ -244,7 +257,7 @@ class Worker:
         self.heartbeat = Heartbeat(
             self.dsn,
             worker_id=lambda: self.worker_id,
-            interval=self.lease / 5,
+            interval=self.heartbeat_interval,
             lease=self.lease,
             on_declared_dead=functools.partial(_call_on_loop, loop, self._declared_dead),
         )
@@ -315,6 +328,8 @@ class Worker:
                     pid=os.getpid(),
                     queues=self.queues,
                     concurrency=self.concurrency,
+                    lease=self.lease,
+                    heartbeat_interval=self.heartbeat_interval,
                 )
         except CLAIM_RETRY_ERRORS as exc:
             log.warning("worker_register_failed", error=repr(exc))
@@ -326,7 +341,7 @@ class Worker:
         try:
             async with acquire(pool) as conn:
                 await driver.deregister_worker(AsyncpgExecutor(conn), self.worker_id)
-        except CLAIM_RETRY_ERRORS as exc:  # the rescue will drop the row after a lease
+        except CLAIM_RETRY_ERRORS as exc:  # the rescue drops the row after our lease
             log.warning("worker_deregister_failed", error=repr(exc))
 
     def _declared_dead(self, dead_id: str) -> None:

@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from .auth import OPEN_PATHS, ApiKeyMiddleware
 from .dashboard import DASHBOARD_HANDLERS, template_config
 from .health import healthz, readyz
+from .http_limits import HeaderLimits, JsonBodyMiddleware
 from .jobs import JobsController
 from .logs import RequestObserver
 from .metrics import Metrics, metrics_endpoint
@@ -51,7 +52,10 @@ def create_app(settings: ServiceSettings) -> Litestar:
             *DASHBOARD_HANDLERS,
         ],
         template_config=template_config(),
-        middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=exclude)],
+        middleware=[
+            DefineMiddleware(ApiKeyMiddleware, exclude=exclude),
+            JsonBodyMiddleware(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
@@ -66,5 +70,5 @@ def create_app(settings: ServiceSettings) -> Litestar:
         state=State({"pgqueue": state, "pgqueue_metrics": metrics}),
     )
     # Around everything, 404s included: access log, request id, request metrics.
-    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    app.asgi_handler = RequestObserver(HeaderLimits(app.asgi_handler, settings.http), metrics)
     return app

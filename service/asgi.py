@@ -4,6 +4,10 @@ for its worker processes, which start fresh interpreters):
 - ``PGQUEUE_DSN`` (required): the database.
 - ``PGQUEUE_API_MAX_BODY_BYTES``, ``PGQUEUE_API_MAX_ARGS_BYTES``,
   ``PGQUEUE_API_MAX_WAIT_SECONDS``: limits (see ServiceSettings).
+- ``PGQUEUE_API_MAX_HEADER_BYTES``, ``PGQUEUE_API_MAX_HEADERS``,
+  ``PGQUEUE_API_HEADER_TIMEOUT_SECONDS``, ``PGQUEUE_API_BODY_TIMEOUT_SECONDS``: what
+  the server takes from a client (see HttpLimits; the timeouts need ``--http
+  pgqueue.service.http_limits:LimitedHttpToolsProtocol``).
 - ``PGQUEUE_LOG_LEVEL``, ``PGQUEUE_LOG_FORMAT`` (``json``, ``console`` or ``auto``).
 
 ``uvicorn --factory pgqueue.service.asgi:app_from_env``
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING
 from pgqueue.logs import configure_logging
 
 from .app import create_app
-from .settings import ServiceSettings
+from .settings import HttpLimits, ServiceSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -38,6 +42,7 @@ def settings_from_env(env: Mapping[str, str]) -> ServiceSettings:
         max_body_bytes=int(env.get("PGQUEUE_API_MAX_BODY_BYTES", defaults.max_body_bytes)),
         max_args_bytes=int(env.get("PGQUEUE_API_MAX_ARGS_BYTES", defaults.max_args_bytes)),
         max_wait_seconds=float(env.get("PGQUEUE_API_MAX_WAIT_SECONDS", defaults.max_wait_seconds)),
+        http=HttpLimits.from_env(env),
     )
 
 

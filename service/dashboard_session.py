@@ -4,7 +4,9 @@ send the browser next, and CSRF protection.
 Every POST must carry the session's CSRF token, rendered into the page's forms: an HMAC
 of the API key keyed by a random per-browser cookie (HttpOnly, SameSite=Strict), so a
 page of another site can neither read nor compute it, and a token is good only for one
-browser and one key. A browser's cross-site POST is refused outright as well.
+browser and one key. A browser's cross-site POST is refused outright as well, and so
+is any POST whose ``Origin`` (or, without one, ``Referer``) is not this site: the
+request's own scheme and ``Host``, so a reverse proxy must pass ``Host`` through.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import structlog
 from litestar.datastructures import Cookie
 
 from .auth import DASHBOARD_PATH
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 NONCE_COOKIE = "pgqueue_dashboard_nonce"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+_log = structlog.get_logger("pgqueue.service")
 
 
 def safe_next(raw: object) -> str:
@@ -51,10 +56,50 @@ def request_key(request: Request[Any, Any, Any]) -> str:
     return auth if isinstance(auth, str) else ""
 
 
+def _authority(scheme: str, netloc: str) -> str:
+    """host[:port], lower case, without the scheme's default port."""
+    netloc = netloc.strip().lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return netloc
+
+
+def same_origin(request: Request[Any, Any, Any]) -> bool | None:
+    """Whether the browser says the request comes from a page of this site: its
+    ``Origin``, else its ``Referer``, against the request's scheme and ``Host``. None
+    when it sends neither (not a browser, or an old one: the CSRF token still holds)."""
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if not claimed:
+        return None
+    try:
+        parts = urlsplit(claimed)
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()  # "" for Origin: null (a sandboxed or opaque page)
+    own_scheme = request.scope.get("scheme", "http")
+    # A page over https posting to http: TLS ended at a proxy that did not say so
+    # (X-Forwarded-Proto). The other way round, an http page may have been tampered with.
+    if scheme not in ("http", "https") or scheme not in (own_scheme, "https"):
+        return False
+    host = request.headers.get("host")
+    if not host:
+        server = request.scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else ""
+    return _authority(scheme, parts.netloc) == _authority(own_scheme, host)
+
+
 async def checked_form(request: Request[Any, Any, Any], key: str | None = None) -> FormMultiDict:
     """The posted form, once its CSRF token is the session's (else 403)."""
     if request.headers.get("sec-fetch-site") == "cross-site":
         raise ProblemError(403, "the dashboard refuses posts from other sites")
+    if same_origin(request) is False:
+        _log.info("dashboard_post_refused", reason="foreign origin", path=request.url.path)
+        raise ProblemError(
+            403,
+            "the dashboard refuses posts from other origins (behind a reverse proxy, "
+            "pass the Host header through)",
+        )
     form = await request.form()
     sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
     nonce = request.cookies.get(NONCE_COOKIE)

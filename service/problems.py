@@ -113,6 +113,7 @@ PROBLEM_DESCRIPTIONS = {
     404: "No such job",
     409: "The job's state or an idempotency key conflicts with the request",
     413: "The body, a job's args or a batch is larger than the limit",
+    415: "The body is not JSON: send it with Content-Type: application/json",
     422: "The request decoded but is not valid (names, ranges, parameters)",
     503: "Not ready",
 }
@@ -121,6 +122,9 @@ PROBLEM_DESCRIPTIONS = {
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI descriptions of error responses, for a handler's ``responses=``: without
     them the schema would promise Litestar's own JSON error shape, not ours."""
+    if 413 in statuses and 415 not in statuses:
+        # 413 marks a handler that takes a body, which must be JSON (http_limits).
+        statuses = (*statuses, 415)
     return {
         status: ResponseSpec(
             data_container=Problem,

@@ -5,8 +5,12 @@ and at the end every job whose enqueue returned has succeeded, no succeeded job 
 its ledger row, and no job ran concurrently with itself (the invariants of
 test_faults). The producer's own pooled connections ride out the restarts too.
 
-These tests start a PostgreSQL server of their own (the bundled binaries, a temporary
-data directory, a unix socket inside it): the shared test server is never restarted.
+These tests start a PostgreSQL server of their own (a temporary data directory, a unix
+socket inside it): the shared test server is never restarted. It is of the session
+server's major: the bundled binaries for the embedded one (and for a container), and
+for a server given by $PGQUEUE_TEST_DSN of another major, that major's installed
+binaries (Debian's /usr/lib/postgresql/<major>/bin, pg_config's), so that restarts are
+tested on both majors `make test` covers.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import functools
 import subprocess
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 import pytest
@@ -31,20 +35,43 @@ from faultkit import (
     spawn,
     stop_all,
 )
+from pgcluster import Cluster, ClusterError, binary_major, find_bin_dir
 
 import pgqueue
 from pgqueue import migrate
-from pgqueue.embedded import EmbeddedServer
+from pgqueue.embedded import EmbeddedServer, bundled_bin_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from conftest import PgServer
     from workerproc import WorkerProcess
 
 INITIAL_JOBS = 3_000 * SOAK
 DATABASE = "restart_test"
 UNFINISHED = "SELECT count(*) FROM pgqueue.jobs WHERE state IN ('queued', 'running')"
+
+
+class RestartableServer(Protocol):
+    dsn: str
+
+    def restart(self, mode: str) -> None: ...
+    def stop(self, mode: str) -> None: ...
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def prepare_database(admin_dsn: str, dsn: str) -> None:
+    """Create DATABASE (``dsn``) through ``admin_dsn``, and migrate it."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        # No machine crash happens here, only server ones: fsync buys nothing. Commits
+        # stay synchronous (the default), so that an immediate shutdown cannot lose
+        # a commit that was acknowledged.
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    migrate.upgrade(dsn)
 
 
 class DedicatedServer:
@@ -61,16 +88,8 @@ class DedicatedServer:
         self._user = self._server._server.system_user
         self._pg_ctl = str(self._server.bin_dir / "pg_ctl")
         self.log = data_dir / "log"
-        admin = self._server.dsn("postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            # No machine crash happens here, only server ones: fsync buys nothing. Commits
-            # stay synchronous (the default), so that an immediate shutdown cannot lose
-            # a commit that was acknowledged.
-            conn.execute("ALTER SYSTEM SET fsync = off")
-            conn.execute("SELECT pg_reload_conf()")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
         self.dsn = self._server.dsn(DATABASE)
-        migrate.upgrade(self.dsn)
+        prepare_database(self._server.dsn("postgres"), self.dsn)
 
     def pg_ctl(self, *args: str) -> None:
         try:
@@ -110,9 +129,58 @@ class DedicatedServer:
             self._server.stop()
 
 
+class OtherMajorServer:
+    """A throwaway cluster from another major's binaries, restarted at will likewise."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        # Its unix socket only, like the embedded one; synchronous commits (see above).
+        self._cluster = Cluster(bin_dir, prefix="pgqueue-test-restart-")
+        self.dsn = self._cluster.dsn(DATABASE)
+        try:
+            self._cluster.start()
+            prepare_database(self._cluster.dsn("postgres"), self.dsn)
+        except BaseException:
+            self._cluster.close()
+            raise
+
+    def _pg_ctl(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except ClusterError as exc:
+            pytest.fail(str(exc))
+
+    def restart(self, mode: str) -> None:
+        self._pg_ctl(lambda: self._cluster.restart(mode))
+
+    def stop(self, mode: str) -> None:
+        self._pg_ctl(lambda: self._cluster.stop(mode))
+
+    def start(self) -> None:
+        self._pg_ctl(self._cluster.start)
+
+    def close(self) -> None:
+        self._cluster.close()
+
+
 @pytest.fixture
-def server(embedded_data_dir: Path) -> Iterator[DedicatedServer]:
-    dedicated = DedicatedServer(embedded_data_dir)
+def server(pg_server: PgServer, embedded_data_dir: Path) -> Iterator[RestartableServer]:
+    """A server of the session server's major, for this test alone."""
+    major = pg_server.server_version_num // 10000
+    dedicated: RestartableServer
+    if pg_server.kind != "external" or major == binary_major(bundled_bin_dir()):
+        # The embedded server's major; a container's too (its binaries are not at hand,
+        # and the bundled ones cover the restart as before).
+        dedicated = DedicatedServer(embedded_data_dir)
+    else:
+        bin_dir = find_bin_dir(major)
+        if bin_dir is None:
+            pytest.skip(
+                f"the session server is PostgreSQL {major}, and no PostgreSQL {major} binaries"
+                f" (initdb, pg_ctl, postgres) were found in /usr/lib/postgresql/{major}/bin"
+                " nor at pg_config's --bindir: install that major's server package to"
+                " restart-test it"
+            )
+        dedicated = OtherMajorServer(bin_dir)
     try:
         yield dedicated
     finally:
@@ -230,7 +298,7 @@ class Producer(threading.Thread):
 
 
 def run_scenario(
-    server: DedicatedServer,
+    server: RestartableServer,
     figures: Figures,
     outages: list[Callable[[list[WorkerProcess]], None]],
     *,
@@ -309,6 +377,12 @@ def run_scenario(
     return producer, events
 
 
+def version(server: RestartableServer) -> str:
+    """Which PostgreSQL the scenario restarted, for its report line."""
+    number = query_value(server.dsn, "SELECT current_setting('server_version_num')::int")
+    return f"PostgreSQL {number // 10000}.{number % 10000}"
+
+
 def report(figures: Figures, producer: Producer, events: dict[str, int]) -> None:
     figures.notes.append(
         f"producer: {producer.calls} calls returned ({len(producer.ids)} jobs), "
@@ -329,7 +403,7 @@ def test_postgres_restarted_twice_fast_then_immediate_loses_nothing(server, caps
     producer, events = run_scenario(server, figures, outages)
     report(figures, producer, events)
     with capsys.disabled():
-        print("\n" + figures.report("PostgreSQL restarted twice (fast, immediate)"))
+        print("\n" + figures.report(f"{version(server)} restarted twice (fast, immediate)"))
 
 
 @pytest.mark.slow
@@ -356,7 +430,7 @@ def test_an_outage_longer_than_the_lease_rescues_and_loses_nothing(server, capsy
     producer, events = run_scenario(server, figures, [long_outage], expect_declared_dead=True)
     report(figures, producer, events)
     with capsys.disabled():
-        print("\n" + figures.report("PostgreSQL down for longer than the lease"))
+        print("\n" + figures.report(f"{version(server)} down for longer than the lease"))
     assert events["worker_declared_dead"] >= 1
 
 

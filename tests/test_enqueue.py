@@ -276,7 +276,7 @@ def test_bulk_with_keys_delays_and_duplicates(dsn, queue, send_email):
 
 async def test_bulk_with_a_bad_item_writes_nothing(dsn, queue, send_email):
     good = [send_email.job("a"), send_email.job("b")]
-    with pytest.raises(InvalidJobError, match="item 1 is a dict"):
+    with pytest.raises(InvalidJobError, match="item 1: a dict is not a JobSpec"):
         await queue.enqueue_many([good[0], {"task": "x"}, good[1]])  # type: ignore[list-item]
     assert count_jobs(dsn) == 0
     assert await queue.enqueue_many([]) == []

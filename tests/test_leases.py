@@ -8,6 +8,7 @@ import re
 import signal
 import time
 import uuid
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -40,13 +41,16 @@ async def test_a_worker_registers_heartbeats_and_leaves(dsn):
     async with running_worker(queue, concurrency=3, lease=0.5) as worker:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             cur = await conn.execute(
-                "SELECT id::text, pid, queues, concurrency, started_at FROM pgqueue.workers"
+                "SELECT id::text, pid, queues, concurrency, started_at, lease, "
+                "heartbeat_interval FROM pgqueue.workers"
             )
             rows = await cur.fetchall()
             assert len(rows) == 1
-            worker_id, pid, queues, concurrency, started_at = rows[0]
+            worker_id, pid, queues, concurrency, started_at, lease, interval = rows[0]
             assert worker_id == worker.worker_id
             assert (queues, concurrency) == (["reg"], 3)
+            # Its own lease, by which others judge it.
+            assert (lease, interval) == (timedelta(seconds=0.5), timedelta(seconds=0.1))
             assert pid > 0
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # beats every lease/5 = 0.1 s
@@ -147,15 +151,21 @@ def test_a_frozen_worker_that_wakes_does_not_write_over_the_new_owner(dsn):
         queue.close_sync()
 
 
-def _job_held_by_a_dead_worker(dsn: str) -> tuple[int, str]:
-    """A running job (attempt 1) whose worker's last heartbeat is an hour old."""
+def _job_held_by_a_dead_worker(
+    dsn: str, *, silent_for: float = 3600, lease: float | None = None
+) -> tuple[int, str]:
+    """A running job (attempt 1) whose worker's last heartbeat is ``silent_for`` seconds
+    old (an hour by default); the worker recorded ``lease`` seconds as its lease (None:
+    a worker from before it was recorded, with neither lease nor heartbeat interval)."""
     job_id = pgqueue.Queue(dsn).enqueue_sync("lost.task", {}).id
     worker_id = str(uuid.uuid4())
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO pgqueue.workers (id, host, pid, queues, concurrency, last_heartbeat) "
-            "VALUES (%s, 'elsewhere', 1, '{}', 1, now() - interval '1 hour')",
-            (worker_id,),
+            "INSERT INTO pgqueue.workers "
+            "(id, host, pid, queues, concurrency, last_heartbeat, lease, heartbeat_interval) "
+            "VALUES (%s, 'elsewhere', 1, '{}', 1, now() - make_interval(secs => %s), "
+            "make_interval(secs => %s), make_interval(secs => %s::float8 / 5))",
+            (worker_id, silent_for, lease, lease),
         )
         conn.execute(
             "UPDATE pgqueue.jobs SET state = 'running', attempts = 1, started_at = now(), "
@@ -186,7 +196,8 @@ def test_one_rescuer_at_a_time_and_the_election_ends_with_its_statement(dsn):
             "SELECT count(*) FROM pgqueue.workers WHERE id = %s", (worker_id,)
         ).fetchone() == (0,)
         assert conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
         ).fetchone() == (0,)
     assert _job_row(dsn, job_id)[:2] == ("queued", 1)
 
@@ -206,7 +217,8 @@ def test_a_completion_never_committed_is_ended_after_the_lease_and_its_job_rescu
         # The client never sends COMMIT; the server gives up on it.
         wait_for_sql(
             dsn,
-            f"SELECT count(*) FROM pg_stat_activity WHERE pid = {frozen.info.backend_pid}",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND pid = {frozen.info.backend_pid}",
             0,
             timeout=30,
         )
@@ -233,3 +245,131 @@ def test_the_idle_limit_ends_with_the_completing_transaction(dsn):
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("0",)
         conn.rollback()
     assert _job_row(dsn, job_id)[0] == "succeeded"
+
+
+# --- every worker judged by its own lease --------------------------------------------
+
+
+async def test_a_short_lease_rescuer_never_takes_the_job_of_a_live_long_lease_worker(dsn):
+    """A rolling deploy that shortens the lease: worker A (lease 5 s, a beat every 1 s)
+    runs a job lasting three of its beats, while worker B (lease 0.5 s) tries the rescue
+    every 0.1 s beside it. B judges A by A's own lease: the job runs once, never rescued."""
+    queue = pgqueue.Queue(dsn)
+    job_id = (await queue.enqueue("slow.nap", {"seconds": 3}, queue="slow")).id
+    # B serves another queue: a rescued job would stay visible, and A alone runs it.
+    async with running_worker(queue, queues=["elsewhere"], lease=0.5) as rescuer:
+        owner = WorkerProcess("slow_app:queue", dsn, "--lease", "5")
+        try:
+            job = await wait_for_job(queue, job_id, timeout=30)
+            await asyncio.to_thread(owner.wait_for_event, "job_succeeded")
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                cur = await conn.execute(
+                    "SELECT lease, heartbeat_interval, last_heartbeat - started_at "
+                    "FROM pgqueue.workers WHERE pid = %s",
+                    (owner.pid,),
+                )
+                row = await cur.fetchone()
+            assert await asyncio.to_thread(owner.stop) == 0
+            events = [e["event"] for e in owner.events()]
+        finally:
+            owner.close()
+        assert rescuer.heartbeat is not None
+        beats, rescued = rescuer.heartbeat.beats, rescuer.heartbeat.rescued
+    await queue.close()
+    assert (job.state, job.attempts, job.errors, job.result) == (
+        JobState.SUCCEEDED,
+        1,
+        [],
+        "rested",
+    )
+    assert events.count("job_started") == 1
+    assert "worker_declared_dead" not in events
+    # A kept its first entry, beating across the job, under its own lease...
+    assert row is not None
+    lease, interval, beating_for = row
+    assert (lease, interval) == (timedelta(seconds=5), timedelta(seconds=1))
+    assert beating_for >= timedelta(seconds=2)
+    # ...while B tried the rescue dozens of times and took nothing.
+    assert beats >= 15
+    assert rescued == 0
+
+
+def test_a_dead_short_lease_worker_is_rescued_by_a_long_lease_rescuer(dsn):
+    """The other way round: a worker with a 1 s lease, silent for 3 s, is dead, even to
+    a rescuer whose own lease is a minute; one silent for less than its lease is not."""
+    dead_job, dead_worker = _job_held_by_a_dead_worker(dsn, silent_for=3, lease=1)
+    live_job, _ = _job_held_by_a_dead_worker(dsn, silent_for=3, lease=5)
+    assert _rescue(dsn, lease=60) == [dead_job]
+    assert _job_row(dsn, dead_job)[:2] == ("queued", 1)
+    assert _job_row(dsn, live_job)[:2] == ("running", 1)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pgqueue.workers WHERE id = %s", (dead_worker,)
+        ).fetchone() == (0,)
+
+
+def test_a_long_lease_worker_is_not_rescued_by_a_short_lease_rescuer(dsn):
+    job_id, worker_id = _job_held_by_a_dead_worker(dsn, silent_for=3, lease=20)
+    assert _rescue(dsn, lease=0.5) == []
+    assert _job_row(dsn, job_id)[:2] == ("running", 1)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pgqueue.workers WHERE id = %s", (worker_id,)
+        ).fetchone() == (1,)
+
+
+def test_a_worker_that_recorded_no_lease_is_judged_by_at_least_the_old_default(dsn):
+    """A worker of a release before leases were recorded (mid rolling deploy): the
+    rescuer's lease, but never less than 15 s, the default lease of that release."""
+    recent, _ = _job_held_by_a_dead_worker(dsn, silent_for=5)  # beats every 3 s by default
+    stale, _ = _job_held_by_a_dead_worker(dsn, silent_for=20)
+    long_gone, _ = _job_held_by_a_dead_worker(dsn, silent_for=3600)
+    # A short-lease rescuer does not take a recent one: 15 s, not its own 1 s.
+    assert sorted(_rescue(dsn, lease=1)) == sorted([stale, long_gone])
+    assert _job_row(dsn, recent)[0] == "running"
+    # A rescuer with a longer lease than 15 s goes by its own, as that release did.
+    older, _ = _job_held_by_a_dead_worker(dsn, silent_for=20)
+    assert _rescue(dsn, lease=30) == []
+    assert _rescue(dsn, lease=10) == [older]
+    assert _job_row(dsn, recent)[0] == "running"
+
+
+def test_a_job_claimed_before_workers_registered_gets_at_least_the_old_default(dsn):
+    """A running job without a worker_id (claimed before 0002) is judged by the same
+    rule as a worker that recorded no lease, from the job's start."""
+    queue = pgqueue.Queue(dsn)
+    recent = queue.enqueue_sync("lost.task", {}).id
+    stale = queue.enqueue_sync("lost.task", {}).id
+    queue.close_sync()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE pgqueue.jobs SET state = 'running', attempts = 1, started_at = now() - "
+            "CASE WHEN id = %s THEN interval '5 seconds' ELSE interval '20 seconds' END "
+            "WHERE id IN (%s, %s)",
+            (recent, recent, stale),
+        )
+    assert _rescue(dsn, lease=1) == [stale]
+    assert _job_row(dsn, recent)[0] == "running"
+
+
+def test_a_worker_entry_with_a_nonsensical_lease_is_refused(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        insert = (
+            "INSERT INTO pgqueue.workers (id, host, pid, queues, concurrency, lease, "
+            "heartbeat_interval) VALUES (gen_random_uuid(), 'h', 1, '{}', 1, %s, %s)"
+        )
+        for lease, interval in [
+            ("0 s", "0.1 s"),  # no lease at all
+            ("-1 s", None),
+            ("1 s", "0 s"),  # never beats
+            ("1 s", "1 s"),  # beats no more often than its lease: dead between beats
+        ]:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(insert, (lease, interval))
+        assert conn.execute("SELECT count(*) FROM pgqueue.workers").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("lease", [0.0, -1.0, 0.0001, float("nan"), float("inf"), 1e13])
+def test_a_lease_the_database_cannot_record_is_refused_at_once(lease):
+    with pytest.raises(ValueError, match="lease must be between"):
+        pgqueue.Worker(pgqueue.Queue("postgresql://unused"), queues=["q"], lease=lease)

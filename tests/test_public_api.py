@@ -24,6 +24,7 @@ def test_all_is_pinned():
         "Retention",
         "RetryPolicy",
         "RunningJob",
+        "SchemaNotReadyError",
         "Snooze",
         "Task",
         "UnknownTaskError",

@@ -184,7 +184,8 @@ async def test_one_worker_prunes_at_a_time(dsn, queue):
     # The election is one statement: nothing is left holding the lock.
     with psycopg.connect(dsn) as conn:
         assert conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
         ).fetchone() == (0,)
 
 

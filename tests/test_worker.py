@@ -276,8 +276,8 @@ async def test_jobs_claimed_during_a_stop_are_handed_back_unstarted(dsn, queue):
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 cur = await locker.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
                 )
                 row = await cur.fetchone()
                 if row and row[0]:
@@ -408,7 +408,9 @@ async def _wait_until_blocked(dsn: str, backend_pid: int, timeout: float = 10.0)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
             cur = await conn.execute(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+                "SELECT wait_event_type FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid = %s",
+                (backend_pid,),
             )
             row = await cur.fetchone()
             if row is not None and row[0] == "Lock":

@@ -121,8 +121,9 @@ SELECT pgqueue.notify_finished(array_agg(id)) FROM done HAVING count(*) > 0;
 -- the whole transaction back, so the task's writes happen only with the job's success.
 -- From here to COMMIT the job's row is locked: if the worker froze or lost its network
 -- in between, the rescue (SKIP LOCKED) could never hand the job on. So the rest of the
--- transaction may sit idle at most $5 milliseconds (the lease); past that the server
--- ends the session, the transaction rolls back and the job is rescued as usual.
+-- transaction may sit idle at most $5 milliseconds (the worker's own lease, the one the
+-- rescue judges it by); past that the server ends the session, the transaction rolls
+-- back and the job is rescued as usual.
 WITH done AS (
     -- clock_timestamp(): now() would be the start of the task's own transaction.
     UPDATE pgqueue.jobs
@@ -186,8 +187,11 @@ WHERE worker_id = $1::uuid AND state = 'running' AND id <> ALL($2::bigint[])
 RETURNING id;
 
 -- name: register_worker
-INSERT INTO pgqueue.workers (id, host, pid, queues, concurrency)
-VALUES ($1::uuid, $2, $3, $4::text[], $5);
+-- With the worker's own lease ($6) and heartbeat interval ($7), in seconds: the rescue
+-- judges this worker by them, whatever the rescuer's own.
+INSERT INTO pgqueue.workers (id, host, pid, queues, concurrency, lease, heartbeat_interval)
+VALUES ($1::uuid, $2, $3, $4::text[], $5,
+        make_interval(secs => $6::float8), make_interval(secs => $7::float8));
 
 -- name: heartbeat
 -- One statement per worker per beat, whatever the number of jobs it holds. No row
@@ -198,21 +202,34 @@ UPDATE pgqueue.workers SET last_heartbeat = now() WHERE id = $1::uuid RETURNING 
 DELETE FROM pgqueue.workers WHERE id = $1::uuid;
 
 -- name: rescue_jobs
--- Drop the workers whose heartbeat is older than the lease ($1 seconds) and hand their
--- running jobs back: queued again with an error entry saying the worker was lost (the
--- attempt it was on counts), or failed when that was the last attempt. A running job
--- whose worker row is missing altogether is rescued too. Workers are woken for the
--- queues that got jobs back. Returns one row per rescued job.
+-- Drop the workers whose heartbeat is older than their own lease and hand their running
+-- jobs back: queued again with an error entry saying the worker was lost (the attempt it
+-- was on counts), or failed when that was the last attempt. A running job whose worker
+-- row is missing altogether is rescued too. Workers are woken for the queues that got
+-- jobs back. Returns one row per rescued job.
+-- Each worker is judged by the lease it registered, never by the rescuer's ($1
+-- seconds): a rescuer with a short lease would otherwise declare dead a live worker
+-- that beats less often, and run its jobs again beside it. $1 serves only where no
+-- lease was recorded: rows of workers from before 0008 (mid rolling deploy) and jobs
+-- claimed before workers registered (0001). Those get the rescuer's lease but never
+-- less than 15 s, the default lease of those releases: an old worker most likely runs
+-- with it, so a short-lease rescuer cannot take the jobs of a live one (which beats
+-- every 3 s), while a rescuer with a longer lease is no more eager than it was before.
+-- An old worker whose lease was set longer than both cannot be told apart from a dead
+-- one; change leases only once every worker records its own.
 -- One live worker at a time does it: the one whose statement gets the advisory lock.
 -- Lock and rescue are one statement, run outside any transaction block, so the lock
 -- lives exactly as long as the statement: a rescuer frozen or cut off between round
 -- trips cannot hold it and stop every other worker from rescuing.
 WITH elected AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(7215408337251730690) AS yes
+), fallback AS (
+    -- The lease of a worker that recorded none (see above).
+    SELECT GREATEST(make_interval(secs => $1::float8), interval '15 seconds') AS unrecorded
 ), expired AS (
     DELETE FROM pgqueue.workers
     WHERE (SELECT yes FROM elected)
-      AND last_heartbeat < now() - make_interval(secs => $1::float8)
+      AND last_heartbeat < now() - COALESCE(lease, (SELECT unrecorded FROM fallback))
     RETURNING id
 ), orphaned AS (
     SELECT j.id
@@ -223,7 +240,7 @@ WITH elected AS MATERIALIZED (
            OR (j.worker_id IS NOT NULL
                AND NOT EXISTS (SELECT FROM pgqueue.workers w WHERE w.id = j.worker_id))
            -- claimed before workers registered (0001): give it one lease from its start
-           OR (j.worker_id IS NULL AND j.started_at < now() - make_interval(secs => $1::float8)))
+           OR (j.worker_id IS NULL AND j.started_at < now() - (SELECT unrecorded FROM fallback)))
     FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE pgqueue.jobs AS j

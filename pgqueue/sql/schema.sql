@@ -34,7 +34,11 @@ CREATE TABLE pgqueue.jobs (
     CONSTRAINT jobs_attempts_check CHECK (attempts >= 0),
     CONSTRAINT jobs_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 1000),
     CONSTRAINT jobs_idempotency_key_check CHECK (length(idempotency_key) BETWEEN 1 AND 255),
-    CONSTRAINT jobs_timeout_check CHECK (timeout > interval '0')
+    CONSTRAINT jobs_timeout_check CHECK (timeout > interval '0'),
+    -- pgqueue.limits: every row stays readable by Python (datetime ends at year 9999).
+    CONSTRAINT jobs_run_at_check
+        CHECK (run_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'),
+    CONSTRAINT jobs_timeout_max_check CHECK (timeout <= interval '3153600000 seconds')
 );
 
 COMMENT ON TABLE pgqueue.jobs IS 'One row per job; see pgqueue/states.py for the state machine.';
@@ -98,21 +102,32 @@ CREATE TRIGGER jobs_notify_enqueued
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_enqueued();
 
 -- Live workers. A running job's lease is its worker's heartbeat: while the worker
--- updates last_heartbeat, its jobs are its own; once the heartbeat is older than the
--- lease, a live worker rescues them (see rescue_jobs in queries.sql). worker_id on a
--- job is the worker that claimed it last; there is no foreign key, so that dropping a
+-- updates last_heartbeat, its jobs are its own; once the heartbeat is older than that
+-- worker's own lease, a live worker rescues them (see rescue_jobs in queries.sql).
+-- Workers may run with different leases (a rolling deploy that changes --lease), so
+-- each records its own; rows of workers from before 0008 have NULL there. worker_id on
+-- a job is the worker that claimed it last; there is no foreign key, so that dropping a
 -- dead worker's row never waits on or cascades to its jobs.
 CREATE TABLE pgqueue.workers (
-    id             uuid PRIMARY KEY,
-    host           text NOT NULL,
-    pid            integer NOT NULL,
-    queues         text[] NOT NULL,
-    concurrency    integer NOT NULL,
-    started_at     timestamptz NOT NULL DEFAULT now(),
-    last_heartbeat timestamptz NOT NULL DEFAULT now()
+    id                 uuid PRIMARY KEY,
+    host               text NOT NULL,
+    pid                integer NOT NULL,
+    queues             text[] NOT NULL,
+    concurrency        integer NOT NULL,
+    started_at         timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat     timestamptz NOT NULL DEFAULT now(),
+    lease              interval,
+    heartbeat_interval interval,
+    CONSTRAINT workers_lease_check CHECK (lease > interval '0'),
+    CONSTRAINT workers_heartbeat_interval_check
+        CHECK (heartbeat_interval > interval '0' AND heartbeat_interval < lease)
 );
 
 COMMENT ON TABLE pgqueue.workers IS 'Live workers; a job''s lease lasts while its worker heartbeats.';
+COMMENT ON COLUMN pgqueue.workers.lease IS
+    'How long this worker may go without a heartbeat before its jobs are rescued; NULL: a worker from before 0008, judged by the rescuer''s lease but never less than 15 s.';
+COMMENT ON COLUMN pgqueue.workers.heartbeat_interval IS
+    'How often this worker heartbeats (a fifth of its lease); NULL: a worker from before 0008.';
 
 -- Tell long-polling clients which jobs reached a terminal state: one NOTIFY per
 -- statement on channel pgqueue_finished with the ids comma-separated, or '*' when they

@@ -1,0 +1,26 @@
+"""The bounds a job's values keep, in one place: the job's validation (pgqueue.jobs), the
+retry and snooze delays, the API's schema and the table's CHECK constraints use them.
+
+They keep every value a job can hold inside what both PostgreSQL's column types and
+Python can represent, so that a job that could be written can always be read back (by
+the worker, the API, the dashboard).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+# run_at: Python's datetime ends at year 9999 (PostgreSQL's timestamptz goes on to
+# 294276, and asyncpg stores datetime.max as 'infinity'); a day's margin at each end
+# keeps the value representable in every time zone. The same bounds are a CHECK
+# constraint on pgqueue.jobs (migration 0009), so rows written from psql keep them too.
+RUN_AT_MIN = datetime(1, 1, 2, tzinfo=UTC)
+RUN_AT_MAX = datetime(9999, 12, 30, tzinfo=UTC)
+# Delays (delay, a retry's backoff, a snooze) and timeouts: at most 100 years. Far
+# beyond any real use, and far inside both an interval's range and the largest timeout
+# Python's threading accepts, so that now() + delay always lands before RUN_AT_MAX.
+MAX_SECONDS = 100 * 365 * 86_400
+# Nesting of args (and of a task's result): deep enough for any real document, and well
+# inside what Python's json and msgspec decode (about 1,000 levels) and jsonb stores.
+MAX_JSON_DEPTH = 100
+JOB_ID_MAX = 2**63 - 1  # bigint
