@@ -87,6 +87,8 @@ class Queue:
     mid-statement raises ``OutcomeUnknownError``, except for idempotent calls (reads,
     jobs with idempotency keys), which are retried. ``pool_timeout`` also bounds the
     wait for a free connection when all ``pool_size`` are busy (``PoolTimeoutError``).
+    Each connection attempt gives up after the connect timeout (5 s, see
+    :mod:`pgqueue.connect`), and each failed try is logged (``queue_call_retrying``).
     """
 
     def __init__(
@@ -96,7 +98,7 @@ class Queue:
         data_dir: Path | None = None,
         default_queue: str = DEFAULT_QUEUE,
         pool_size: int = 10,
-        pool_timeout: float = 30.0,
+        pool_timeout: float = 10.0,
     ) -> None:
         validate_queue_name(default_queue)
         if not pool_timeout > 0:

@@ -10,16 +10,21 @@ the listener says so (``listening`` is clear) and the worker's own poll keeps cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 import structlog
 
+from pgqueue.connect import asyncpg_connect
 from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    import asyncpg
+
+T = TypeVar("T")
 
 ENQUEUED_CHANNEL = "pgqueue_enqueued"
 CANCEL_CHANNEL = "pgqueue_cancel"
@@ -54,7 +59,7 @@ class Listener:
         while not self._stop.is_set():
             conn: asyncpg.Connection[Any] | None = None
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await asyncpg_connect(self._dsn)
                 lost = asyncio.Event()
                 conn.add_termination_listener(functools.partial(set_event, lost))
                 await conn.add_listener(ENQUEUED_CHANNEL, self._on_notify)
@@ -73,7 +78,9 @@ class Listener:
                 self.listening.clear()
                 failures += 1
                 delay = reconnect_delay(failures)
-                self._log.warning("listener_failed", error=repr(exc), retry_in=round(delay, 3))
+                self._log.warning(
+                    "listener_failed", error=repr(exc), attempt=failures, retry_in=round(delay, 3)
+                )
                 await first_of(self._stop, timeout=delay)
             finally:
                 if conn is not None and not conn.is_closed():
@@ -103,3 +110,21 @@ async def first_of(*events: asyncio.Event, timeout: float | None) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+async def unless_set(stop: asyncio.Event, awaitable: Awaitable[T]) -> T | None:
+    """``awaitable``'s result, or None if ``stop`` is set first: then it is cancelled
+    (a connection attempt to a server that never answers must not hold up a stop)."""
+    task = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *DATABASE_ERRORS):
+                await task
+    if task.cancelled():
+        return None
+    return task.result()

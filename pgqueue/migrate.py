@@ -26,12 +26,15 @@ from alembic.script import ScriptDirectory
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.pool import NullPool
 
+from pgqueue.connect import connect_timeout
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
     "VERSION_TABLE_SCHEMA",
+    "CannotConnectError",
     "MigrationError",
     "current_revision",
     "downgrade",
@@ -46,7 +49,6 @@ VERSION_TABLE_SCHEMA = "pgqueue"
 # The key of the session-level advisory lock every migrator holds: b"pgqueue" read as
 # a big-endian integer. Fixed for good: changing it would let old and new migrators race.
 MIGRATION_LOCK_KEY = 0x70677175657565
-DEFAULT_CONNECT_TIMEOUT_S = 10
 
 _log = structlog.get_logger("pgqueue.migrate")
 
@@ -56,6 +58,11 @@ _SQLALCHEMY_SCHEME = re.compile(r"^(?:postgres|postgresql)\+\w+://", re.IGNORECA
 class MigrationError(Exception):
     """A migration could not be run: the database is unreachable, a revision is unknown,
     or a migration failed (and was rolled back)."""
+
+
+class CannotConnectError(MigrationError):
+    """No connection to the database could be made: unreachable, refused, no answer
+    within the connect timeout, an unknown database or role, a failed authentication."""
 
 
 def script_location() -> Path:
@@ -75,7 +82,7 @@ def script_location() -> Path:
 
 
 def _conninfo(dsn: str) -> str:
-    """``dsn`` as libpq understands it, with a connect timeout unless one is set."""
+    """``dsn`` as libpq understands it, with pgqueue's connect timeout unless it sets one."""
     # Accept SQLAlchemy-style URLs too: libpq knows no "+driver" part in the scheme.
     dsn = _SQLALCHEMY_SCHEME.sub("postgresql://", dsn, count=1)
     try:
@@ -84,7 +91,12 @@ def _conninfo(dsn: str) -> str:
         raise MigrationError(f"invalid DSN: {exc}") from exc
     if "connect_timeout" in params:
         return dsn
-    return make_conninfo(dsn, connect_timeout=DEFAULT_CONNECT_TIMEOUT_S)
+    return make_conninfo(dsn, connect_timeout=connect_timeout(dsn))
+
+
+def _one_line(exc: BaseException | None) -> str:
+    # libpq's messages run over several lines (a hint on the second).
+    return " ".join(str(exc).split())
 
 
 def _describe(dsn: str) -> str:
@@ -121,7 +133,9 @@ def _connection(dsn: str) -> Iterator[sa.Connection]:
         try:
             connection = engine.connect()
         except sa.exc.DBAPIError as exc:
-            raise MigrationError(f"cannot connect to {_describe(dsn)}: {exc.orig}") from exc
+            raise CannotConnectError(
+                f"cannot connect to {_describe(dsn)}: {_one_line(exc.orig)}"
+            ) from exc
         with connection:
             yield connection
     finally:

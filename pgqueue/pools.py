@@ -153,7 +153,7 @@ class _Retrier:
 class AsyncConnections:
     """An asyncpg pool for one event loop, and a held connection in front of it."""
 
-    def __init__(self, dsn: str, size: int, *, pool_timeout: float = 30.0) -> None:
+    def __init__(self, dsn: str, size: int, *, pool_timeout: float = 10.0) -> None:
         self._dsn = dsn
         self._size = size
         self._pool_timeout = pool_timeout
@@ -330,7 +330,7 @@ class _ConnectionPool(psycopg_pool.ConnectionPool[psycopg.Connection[Any]]):
         return self.connected > 0 and self.last_error is None
 
 
-class _NoConnectionError(ConnectionError):
+class ConnectFailedError(ConnectionError):
     """The pool's attempts to connect failed while a call waited for a connection:
     nothing was sent, another try is safe."""
 
@@ -343,7 +343,7 @@ _SYNC_WAIT_STEP = 1.0
 class SyncConnections:
     """A psycopg pool, and a held connection in front of it; thread-safe."""
 
-    def __init__(self, dsn: str, size: int, name: str, *, pool_timeout: float = 30.0) -> None:
+    def __init__(self, dsn: str, size: int, name: str, *, pool_timeout: float = 10.0) -> None:
         self._dsn = dsn
         self._size = size
         self._pool_timeout = pool_timeout
@@ -420,7 +420,7 @@ class SyncConnections:
 
     def _getconn(self, deadline: float) -> psycopg.Connection[Any]:
         """A connection from the pool; a connection attempt of the pool's that failed
-        meanwhile raises :class:`_NoConnectionError` (a failed try, logged and retried
+        meanwhile raises :class:`ConnectFailedError` (a failed try, logged and retried
         by the caller), and so does the deadline when the last attempt failed."""
         failures = self._pool.failures
         while True:
@@ -431,7 +431,7 @@ class SyncConnections:
                 error = self._pool.last_error
                 failed = self._pool.failures != failures or remaining <= _SYNC_WAIT_STEP
                 if error is not None and failed:
-                    raise _NoConnectionError(
+                    raise ConnectFailedError(
                         f"cannot connect to PostgreSQL: {_one_line(error)}"
                     ) from error
                 if remaining > _SYNC_WAIT_STEP:

@@ -21,10 +21,11 @@ import structlog
 from pgqueue import driver
 from pgqueue.dberrors import DATABASE_ERRORS
 from pgqueue.executors import AsyncpgExecutor
+from pgqueue.limits import MAX_SECONDS
 from pgqueue.pools import acquire
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import asyncpg
 
@@ -35,8 +36,9 @@ PRUNE_BATCH = 10_000
 # rather than in one long burst.
 _ROUND_BATCHES = 50
 
-# The prune_jobs statements' parameters: retentions in seconds (None: forever), batch.
-PruneParams = tuple[float | None, float | None, float | None, int | None]
+# The prune_jobs statements' parameters: retentions in seconds (None: forever), batch,
+# queues (None: every queue).
+PruneParams = tuple[float | None, float | None, float | None, int | None, list[str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +54,12 @@ class Retention:
     def __post_init__(self) -> None:
         for state in ("succeeded", "failed", "cancelled"):
             value = getattr(self, state)
-            if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+            if value is not None and (
+                not isinstance(value, timedelta) or not timedelta(0) <= value <= _LONGEST
+            ):
                 raise ValueError(
-                    f"retention for {state} jobs must be a non-negative timedelta or None, "
-                    f"got {value!r}"
+                    f"retention for {state} jobs must be a timedelta from 0 to 100 years, or "
+                    f"None (forever), got {value!r}"
                 )
 
     @classmethod
@@ -68,11 +72,19 @@ class Retention:
         """Whether any state's jobs are ever pruned."""
         return any(v is not None for v in (self.succeeded, self.failed, self.cancelled))
 
-    def params(
-        self, max_rows: int | None
-    ) -> tuple[float | None, float | None, float | None, int | None]:
-        """Parameters of the ``prune_jobs`` statements: retentions in seconds."""
-        return (_seconds(self.succeeded), _seconds(self.failed), _seconds(self.cancelled), max_rows)
+    def params(self, max_rows: int | None, queues: Sequence[str] | None = None) -> PruneParams:
+        """Parameters of the ``prune_jobs`` statements: retentions in seconds, the batch
+        and the queues to prune (None: every queue)."""
+        return (
+            _seconds(self.succeeded),
+            _seconds(self.failed),
+            _seconds(self.cancelled),
+            max_rows,
+            None if queues is None else list(queues),
+        )
+
+
+_LONGEST = timedelta(seconds=MAX_SECONDS)  # a retention, like every delay (pgqueue.limits)
 
 
 def _seconds(value: timedelta | None) -> float | None:
@@ -96,8 +108,8 @@ def parse_duration(text: str) -> timedelta | None:
             "(7d, 12h, 90s), or 'forever'"
         )
     seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
-    if not math.isfinite(seconds) or seconds > timedelta.max.total_seconds():
-        raise ValueError(f"duration {text!r} is too long; use 'forever' to keep jobs")
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise ValueError(f"duration {text!r} is over 100 years; use 'forever' to keep jobs")
     return timedelta(seconds=seconds)
 
 
@@ -113,9 +125,12 @@ class Pruner:
         *,
         interval: float,
         stopping: Callable[[], bool],
+        queues: Sequence[str] | None = None,
     ) -> None:
         self._pool = pool
         self._retention = retention
+        # The worker's own queues: its retention is not another worker group's.
+        self._queues = queues
         self._interval = interval
         self._stopping = stopping
         self._log = structlog.get_logger("pgqueue.worker")
@@ -137,7 +152,7 @@ class Pruner:
                     break
                 async with acquire(self._pool) as conn:
                     gone = await driver.prune_elected(
-                        AsyncpgExecutor(conn), self._retention.params(PRUNE_BATCH)
+                        AsyncpgExecutor(conn), self._retention.params(PRUNE_BATCH, self._queues)
                     )
                 if gone is None:  # another worker is pruning
                     break

@@ -31,7 +31,8 @@ import structlog
 from pgqueue import driver
 from pgqueue.completer import TRANSIENT_ERRORS, Completer, reconnect_delay
 from pgqueue.context import RunningJob
-from pgqueue.dberrors import DATABASE_ERRORS
+from pgqueue.connect import asyncpg_pool
+from pgqueue.dberrors import DATABASE_ERRORS, connection_failed
 from pgqueue.errors import PermanentError, Snooze
 from pgqueue.execution import (
     CommitOutcomeUnknownError,
@@ -43,7 +44,7 @@ from pgqueue.execution import (
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.heartbeat import Heartbeat
 from pgqueue.jobs import ClaimedJob, validate_queue_name
-from pgqueue.listener import Listener, first_of
+from pgqueue.listener import Listener, first_of, unless_set
 from pgqueue.pools import acquire, keep_session
 from pgqueue.retention import Pruner, Retention
 from pgqueue.retry import RetryPolicy, retry_in
@@ -251,6 +252,7 @@ class Worker:
                 self.retention,
                 interval=self.prune_interval,
                 stopping=self._stop.is_set,
+                queues=self.queues,
             )
             maintenance.append(asyncio.create_task(self.pruner.run(), name="pgqueue-pruner"))
         loop = asyncio.get_running_loop()
@@ -299,17 +301,28 @@ class Worker:
         failures = 0
         while not self._stop.is_set():
             try:
-                pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
-                    self.dsn, min_size=2, max_size=4, reset=keep_session
+                # Raced against a stop: a server that never answers must not hold up
+                # SIGTERM for a connect timeout (asyncpg cleans up what it opened).
+                pool = await unless_set(
+                    self._stop, asyncpg_pool(self.dsn, min_size=2, max_size=4, reset=keep_session)
                 )
-                self._pool = pool
-            except TRANSIENT_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
+                if not connection_failed(exc):
+                    raise  # refused for good: an unknown database or role, a bad password
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning("database_unreachable", error=repr(exc), retry_in=round(delay, 3))
+                log.warning(
+                    "database_unreachable",
+                    error=repr(exc),
+                    attempt=failures,
+                    retry_in=round(delay, 3),
+                )
                 await first_of(self._stop, timeout=delay)
             else:
-                if await self._register(pool, log):
+                if pool is None:  # stopped while connecting
+                    return None
+                self._pool = pool
+                if await unless_set(self._stop, self._register(pool, log)):
                     return pool
                 await pool.close()
                 failures += 1  # not in a tight loop: back off as for a connection

@@ -29,12 +29,15 @@ async def queue(dsn):
     await q.close()
 
 
-def _jobs_finished_ago(dsn: str, state: str, age: timedelta, count: int = 1) -> list[int]:
+def _jobs_finished_ago(
+    dsn: str, state: str, age: timedelta, count: int = 1, queue: str = "default"
+) -> list[int]:
     """``count`` jobs in ``state``, finished ``age`` ago (a queued or running one just
     as old by its dates, which must never matter)."""
     q = pgqueue.Queue(dsn)
     try:
-        ids = [r.id for r in q.enqueue_many_sync([q.build("t", {}) for _ in range(count)])]
+        specs = [q.build("t", {}, queue=queue) for _ in range(count)]
+        ids = [r.id for r in q.enqueue_many_sync(specs)]
     finally:
         q.close_sync()
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -187,6 +190,39 @@ async def test_one_worker_prunes_at_a_time(dsn, queue):
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
             "(SELECT oid FROM pg_database WHERE datname = current_database())"
         ).fetchone() == (0,)
+
+
+async def test_a_worker_prunes_only_the_queues_it_serves(dsn):
+    """A worker's retention is its own setting: a worker serving "reports" with a short
+    retention must not prune the jobs of "invoices", which other workers serve and keep
+    longer. pgqueue.prune_jobs() without queues still prunes them all."""
+    mine = _jobs_finished_ago(dsn, "succeeded", 2 * HOUR, count=2, queue="reports")
+    theirs = _jobs_finished_ago(dsn, "succeeded", 2 * HOUR, count=2, queue="invoices")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        pruner = Pruner(
+            pool,
+            Retention(succeeded=HOUR),
+            interval=3600,
+            stopping=lambda: False,
+            queues=["reports"],
+        )
+        assert await pruner.prune_round() == 2
+    finally:
+        await pool.close()
+    assert _remaining(dsn, mine) == set()
+    assert _remaining(dsn, theirs) == set(theirs)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pgqueue.prune_jobs('1 hour', NULL, NULL)").fetchone()
+    assert row == (2,)
+    assert _remaining(dsn, theirs) == set()
+
+
+def test_retention_and_durations_keep_the_hundred_year_bound():
+    with pytest.raises(ValueError, match="100 years"):
+        Retention(succeeded=timedelta(days=365 * 101))
+    with pytest.raises(ValueError, match="100 years"):
+        parse_duration("100000000d")
 
 
 async def test_a_prune_round_survives_a_database_error(dsn):

@@ -392,23 +392,26 @@ SELECT name, paused FROM pgqueue.queues;
 
 -- name: prune_jobs
 -- One batch of pruning: finished jobs older than their state's retention ($1 succeeded,
--- $2 failed, $3 cancelled, in seconds; NULL keeps forever), at most $4 of them. Returns
--- how many went.
+-- $2 failed, $3 cancelled, in seconds; NULL keeps forever), at most $4 of them, of the
+-- queues in $5 (NULL: every queue). Returns how many went.
 SELECT pgqueue.prune_jobs(
     make_interval(secs => $1::float8),
     make_interval(secs => $2::float8),
     make_interval(secs => $3::float8),
-    $4::integer);
+    $4::integer,
+    $5::text[]);
 
 -- name: prune_jobs_elected
 -- The same batch, by one worker at a time: the one whose statement gets this advisory
 -- lock (not the rescue's, so that pruning never holds up a rescue). Lock and batch are
 -- one statement, so the lock lasts no longer than the batch. NULL when another worker
--- is pruning.
+-- is pruning. A worker passes the queues it serves as $5: its retention is its own
+-- setting, never applied to queues that other workers serve.
 SELECT CASE WHEN pg_try_advisory_xact_lock(7215408337251730691) THEN
     pgqueue.prune_jobs(
         make_interval(secs => $1::float8),
         make_interval(secs => $2::float8),
         make_interval(secs => $3::float8),
-        $4::integer)
+        $4::integer,
+        $5::text[])
 END;

@@ -270,22 +270,24 @@ CREATE INDEX jobs_finished_idx ON pgqueue.jobs (state, finished_at)
 
 -- Delete finished jobs older than their state's retention: succeeded jobs finished more
 -- than keep_succeeded ago, and so on; a NULL retention keeps that state's jobs forever.
--- At most max_rows rows go per call (NULL: no limit), so that a large backlog can be
--- pruned in short transactions; returns how many went. Jobs locked by someone else (a
--- retry in progress) are left for the next call. A pruned job's idempotency key is
--- free again.
+-- Only jobs of the given queues (NULL: every queue). At most max_rows rows go per call
+-- (NULL: no limit), so that a large backlog can be pruned in short transactions;
+-- returns how many went. Jobs locked by someone else (a retry in progress) are left for
+-- the next call. A pruned job's idempotency key is free again.
 CREATE FUNCTION pgqueue.prune_jobs(
     keep_succeeded interval,
     keep_failed interval,
     keep_cancelled interval,
-    max_rows integer DEFAULT NULL
+    max_rows integer DEFAULT NULL,
+    queues text[] DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
     WITH doomed AS (
         SELECT id FROM pgqueue.jobs
-        WHERE (state = 'succeeded' AND finished_at < now() - keep_succeeded)
-           OR (state = 'failed' AND finished_at < now() - keep_failed)
-           OR (state = 'cancelled' AND finished_at < now() - keep_cancelled)
+        WHERE ((state = 'succeeded' AND finished_at < now() - keep_succeeded)
+            OR (state = 'failed' AND finished_at < now() - keep_failed)
+            OR (state = 'cancelled' AND finished_at < now() - keep_cancelled))
+          AND (queues IS NULL OR queue = ANY(queues))
         LIMIT max_rows
         FOR UPDATE SKIP LOCKED
     ), gone AS (
