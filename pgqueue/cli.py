@@ -3,8 +3,21 @@
 
 Every command takes ``--dsn``; without it ``PGQUEUE_DSN`` is used, and without that an
 embedded PostgreSQL in ``--data-dir`` is started (or reused) and stopped at the end.
-Usage errors exit with status 2 and a message; ``migrate --check`` exits 1 when the
-database is behind.
+Exit statuses (every failure is one line on stderr, never a traceback):
+
+- 0: done; for ``worker``, ``api`` and ``dev`` also a stop by SIGTERM/SIGINT;
+- 1: the command failed: a migration failed, or the database's schema is behind
+  (``migrate --check``; ``worker``, ``api`` and ``keys`` on an unmigrated database);
+- 2: bad command-line input (nothing was done);
+- 3: the database is unavailable: unreachable, refusing connections, no answer within
+  the connect timeout, an unknown database or role, a failed authentication. A worker
+  waits for an unreachable database instead (logging each try), but exits 3 when the
+  server refuses it for good;
+- 128 + the signal's number (130 for SIGINT, 143 for SIGTERM): ``migrate`` or ``keys``
+  stopped by that signal before it finished.
+
+A signal stops any command within moments, whatever it is waiting for: a database that
+does not answer holds up no one.
 """
 
 from __future__ import annotations
@@ -16,23 +29,47 @@ import ipaddress
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
+import psycopg
 import structlog
 
 from pgqueue import migrate
 from pgqueue.app import Queue
-from pgqueue.embedded import EmbeddedServer, resolve_dsn
+from pgqueue.dberrors import connection_failed, refused_for_good
+from pgqueue.embedded import EmbeddedServer, EmbeddedServerError, resolve_dsn
+from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotReadyError
 from pgqueue.logs import configure_logging
 from pgqueue.retention import Retention, parse_duration
 from pgqueue.worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from datetime import timedelta
 
+T = TypeVar("T")
+
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+# What a command may meet from the database; anything else is a bug, with its traceback.
+_DATABASE_FAILURES: tuple[type[BaseException], ...] = (
+    psycopg.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ConnectionError,  # refused, reset, ConnectTimeoutError, DatabaseUnavailableError
+    TimeoutError,
+    PgQueueError,
+)
+_FAILURES: tuple[type[BaseException], ...] = (
+    migrate.MigrationError,
+    EmbeddedServerError,
+    *_DATABASE_FAILURES,
+)
 
 
 class UsageError(Exception):
@@ -207,21 +244,132 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
     configure_logging(args.log_level, json=json_logs)
     log = structlog.get_logger("pgqueue.cli")
+    signals = _Signals()
+    signals.install()
     embedded: EmbeddedServer | None = None
     try:
         app = _checked_app(args)  # before any server is started: fail fast
+        # Not interrupted halfway (a half-initialised data directory): a signal that
+        # comes meanwhile stops the command as soon as the server is up, and stops it.
         dsn, embedded = resolve_dsn(args.dsn, data_dir=args.data_dir)
-        return _run(args, app, dsn)
+        signals.check()
+        return _run(args, app, dsn, signals)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"pgqueue: error: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
         return EXIT_USAGE
-    except migrate.MigrationError as exc:
-        log.error("migration_failed", error=str(exc))  # noqa: TRY400 - message says it all
-        return 1
+    except _Interrupted as stop:
+        return _stopped(args, log, stop)
+    except _FAILURES as exc:
+        return _failed(log, exc)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _stopped(args: argparse.Namespace, log: Any, stop: _Interrupted) -> int:
+    if args.command == "worker":
+        log.info("worker_stopped_before_start", signal=stop.name)
+        return 0  # it held no job yet: a clean exit, not a death by signal
+    if args.command in {"api", "dev"}:
+        log.info("stopped_before_start", command=args.command, signal=stop.name)
+        return 0
+    log.warning("interrupted", command=_command_name(args), signal=stop.name)
+    return 128 + stop.signum
+
+
+def _failed(log: Any, exc: BaseException) -> int:
+    """One line for a failure that reached the top, and its exit status."""
+    if isinstance(exc, migrate.CannotConnectError):
+        log.error("database_unavailable", error=str(exc))
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, migrate.MigrationError):
+        log.error("migration_failed", error=str(exc))
+        return EXIT_FAILURE
+    if isinstance(exc, EmbeddedServerError):
+        log.error("embedded_postgres_failed", error=str(exc))
+        return EXIT_FAILURE
+    error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if isinstance(exc, SchemaNotReadyError):
+        log.error("database_behind", error=error, hint="run `pgqueue migrate` first")
+        return EXIT_FAILURE
+    if isinstance(exc, DatabaseUnavailableError) or connection_failed(exc) or refused_for_good(exc):
+        log.error("database_unavailable", error=error)
+        return EXIT_UNAVAILABLE
+    log.error("command_failed", error=error)
+    return EXIT_FAILURE
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    if args.command == "keys":
+        return f"keys {args.keys_command}"
+    return str(args.command)
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGINT: stop the command. A BaseException, as KeyboardInterrupt, so that
+    no ``except Exception`` on its way up takes it for a failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+class _Signals:
+    """SIGTERM/SIGINT until an event loop (the worker's, uvicorn's) takes them over.
+
+    A signal is noted. While the main thread waits in :meth:`call` it is raised there
+    as :class:`_Interrupted` at once; elsewhere it is raised by the next :meth:`check`
+    or :meth:`call`. Raised from the handler only during that wait: an exception raised
+    from a signal handler surfaces inside whatever library call was running (SQLAlchemy
+    wraps it), the wait is ours."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._waiting = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        if self._waiting:
+            self._waiting = False
+            raise _Interrupted(signum)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise _Interrupted(self.signum)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a daemon thread, the main thread waiting for it:
+        a signal ends the wait at once, whatever ``fn`` is blocked in (a server that
+        never answers). The thread dies with the process; a transaction it had open is
+        rolled back by the server when its connection goes."""
+        self.check()
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the main thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="pgqueue-cli", daemon=True).start()
+        self._waiting = True
+        try:
+            done.wait()
+        finally:
+            self._waiting = False
+        if "error" in outcome:
+            raise outcome["error"]
+        value: T = outcome["value"]
+        return value
 
 
 def _checked_app(args: argparse.Namespace) -> Queue | None:
@@ -234,60 +382,63 @@ def _checked_app(args: argparse.Namespace) -> Queue | None:
     return None
 
 
-def _run(args: argparse.Namespace, app: Queue | None, dsn: str) -> int:
+def _run(args: argparse.Namespace, app: Queue | None, dsn: str, signals: _Signals) -> int:
     if args.command == "migrate":
-        return _migrate(dsn, check=args.check)
+        return _migrate(dsn, signals, check=args.check)
     if args.command == "keys":
-        return _keys(dsn, args)
+        return _keys(dsn, args, signals)
     if args.command == "api":
-        return _api(dsn, args)
+        return _api(dsn, args, signals)
     if args.command == "dev":
-        return _dev(app, dsn, args)
+        return _dev(app, dsn, args, signals)
     assert app is not None  # noqa: S101 - the worker's parser requires APP
-    return _worker(app, dsn, args)
+    return _worker(app, dsn, args, signals)
 
 
-def _migrate(dsn: str, *, check: bool) -> int:
+def _migrate(dsn: str, signals: _Signals, *, check: bool) -> int:
     log = structlog.get_logger("pgqueue.cli")
     if check:
-        current, head = migrate.current_revision(dsn), migrate.head_revision()
+        current, head = signals.call(migrate.current_revision, dsn), migrate.head_revision()
         if current != head:
             log.error("database_behind", current=current, head=head)
-            return 1
+            return EXIT_FAILURE
         log.info("database_up_to_date", revision=head)
         return 0
-    migrate.upgrade(dsn)
+    signals.call(migrate.upgrade, dsn)
     log.info("database_migrated", revision=migrate.head_revision())
     return 0
 
 
-def _keys(dsn: str, args: argparse.Namespace) -> int:
+def _keys(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
     from pgqueue.service import auth  # noqa: PLC0415 - only this command needs the service
 
-    if not _schema_ready(dsn):
-        return 1
+    if not _schema_ready(dsn, signals):
+        return EXIT_FAILURE
     if args.keys_command == "create":
-        key_id, key = auth.create_key(dsn, name=args.name, scope=args.scope)
+        try:
+            key_id, key = signals.call(auth.create_key, dsn, name=args.name, scope=args.scope)
+        except ValueError as exc:  # checked before anything is written
+            raise UsageError(f"--name: {exc}") from exc
         structlog.get_logger("pgqueue.cli").info(
             "api_key_created", key_id=key_id, name=args.name, scope=args.scope
         )
         print(key)  # noqa: T201 - the one time the key is shown: stdout, for scripts
         return 0
     if args.keys_command == "list":
-        for row in auth.list_keys(dsn):
+        for row in signals.call(auth.list_keys, dsn):
             print("\t".join("" if v is None else str(v) for v in row))  # noqa: T201
         return 0
-    if not auth.revoke_key(dsn, args.id):
+    if not signals.call(auth.revoke_key, dsn, args.id):
         raise UsageError(f"there is no live key with id {args.id}")
     structlog.get_logger("pgqueue.cli").info("api_key_revoked", key_id=args.id)
     return 0
 
 
-def _api(dsn: str, args: argparse.Namespace) -> int:
+def _api(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
     from pgqueue.serve import run_api  # noqa: PLC0415 - uvicorn and litestar load only here
 
-    if not _schema_ready(dsn):
-        return 1
+    if not _schema_ready(dsn, signals):
+        return EXIT_FAILURE
     run_api(
         dsn,
         host=args.host,
@@ -300,10 +451,11 @@ def _api(dsn: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev(app: Queue | None, dsn: str, args: argparse.Namespace) -> int:
+def _dev(app: Queue | None, dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
     from pgqueue.serve import run_dev  # noqa: PLC0415 - uvicorn and litestar load only here
 
-    migrate.upgrade(dsn)
+    signals.call(migrate.upgrade, dsn)
+    signals.check()
     asyncio.run(
         run_dev(
             app,
@@ -327,13 +479,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _schema_ready(dsn: str) -> bool:
-    """A worker on a database without the schema would fail on every claim: say so."""
+def _schema_ready(dsn: str, signals: _Signals, *, wait: bool = False) -> bool:
+    """Whether the database's pgqueue schema is at head (a command on an older one
+    would fail on every statement); says so when it is not. A database that cannot be
+    reached raises :class:`migrate.CannotConnectError`, unless ``wait``: then the
+    check is left to the caller, who waits for the database."""
     log = structlog.get_logger("pgqueue.cli")
     try:
-        current = migrate.current_revision(dsn)
-    except migrate.MigrationError:
-        return True  # not reachable yet: the worker waits for it and says so
+        current = signals.call(migrate.current_revision, dsn)
+    except migrate.CannotConnectError as exc:
+        if not wait:
+            raise
+        # The worker's own connection attempt, right after, says whether a refusal
+        # lasts (an unknown database: exit 3) or not (a server starting up: it waits).
+        if not exc.server_refused:
+            log.warning("database_unreachable", error=str(exc), hint="the worker waits for it")
+        return True
     if current != migrate.head_revision():
         log.error(
             "database_behind",
@@ -345,33 +506,9 @@ def _schema_ready(dsn: str) -> bool:
     return True
 
 
-class _EarlyStop:
-    """A stop asked for before the worker's loop takes the signals over. Noted, not
-    raised: an exception raised from a signal handler would surface inside whatever
-    library call was running (SQLAlchemy wraps it), instead of reaching us."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-
-    def note(self, signum: int, _frame: object) -> None:
-        self.signal = signal.Signals(signum).name
-
-    def stopped(self) -> bool:
-        if self.signal is None:
-            return False
-        # It holds no job yet: a clean exit, not a death by signal.
-        structlog.get_logger("pgqueue.cli").info("worker_stopped_before_start", signal=self.signal)
-        return True
-
-
-def _worker(app: Queue, dsn: str, args: argparse.Namespace) -> int:
-    early = _EarlyStop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, early.note)
-    if not _schema_ready(dsn):
-        return 1
-    if early.stopped():
-        return 0
+def _worker(app: Queue, dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
+    if not _schema_ready(dsn, signals, wait=True):
+        return EXIT_FAILURE
     try:
         worker = Worker(
             app,
@@ -395,11 +532,12 @@ def _worker(app: Queue, dsn: str, args: argparse.Namespace) -> int:
 
     async def work() -> None:
         worker.install_signal_handlers()
-        if early.stopped():  # it came before the loop's handlers were in place
-            return
+        signals.check()  # one that came before the loop's handlers were in place
         await worker.run()
 
     asyncio.run(work())
+    if worker.heartbeat is None:  # stopped while it waited for the database
+        structlog.get_logger("pgqueue.cli").info("worker_stopped_before_start")
     if worker.abandoned_threads:
         # A sync task outlived the grace period; its thread cannot be stopped, and the
         # interpreter would wait for it at exit. Its job was already handed back.

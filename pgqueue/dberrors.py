@@ -83,6 +83,23 @@ def connection_failed(exc: BaseException) -> bool:
     return sqlstate.startswith("08") or sqlstate in _SERVER_GONE_SQLSTATES
 
 
+# SQLSTATEs of a server refusing a connection for a reason that waiting will not fix:
+# invalid_authorization_specification (an unknown role, a failed password: class 28)
+# and invalid_catalog_name (an unknown database).
+_REFUSED_SQLSTATE_PREFIXES = ("28", "3D")
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """The server refused the connection because of who or where: an unknown database
+    or role, a failed authentication (asyncpg says which; psycopg does not)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, asyncpg.PostgresError | psycopg.Error)
+        and isinstance(sqlstate, str)
+        and sqlstate.startswith(_REFUSED_SQLSTATE_PREFIXES)
+    )
+
+
 def reconnect_delay(failures: int, rand: random.Random | None = None) -> float:
     """Backoff between reconnection attempts: 0.1 s doubling to 5 s, jittered over the
     upper half so that many clients coming back together do not retry in step."""

@@ -27,13 +27,13 @@ import multiprocessing
 import threading
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import psycopg
 import psycopg_pool
 import structlog
 from pebble import ProcessPool
 
 from pgqueue import driver
+from pgqueue.connect import asyncpg_pool, psycopg_connect_args
 from pgqueue.context import RunningJob, enter_job
 from pgqueue.dberrors import DATABASE_ERRORS, TRANSIENT_ERRORS, connection_failed
 from pgqueue.errors import InvalidJobError, JobTimeoutError, PermanentError
@@ -44,6 +44,8 @@ from pgqueue.pools import acquire
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from concurrent.futures import Executor
+
+    import asyncpg
 
     from pgqueue.jobs import ClaimedJob
     from pgqueue.tasks import Task
@@ -255,7 +257,7 @@ class TaskRunner:
             if self._async_pool is None:
                 # Apart from the worker's own pool: a transactional task holds its
                 # connection for as long as it runs, and must not starve the claims.
-                self._async_pool = await asyncpg.create_pool(
+                self._async_pool = await asyncpg_pool(
                     self._dsn, min_size=0, max_size=self._concurrency
                 )
             return self._async_pool
@@ -264,7 +266,11 @@ class TaskRunner:
         with self._sync_pool_lock:
             if self._sync_pool is None:
                 self._sync_pool = psycopg_pool.ConnectionPool(
-                    self._dsn, min_size=0, max_size=self._concurrency, open=True
+                    self._dsn,
+                    min_size=0,
+                    max_size=self._concurrency,
+                    kwargs=psycopg_connect_args(self._dsn),
+                    open=True,
                 )
             return self._sync_pool
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import structlog
 
+from pgqueue.connect import psycopg_connect_args
 from pgqueue.sql import query
 
 if TYPE_CHECKING:
@@ -107,7 +108,9 @@ class Heartbeat(threading.Thread):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+            self._conn = psycopg.connect(
+                self._dsn, autocommit=True, **psycopg_connect_args(self._dsn)
+            )
         return self._conn
 
     def _close(self) -> None:

@@ -12,7 +12,14 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from pgqueue.errors import InvalidJobError
-from pgqueue.limits import JOB_ID_MAX, MAX_JSON_DEPTH, MAX_SECONDS, RUN_AT_MAX, RUN_AT_MIN
+from pgqueue.limits import (
+    JOB_ID_MAX,
+    MAX_JSON_DEPTH,
+    MAX_SECONDS,
+    MIN_TIMEOUT_SECONDS,
+    RUN_AT_MAX,
+    RUN_AT_MIN,
+)
 from pgqueue.states import JobState
 
 # The same patterns as the CHECK constraints on pgqueue.jobs: checked here first so the
@@ -221,15 +228,16 @@ def validate_job_id(value: object) -> int:
 
 
 def validate_seconds(value: object, what: str, *, allow_zero: bool) -> float:
-    """A number of seconds: finite, positive (or zero) and at most MAX_SECONDS."""
+    """A number of seconds: finite, at least MIN_TIMEOUT_SECONDS (or zero) and at most
+    MAX_SECONDS."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not (value >= 0 if allow_zero else value > 0)
+        or not (value >= 0 if allow_zero else value >= MIN_TIMEOUT_SECONDS)
         or value > MAX_SECONDS
     ):
-        low = "0" if allow_zero else "above 0"
+        low = "0" if allow_zero else f"{MIN_TIMEOUT_SECONDS:g}"
         raise InvalidJobError(
             f"{what} must be a number of seconds from {low} to {MAX_SECONDS}, got {_short(value)}",
             field=what,

@@ -20,6 +20,9 @@ RUN_AT_MAX = datetime(9999, 12, 30, tzinfo=UTC)
 # beyond any real use, and far inside both an interval's range and the largest timeout
 # Python's threading accepts, so that now() + delay always lands before RUN_AT_MAX.
 MAX_SECONDS = 100 * 365 * 86_400
+# The shortest timeout: an interval counts microseconds, so a shorter one would be stored
+# as 0, which the table's CHECK refuses.
+MIN_TIMEOUT_SECONDS = 1e-6
 # Nesting of args (and of a task's result): deep enough for any real document, and well
 # inside what Python's json and msgspec decode (about 1,000 levels) and jsonb stores.
 MAX_JSON_DEPTH = 100

@@ -62,7 +62,13 @@ class MigrationError(Exception):
 
 class CannotConnectError(MigrationError):
     """No connection to the database could be made: unreachable, refused, no answer
-    within the connect timeout, an unknown database or role, a failed authentication."""
+    within the connect timeout, an unknown database or role, a failed authentication.
+    ``server_refused``: the server itself answered with an error (libpq's "FATAL"),
+    which may or may not last (a starting server, too many clients)."""
+
+    def __init__(self, message: str, *, server_refused: bool = False) -> None:
+        super().__init__(message)
+        self.server_refused = server_refused
 
 
 def script_location() -> Path:
@@ -133,8 +139,13 @@ def _connection(dsn: str) -> Iterator[sa.Connection]:
         try:
             connection = engine.connect()
         except sa.exc.DBAPIError as exc:
+            message = _one_line(exc.orig)
+            if "timeout expired" in message:
+                seconds = connect_timeout(dsn)
+                message += f" (no answer within the connect timeout, {seconds} s)"
             raise CannotConnectError(
-                f"cannot connect to {_describe(dsn)}: {_one_line(exc.orig)}"
+                f"cannot connect to {_describe(dsn)}: {message}",
+                server_refused="FATAL:" in message,
             ) from exc
         with connection:
             yield connection

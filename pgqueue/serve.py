@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -44,9 +45,11 @@ def run_api(
 ) -> None:
     """Serve the API until SIGTERM/SIGINT, then finish in-flight requests (within
     ``grace_period`` seconds) and stop."""
+    metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Request metrics summed over the server's processes, not one process's share.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pgqueue-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="pgqueue-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # The server's processes are fresh interpreters: they read their settings here.
     os.environ.update(
         PGQUEUE_DSN=dsn,
@@ -58,19 +61,24 @@ def run_api(
     structlog.get_logger("pgqueue.api").info(
         "api_starting", host=host, port=port, workers=workers, **dataclasses.asdict(limits)
     )
-    uvicorn.run(
-        "pgqueue.service.asgi:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=False,  # the app logs each request itself, with its request id
-        # Header limits and slow-client timeouts (by name: worker processes import it).
-        http=HTTP_PROTOCOL,
-        ws="none",  # the app has no websockets: no upgrade path to attack
-        timeout_graceful_shutdown=max(int(grace_period), 1),
-    )
+    try:
+        uvicorn.run(
+            "pgqueue.service.asgi:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,  # the app logs each request itself, with its request id
+            # Header limits and slow-client timeouts (by name: worker processes import it).
+            http=HTTP_PROTOCOL,
+            ws="none",  # the app has no websockets: no upgrade path to attack
+            timeout_graceful_shutdown=max(int(grace_period), 1),
+        )
+    finally:
+        if metrics_dir is not None:
+            # Made for this run alone, and its processes have exited: nothing reads it.
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 class _Server(uvicorn.Server):

@@ -25,13 +25,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import structlog
 
 from pgqueue import driver
-from pgqueue.completer import TRANSIENT_ERRORS, Completer, reconnect_delay
-from pgqueue.context import RunningJob
+from pgqueue.completer import Completer, reconnect_delay
 from pgqueue.connect import asyncpg_pool
+from pgqueue.context import RunningJob
 from pgqueue.dberrors import DATABASE_ERRORS, connection_failed
 from pgqueue.errors import PermanentError, Snooze
 from pgqueue.execution import (
@@ -51,6 +50,8 @@ from pgqueue.retry import RetryPolicy, retry_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    import asyncpg
 
     from pgqueue.app import Queue
     from pgqueue.tasks import Task

@@ -57,7 +57,9 @@ def answering(dsn: str) -> tuple[int, str] | None:
     """(server_version_num, server_version) when the server answers within seconds."""
     try:
         with psycopg.connect(dsn, connect_timeout=3) as conn:
-            return conn.info.server_version, str(conn.info.parameter_status("server_version"))
+            # "15.20 (Debian 15.20-0+deb12u1)": the number is enough for a label.
+            version = str(conn.info.parameter_status("server_version")).split()[0]
+            return conn.info.server_version, version
     except psycopg.Error:
         return None
 
@@ -139,7 +141,10 @@ def start_second_server(avoid: int) -> tuple[Cluster | None, str]:
             cluster.close()
             error = exc
             continue
-        return cluster, f"a throwaway server from {bin_dir}"
+        except BaseException:  # stopped while starting: leave nothing behind
+            cluster.close()
+            raise
+        return cluster, f"throwaway, from {bin_dir}"
     return None, f"the throwaway server from {bin_dir} did not start: {error}"
 
 
@@ -151,7 +156,21 @@ def run_suite(label: str, env: dict[str, str], extra: list[str], basetemp: Path)
     if not any(arg.startswith("--basetemp") for arg in extra):
         # pytest otherwise keeps its last three temporary trees in /tmp.
         extra = [f"--basetemp={basetemp}", *extra]
-    return subprocess.call([sys.executable, "-m", "pytest", *extra], env=env)
+    child = subprocess.Popen([sys.executable, "-m", "pytest", *extra], env=env)
+    try:
+        return child.wait()
+    except BaseException as exc:
+        # Stopped: let pytest tear its fixtures down (its servers, its temporary
+        # directories) before this script removes the second server. A Ctrl-C reached
+        # pytest too; a SIGTERM is passed on.
+        if child.poll() is None and not isinstance(exc, KeyboardInterrupt):
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

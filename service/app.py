@@ -14,12 +14,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from .auth import OPEN_PATHS, ApiKeyMiddleware
 from .dashboard import DASHBOARD_HANDLERS, template_config
 from .health import healthz, readyz
-from .http_limits import HeaderLimits, JsonBodyMiddleware
+from .http_limits import JsonBodyMiddleware, RequestLimits
 from .jobs import JobsController
 from .logs import RequestObserver
 from .metrics import Metrics, metrics_endpoint
 from .problems import EXCEPTION_HANDLERS
 from .queues import QueuesController
+from .schemas import document
 from .state import ServiceState
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ def create_app(settings: ServiceSettings) -> Litestar:
         ),
         state=State({"pgqueue": state, "pgqueue_metrics": metrics}),
     )
+    # This server's limits into its OpenAPI description (built here, once).
+    document(app.openapi_schema, settings)
     # Around everything, 404s included: access log, request id, request metrics.
-    app.asgi_handler = RequestObserver(HeaderLimits(app.asgi_handler, settings.http), metrics)
+    app.asgi_handler = RequestObserver(RequestLimits(app.asgi_handler, settings.http), metrics)
     return app

@@ -20,6 +20,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from pgqueue import driver
+from pgqueue.connect import psycopg_connect_args
 from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
 
 from .problems import ProblemError
@@ -159,18 +160,18 @@ def create_key(dsn: str, *, name: str, scope: str) -> tuple[int, str]:
     if not 1 <= len(name) <= 100:
         raise ValueError("name must be 1-100 characters")
     key = generate_key()
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
         key_id = driver.create_api_key_sync(PsycopgExecutor(conn), name, scope, hash_key(key))
     return key_id, key
 
 
 def list_keys(dsn: str) -> list[tuple[Any, ...]]:
     """id, name, scope, created_at, last_used_at, revoked_at of every key."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
         return driver.list_api_keys_sync(PsycopgExecutor(conn))
 
 
 def revoke_key(dsn: str, key_id: int) -> bool:
     """Revoke a live key; False if there is none with that id."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
         return driver.revoke_api_key_sync(PsycopgExecutor(conn), key_id)

@@ -30,7 +30,12 @@ from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
 from pgqueue import driver
-from pgqueue.errors import InvalidJobError, JobNotFoundError, JobStateError
+from pgqueue.errors import (
+    IdempotencyConflictError,
+    InvalidJobError,
+    JobNotFoundError,
+    JobStateError,
+)
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_queue_name
 from pgqueue.states import TERMINAL_STATES, JobState
@@ -95,6 +100,7 @@ NOTICES: Final = {
 }
 ERRORS: Final = {
     "conflict": "Not done: that does not apply to the job in the state it is in now.",
+    "key_held": "Not retried: a newer job now holds its idempotency key.",
 }
 
 _log = structlog.get_logger("pgqueue.service")
@@ -202,7 +208,7 @@ class DashboardController(Controller):
     ) -> Template:
         service = _service(request)
         filters = JobFilter.parse(queue, state_name, task)
-        before = None if not cursor else parse_job_id(cursor)
+        before = None if not cursor else parse_job_id(cursor, "cursor")
         jobs, next_url = await _job_page(service, filters, PAGE_JOBS, before)
         async with service.connection() as conn:
             queue_names = [s.queue for s in await driver.queue_stats(AsyncpgExecutor(conn))]
@@ -422,6 +428,8 @@ async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str)
         return Redirect(_job_url(job_id), status_code=303)
     except JobStateError:
         return Redirect(_job_url(job_id, error="conflict"), status_code=303)
+    except IdempotencyConflictError:
+        return Redirect(_job_url(job_id, error="key_held"), status_code=303)
     _log.info(
         f"dashboard_job_{action}",
         job_id=job_id,

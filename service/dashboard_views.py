@@ -10,9 +10,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from pgqueue.errors import InvalidJobError
+from pgqueue.jobs import validate_queue_name, validate_task_name
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgqueue.jobs import QueueStats
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -141,13 +145,32 @@ class JobFilter:
 
     @classmethod
     def parse(cls, queue: str | None, state: str | None, task: str | None) -> JobFilter:
+        """The filter the form asks for; a value no job can have is left out of it and
+        said so (the page lists the jobs without it)."""
         queue, state, task = (v.strip() if v and v.strip() else None for v in (queue, state, task))
-        try:
-            return cls(queue, None if state is None else JobState(state), task)
-        except ValueError:
-            names = ", ".join(s.value for s in JobState)
-            return cls(queue, None, task, f"There is no state {state!r}: {names}.")
+        errors: list[str] = []
+        queue = _checked_name(queue, validate_queue_name, errors)
+        task = _checked_name(task, validate_task_name, errors)
+        job_state = None
+        if state is not None:
+            try:
+                job_state = JobState(state)
+            except ValueError:
+                names = ", ".join(s.value for s in JobState)
+                errors.append(f"There is no state {state!r}: {names}.")
+        return cls(queue, job_state, task, " ".join(errors) or None)
 
     def query(self, **extra: Any) -> str:
         params = {"queue": self.queue, "state": self.state and self.state.value, "task": self.task}
         return urlencode({k: v for k, v in {**params, **extra}.items() if v is not None})
+
+
+def _checked_name(value: str | None, check: Callable[[str], str], errors: list[str]) -> str | None:
+    """The name if it is one pgqueue allows, else None and why in ``errors``."""
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except InvalidJobError as exc:
+        errors.append(f"No job matches: {exc}.")
+        return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from litestar import Request, Response, get
 
 from pgqueue import migrate
@@ -33,7 +34,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     try:
         current = await asyncio.to_thread(migrate.current_revision, dsn)
     except migrate.MigrationError as exc:
-        return problem_response(503, f"the database does not answer: {exc}")
+        # The cause (host, port, role, server message) goes to the log, not to a caller
+        # who needs no key to ask.
+        structlog.get_logger("pgqueue.service").warning("readiness_failed", error=str(exc))
+        return problem_response(503, "the database does not answer; see the service's log")
     head = migrate.head_revision()
     if current != head:
         return problem_response(

@@ -13,7 +13,7 @@ connection forever (each byte also restarts the keep-alive timer).
 ``pgqueue api`` and ``pgqueue dev`` serve with it; with uvicorn yourself:
 ``uvicorn --factory pgqueue.service.asgi:app_from_env --ws none
 --http pgqueue.service.http_limits:LimitedHttpToolsProtocol``, which reads the limits
-from the environment (``HttpLimits.from_env``). Under another server, ``HeaderLimits``
+from the environment (``HttpLimits.from_env``). Under another server, ``RequestLimits``
 (in the app) still answers 431 to too many or too large headers, after that server
 has read them.
 
@@ -45,7 +45,7 @@ from .settings import HttpLimits
 if TYPE_CHECKING:
     import asyncio
 
-    from litestar.types import ASGIApp, Receive, Scope, Send
+    from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -56,6 +56,9 @@ _LINE_OVERHEAD = 4
 # connection closes: closing on unread input resets it, which can destroy the answer
 # before the client reads it.
 LINGER_SECONDS = 2.0
+# Where the protocol leaves its 408 for a request the app is reading the body of, so
+# that the app answers (and logs and counts) 408 too, not a failed read.
+REFUSED_SCOPE_KEY = "pgqueue.refused"
 
 
 def problem_body(status: int, detail: str) -> bytes:
@@ -278,16 +281,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _log.info("http_request_refused", status=status, detail=detail, client=client)
         cycle: RequestResponseCycle | None = self.cycle
         if self._head_open:
-            # The request has no cycle yet; one still answering is a request before it
-            # (pipelined), whose response must not be cut into.
+            # The request has no cycle yet: one still answering is a request before it
+            # (pipelined), cut short rather than have a 431 or 408 written into it.
             answer = cycle is None or cycle.response_complete
         else:
-            answer = not cycle.response_started  # type: ignore[union-attr]
-            if not cycle.response_complete:  # type: ignore[union-attr]
-                # The app, if it is reading the body, sees the client gone; whatever it
-                # sends from now on is dropped.
-                cycle.disconnected = True  # type: ignore[union-attr]
-                cycle.message_event.set()  # type: ignore[union-attr]
+            answer = cycle is not None and not cycle.response_started
+        if cycle is not None and not cycle.response_complete:
+            # The app sees the client gone (if it is reading the body) and whatever it
+            # sends from now on is dropped: the connection is ours.
+            if not self._head_open:
+                cycle.scope[REFUSED_SCOPE_KEY] = (status, detail)  # type: ignore[literal-required]
+            cycle.disconnected = True
+            cycle.message_event.set()
         if answer:
             body = problem_body(status, detail)
             content = [STATUS_LINE[status]]
@@ -311,9 +316,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
-class HeaderLimits:
-    """431 for too many or too large headers, under servers without
-    LimitedHttpToolsProtocol (which refuses them before they are all read)."""
+class RequestLimits:
+    """Around the app: 431 for too many or too large headers, under servers without
+    LimitedHttpToolsProtocol (which refuses them before they are all read); and the
+    protocol's 408 for a body, raised where the app reads it."""
 
     def __init__(self, app: ASGIApp, limits: HttpLimits) -> None:
         self._app = app
@@ -345,6 +351,16 @@ class HeaderLimits:
                 )
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
+
+            async def receive_checked() -> ReceiveMessage:
+                message = await receive()
+                refused = scope.get(REFUSED_SCOPE_KEY)
+                if message["type"] == "http.disconnect" and isinstance(refused, tuple):
+                    raise ProblemError(*refused)
+                return message
+
+            await self._app(scope, receive_checked, send)
+            return
         await self._app(scope, receive, send)
 
 

@@ -9,18 +9,35 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, HttpMethod, Request, Response, get, post, route
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIType
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from pgqueue import driver
 from pgqueue.errors import InvalidJobError, JobNotFoundError
 from pgqueue.executors import AsyncpgExecutor
+from pgqueue.jobs import validate_job_id, validate_queue_name, validate_task_name
+from pgqueue.limits import JOB_ID_MAX
 from pgqueue.states import TERMINAL_STATES, JobState
 
 from .auth import requires
-from .problems import ProblemError, problem_responses
-from .schemas import BatchIn, BatchItemOut, EnqueuedBatch, JobIn, JobOut, JobPage
+from .problems import ProblemError, nested_too_deeply, problem_responses
+from .schemas import (
+    IDEMPOTENCY_HEADER_RULES,
+    QUEUE_NAME_RULES,
+    STATE_NAMES,
+    TASK_NAME_RULES,
+    BatchIn,
+    BatchItemOut,
+    EnqueuedBatch,
+    JobIn,
+    JobOut,
+    JobPage,
+    id_schema,
+    json_types,
+    parameter,
+)
 from .state import RECHECK_SECONDS
 
 if TYPE_CHECKING:
@@ -28,7 +45,20 @@ if TYPE_CHECKING:
 
     from .state import ServiceState
 
-MAX_JOB_ID = 2**63 - 1
+# No id has more digits: checked before int(), which refuses strings of more than 4,300
+# digits (CPython's guard against quadratic parsing) with a ValueError of its own.
+JOB_ID_DIGITS = len(str(JOB_ID_MAX))
+STRING = OpenAPIType.STRING
+JobIdPath = Annotated[str, PathParameter(schema_extra=id_schema("the job's id"))]
+QueueFilter = Annotated[
+    str | None, QueryParameter(schema_extra=parameter(STRING, **QUEUE_NAME_RULES))
+]
+TaskFilter = Annotated[
+    str | None, QueryParameter(schema_extra=parameter(STRING, **TASK_NAME_RULES))
+]
+StateFilter = Annotated[
+    str | None, QueryParameter(name="state", schema_extra=parameter(STRING, enum=STATE_NAMES))
+]
 
 
 def _state(request: Request[Any, Any, Any]) -> ServiceState:
@@ -36,12 +66,32 @@ def _state(request: Request[Any, Any, Any]) -> ServiceState:
     return service
 
 
-def parse_job_id(raw: str) -> int:
-    """A job id from a path: a positive 64-bit integer, or 422 saying so."""
+def parse_job_id(raw: str, what: str = "job_id") -> int:
+    """A job id from a path, a query or a form (the API's and the dashboard's): an
+    integer from 1 to 2**63 - 1 in decimal digits, else InvalidJobError (a 422)."""
     # isascii: str.isdigit() is also true of digits int() refuses, such as "²".
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_JOB_ID:
-        raise ProblemError(422, f"job id must be a positive integer, got {raw!r}")
-    return int(raw)
+    if raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= JOB_ID_DIGITS:
+        with contextlib.suppress(InvalidJobError):
+            return validate_job_id(int(raw))
+    shown = raw if len(raw) <= 40 else f"{raw[:20]}...({len(raw)} characters)"
+    raise InvalidJobError(
+        f"{what} must be an integer from 1 to {JOB_ID_MAX}, got {shown!r}", field=what
+    )
+
+
+async def check_json_types(request: Request[Any, Any, Any], struct: type[msgspec.Struct]) -> None:
+    """400 for a body whose JSON types are not the description's, though Litestar's lax
+    decode took them (see schemas.json_types)."""
+    try:
+        msgspec.json.decode(await request.body(), type=json_types(struct))
+    except msgspec.ValidationError as exc:
+        raise ProblemError(
+            400,
+            f"Validation failed for {request.method} {request.url.path}",
+            errors=[{"message": str(exc), "key": "data", "source": "body"}],
+        ) from exc
+    except RecursionError as exc:
+        raise nested_too_deeply() from exc
 
 
 def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = None) -> JobSpec:
@@ -53,8 +103,12 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
     key = item.idempotency_key
     if header_key is not None:
         if key is not None and key != header_key:
+            # 409, not 422: each key alone is valid (the description cannot say that two
+            # parts of a request must agree); together they conflict.
             raise ProblemError(
-                422, "the Idempotency-Key header and the body's idempotency_key differ"
+                409,
+                "the Idempotency-Key header and the body's idempotency_key differ: give one key",
+                field="idempotency_key",
             )
         key = header_key
     options: dict[str, Any] = {
@@ -79,6 +133,19 @@ class JobsController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]  # noqa: RUF012 - Litestar's own class attribute
 
+    # Litestar (2.25) registers a controller's handlers one by one, and the automatic
+    # OPTIONS answer of /v1/jobs keeps the methods of the first (Allow: OPTIONS, POST):
+    # this one, registered first (Litestar orders them by name), stands in for it.
+    @route(
+        "/",
+        http_method=HttpMethod.OPTIONS,
+        status_code=204,
+        include_in_schema=False,
+        sync_to_thread=False,
+    )
+    def allow(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+
     @post(
         "/",
         guards=[requires("enqueue")],
@@ -86,19 +153,25 @@ class JobsController(Controller):
         summary="Enqueue a job",
         responses={
             200: ResponseSpec(JobOut, description="The job already holding the idempotency key"),
-            **problem_responses(400, 401, 403, 409, 413, 422),
+            **problem_responses(400, 401, 403, 409, 413, 422, 503),
         },
     )
     async def enqueue(
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[JobIn],
-        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key", schema_extra=parameter(STRING, **IDEMPOTENCY_HEADER_RULES)
+            ),
+        ] = None,
     ) -> Response[JobOut]:
         """202 with the new job and its Location. With an idempotency key (in the body or
         the Idempotency-Key header) that a job already holds: 200 with that job when the
         request is the same, 409 when it differs."""
         service = _state(request)
+        await check_json_types(request, JobIn)
         spec = build_spec(service, data, header_key=idempotency_key)
         async with service.connection() as conn:
             # One round trip for a new job; a duplicate's holder is read back.
@@ -124,15 +197,16 @@ class JobsController(Controller):
         guards=[requires("enqueue")],
         status_code=202,
         summary="Enqueue many jobs",
-        responses=problem_responses(400, 401, 403, 413, 422),
+        responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
     )
     async def enqueue_batch(
         self, request: Request[Any, Any, Any], data: JSONBody[BatchIn]
     ) -> EnqueuedBatch:
         """All the jobs in one transaction, or none: a bad item is a 4xx naming it."""
         service = _state(request)
+        await check_json_types(request, BatchIn)
         if not data.jobs:
-            raise ProblemError(422, "jobs must hold at least one job")
+            raise ProblemError(422, "jobs must hold at least one job", field="jobs")
         if len(data.jobs) > service.settings.max_batch_jobs:
             raise ProblemError(
                 413,
@@ -143,7 +217,9 @@ class JobsController(Controller):
             try:
                 specs.append(build_spec(service, item))
             except InvalidJobError as exc:
-                raise ProblemError(422, f"jobs[{index}]: {exc}", index=index) from exc
+                raise InvalidJobError(
+                    f"jobs[{index}]: {exc}", field=exc.field, index=index
+                ) from exc
             except ProblemError as exc:
                 raise ProblemError(exc.status, f"jobs[{index}]: {exc.detail}", index=index) from exc
         async with service.connection() as conn:
@@ -154,23 +230,31 @@ class JobsController(Controller):
         "/{job_id:str}",
         guards=[requires("read")],
         summary="A job's status",
-        responses=problem_responses(400, 401, 403, 404, 422),
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
     )
     async def status(
         self,
         request: Request[Any, Any, Any],
-        job_id: FromPath[str],
+        job_id: JobIdPath,
+        # Not optional: Litestar would read ?wait=null as no wait, a value the
+        # description (a number) does not allow.
         wait: Annotated[
-            float | None, QueryParameter(description="seconds to wait for the job to finish")
-        ] = None,
+            float,
+            QueryParameter(
+                description="seconds to wait for the job to finish (at most the server's limit)",
+                schema_extra=parameter(OpenAPIType.NUMBER, minimum=0),
+            ),
+        ] = 0.0,
     ) -> JobOut:
         """The job; with ``?wait=SECONDS``, held until it is terminal or the wait ends
         (woken by the NOTIFY its completion sends)."""
         service = _state(request)
         ident = parse_job_id(job_id)
-        if wait is not None and not 0 <= wait <= service.settings.max_wait_seconds:
+        if not 0 <= wait <= service.settings.max_wait_seconds:
             raise ProblemError(
-                422, f"wait must be from 0 to {service.settings.max_wait_seconds:g} seconds"
+                422,
+                f"wait must be from 0 to {service.settings.max_wait_seconds:g} seconds",
+                field="wait",
             )
         job = await self._get(service, ident)
         if not wait or job.state in TERMINAL_STATES:
@@ -190,27 +274,40 @@ class JobsController(Controller):
         "/",
         guards=[requires("read")],
         summary="List jobs, newest first",
-        responses=problem_responses(400, 401, 403, 422),
+        responses=problem_responses(400, 401, 403, 422, 503),
     )
     async def list_jobs(
         self,
         request: Request[Any, Any, Any],
         *,
-        queue: FromQuery[str | None] = None,
-        state_name: Annotated[str | None, QueryParameter(name="state")] = None,
-        task: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 50,
-        cursor: FromQuery[str | None] = None,
+        queue: QueueFilter = None,
+        state_name: StateFilter = None,
+        task: TaskFilter = None,
+        limit: Annotated[int, QueryParameter(schema_extra={"minimum": 1})] = 50,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(schema_extra=id_schema("the next_cursor of the page before")),
+        ] = None,
     ) -> JobPage:
         service = _state(request)
         if not 1 <= limit <= service.settings.max_page_size:
-            raise ProblemError(422, f"limit must be from 1 to {service.settings.max_page_size}")
+            raise ProblemError(
+                422, f"limit must be from 1 to {service.settings.max_page_size}", field="limit"
+            )
         try:
             job_state = None if state_name is None else JobState(state_name)
         except ValueError:
-            names = ", ".join(s.value for s in JobState)
-            raise ProblemError(422, f"state must be one of {names}; got {state_name!r}") from None
-        before = None if cursor is None else parse_job_id(cursor)
+            raise ProblemError(
+                422,
+                f"state must be one of {', '.join(STATE_NAMES)}; got {state_name!r}",
+                field="state",
+            ) from None
+        # The filters follow the names' rules too: nothing else can match a job.
+        if queue is not None:
+            validate_queue_name(queue)
+        if task is not None:
+            validate_task_name(task)
+        before = None if cursor is None else parse_job_id(cursor, "cursor")
         async with service.connection() as conn:
             jobs = await driver.list_jobs(
                 AsyncpgExecutor(conn),
@@ -231,9 +328,9 @@ class JobsController(Controller):
         guards=[requires("admin")],
         status_code=200,
         summary="Cancel",
-        responses=problem_responses(400, 401, 403, 404, 409, 422),
+        responses=problem_responses(400, 401, 403, 404, 409, 422, 503),
     )
-    async def cancel(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobOut:
+    async def cancel(self, request: Request[Any, Any, Any], job_id: JobIdPath) -> JobOut:
         """A queued job never starts; a running one is stopped (409 if it has finished)."""
         service = _state(request)
         ident = parse_job_id(job_id)
@@ -246,9 +343,9 @@ class JobsController(Controller):
         guards=[requires("admin")],
         status_code=200,
         summary="Retry",
-        responses=problem_responses(400, 401, 403, 404, 409, 422),
+        responses=problem_responses(400, 401, 403, 404, 409, 422, 503),
     )
-    async def retry(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobOut:
+    async def retry(self, request: Request[Any, Any, Any], job_id: JobIdPath) -> JobOut:
         """A failed or cancelled job, queued again now (409 for any other state)."""
         service = _state(request)
         ident = parse_job_id(job_id)

@@ -1,5 +1,15 @@
 """Every error as ``application/problem+json`` (RFC 9457), with a ``detail`` that says
-what was wrong."""
+what was wrong, mapped here, in one place.
+
+400 or 422: a request that does not decode into what the endpoint takes (malformed
+JSON, a string where a number goes, an unknown member, a number no float can hold) is
+a 400, found by msgspec. A request that decodes but breaks a rule on a value (a name's
+pattern, a range, a length, a date's bounds, an id) is a 422, found by pgqueue's one
+validation of a job (``pgqueue.jobs``: build_job, validate_*), naming the ``field``. The
+OpenAPI description documents those rules from the same constants but msgspec does not
+enforce them, so that an input never gets a 400 from one layer and a 422 from another
+for the same mistake. A body nested deeper than the decoder goes is a 422 too, like
+args nested deeper than MAX_JSON_DEPTH that did decode."""
 
 from __future__ import annotations
 
@@ -11,7 +21,18 @@ from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
-from pgqueue.errors import InvalidJobError, JobNotFoundError, JobStateError
+from pgqueue.errors import (
+    DatabaseUnavailableError,
+    IdempotencyConflictError,
+    InvalidJobError,
+    JobNotFoundError,
+    JobStateError,
+    OutcomeUnknownError,
+    PgQueueError,
+    PoolTimeoutError,
+    SchemaNotReadyError,
+)
+from pgqueue.limits import MAX_JSON_DEPTH
 
 from .schemas import Problem
 
@@ -72,20 +93,52 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[di
     return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
 
-def _on_invalid_job(
-    _request: Request[Any, Any, Any], exc: InvalidJobError
+# Each pgqueue error a handler can meet, as the status that tells the client what it
+# means. Their messages are written for the caller (errors.py), so they are the detail.
+PGQUEUE_ERROR_STATUSES: dict[type[PgQueueError], int] = {
+    InvalidJobError: 422,
+    JobNotFoundError: 404,
+    JobStateError: 409,
+    # A retry of a job whose idempotency key a newer job now holds, and the like.
+    IdempotencyConflictError: 409,
+    SchemaNotReadyError: 503,
+    DatabaseUnavailableError: 503,
+    PoolTimeoutError: 503,
+    OutcomeUnknownError: 503,
+}
+
+
+def _on_pgqueue_error(
+    _request: Request[Any, Any, Any], exc: PgQueueError
 ) -> Response[dict[str, Any]]:
-    return problem_response(422, str(exc))
+    status = next(s for cls, s in PGQUEUE_ERROR_STATUSES.items() if isinstance(exc, cls))
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidJobError):
+        extra = {k: v for k, v in (("field", exc.field), ("index", exc.index)) if v is not None}
+    return problem_response(status, str(exc), extra=extra)
 
 
-def _on_not_found(
-    _request: Request[Any, Any, Any], exc: JobNotFoundError
-) -> Response[dict[str, Any]]:
-    return problem_response(404, str(exc))
+def _decoding_request(exc: BaseException) -> bool:
+    """Whether the error was raised while Litestar decoded the request into the
+    handler's arguments (its kwargs extraction), not in a handler."""
+    frame = exc.__traceback__
+    while frame is not None:
+        if "/litestar/_kwargs/" in frame.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        frame = frame.tb_next
+    return False
 
 
-def _on_state(_request: Request[Any, Any, Any], exc: JobStateError) -> Response[dict[str, Any]]:
-    return problem_response(409, str(exc))
+def nested_too_deeply() -> ProblemError:
+    return ProblemError(
+        422, f"the body is nested too deeply to decode; args may nest {MAX_JSON_DEPTH} levels"
+    )
+
+
+def _on_recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[str, Any]]:
+    if not _decoding_request(exc):
+        return _on_unexpected(request, exc)
+    return _on_problem(request, nested_too_deeply())
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -99,9 +152,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ProblemError: _on_problem,
     ValidationException: _on_validation,
     HTTPException: _on_http,
-    InvalidJobError: _on_invalid_job,
-    JobNotFoundError: _on_not_found,
-    JobStateError: _on_state,
+    **dict.fromkeys(PGQUEUE_ERROR_STATUSES, _on_pgqueue_error),
+    RecursionError: _on_recursion,
     Exception: _on_unexpected,
 }
 
@@ -115,7 +167,7 @@ PROBLEM_DESCRIPTIONS = {
     413: "The body, a job's args or a batch is larger than the limit",
     415: "The body is not JSON: send it with Content-Type: application/json",
     422: "The request decoded but is not valid (names, ranges, parameters)",
-    503: "Not ready",
+    503: "Not ready: the database does not answer, or is not migrated to this version",
 }
 
 

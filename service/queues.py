@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath
+from litestar.params import PathParameter
 
 from pgqueue import driver
-from pgqueue.errors import InvalidJobError
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_queue_name
 
 from .auth import requires
-from .problems import ProblemError, problem_responses
-from .schemas import QueueList, QueueOut
+from .problems import problem_responses
+from .schemas import QUEUE_NAME_RULES, QueueList, QueueOut
 
-
-def _queue_name(name: str) -> str:
-    try:
-        return validate_queue_name(name)
-    except InvalidJobError as exc:
-        raise ProblemError(422, str(exc)) from exc
+QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]
 
 
 class QueuesController(Controller):
@@ -32,7 +26,7 @@ class QueuesController(Controller):
         "/",
         guards=[requires("read")],
         summary="Queues and their counts",
-        responses=problem_responses(401, 403),
+        responses=problem_responses(401, 403, 503),
     )
     async def list_queues(self, request: Request[Any, Any, Any]) -> QueueList:
         """Per queue: jobs by state, the oldest claimable job's age, paused or not."""
@@ -45,21 +39,21 @@ class QueuesController(Controller):
         guards=[requires("admin")],
         status_code=200,
         summary="Pause",
-        responses=problem_responses(400, 401, 403, 422),
+        responses=problem_responses(400, 401, 403, 422, 503),
     )
-    async def pause(self, request: Request[Any, Any, Any], name: FromPath[str]) -> QueueOut:
+    async def pause(self, request: Request[Any, Any, Any], name: QueueNamePath) -> QueueOut:
         """Workers claim nothing more from the queue (running jobs finish)."""
-        return await self._set(request, _queue_name(name), paused=True)
+        return await self._set(request, validate_queue_name(name), paused=True)
 
     @post(
         "/{name:str}/resume",
         guards=[requires("admin")],
         status_code=200,
         summary="Resume",
-        responses=problem_responses(400, 401, 403, 422),
+        responses=problem_responses(400, 401, 403, 422, 503),
     )
-    async def resume(self, request: Request[Any, Any, Any], name: FromPath[str]) -> QueueOut:
-        return await self._set(request, _queue_name(name), paused=False)
+    async def resume(self, request: Request[Any, Any, Any], name: QueueNamePath) -> QueueOut:
+        return await self._set(request, validate_queue_name(name), paused=False)
 
     @staticmethod
     async def _set(request: Request[Any, Any, Any], name: str, *, paused: bool) -> QueueOut:

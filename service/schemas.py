@@ -1,34 +1,164 @@
-"""The API's bodies, as msgspec structs: Litestar validates requests against them and
-publishes them in the OpenAPI schema."""
+"""The API's bodies, as msgspec structs: Litestar decodes requests into them and
+publishes them in the OpenAPI schema.
+
+Decoding checks types only (a string where a number goes is a 400). The rules on the
+values (names, ranges, lengths) are pgqueue's own, checked once where a job is built
+(``pgqueue.jobs.build_job``: a 422 naming the field); the description documents the
+same rules, built from the same constants, so that a client generated from it sends
+nothing the server refuses (see ``document``). See problems.py for why."""
 
 from __future__ import annotations
 
+import functools
+import operator
+import types
+import typing
 from datetime import datetime  # noqa: TC003 - msgspec needs it at runtime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
+from litestar.openapi.spec import OpenAPIType, Reference, Schema
+
+from pgqueue.jobs import (
+    IDEMPOTENCY_KEY_MAX,
+    MAX_ATTEMPTS_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    QUEUE_NAME_RE,
+    TASK_NAME_RE,
+)
+from pgqueue.limits import (
+    JOB_ID_MAX,
+    MAX_JSON_DEPTH,
+    MAX_SECONDS,
+    MIN_TIMEOUT_SECONDS,
+    RUN_AT_MAX,
+    RUN_AT_MIN,
+)
+from pgqueue.states import JobState
 
 if TYPE_CHECKING:
+    from litestar.openapi.spec import OpenAPI
+
     from pgqueue.jobs import Job, QueueStats
+
+    from .settings import ServiceSettings
+
+QUEUE_NAME_MAX = 64
+TASK_NAME_MAX = 200
+# JSON Schema patterns are searched, not matched: anchored here like fullmatch().
+QUEUE_NAME_PATTERN = f"^{QUEUE_NAME_RE.pattern}$"
+TASK_NAME_PATTERN = f"^{TASK_NAME_RE.pattern}$"
+# JSON Schema cannot bound a date-time, so run_at's pattern keeps to the years whose
+# every instant, in any time zone, lies within RUN_AT_MIN..RUN_AT_MAX (0002 to 9998),
+# and to RFC 3339's form with an explicit offset. The server's own bounds are the
+# instants, a day inside years 0001 and 9999: a little wider than documented.
+_YEARS = r"(000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])"
+RUN_AT_PATTERN = (
+    f"^{_YEARS}-[0-9]{{2}}-[0-9]{{2}}[Tt][0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}(\\.[0-9]+)?"
+    "([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def documented(description: str | None = None, **rules: Any) -> msgspec.Meta:
+    """A field's rules in the OpenAPI description only (Litestar's ``schema_extra``):
+    msgspec does not enforce them, build_job does (see the module's docstring)."""
+    return msgspec.Meta(description=description, extra_json_schema={"extra": rules})
+
+
+def parameter(openapi_type: OpenAPIType, **rules: Any) -> dict[str, Any]:
+    """A parameter's schema (Litestar's ``schema_extra``), without the null Litestar
+    offers for an optional one: a query parameter is left out, never null."""
+    return {**rules, "type": openapi_type, "oneOf": None}
+
+
+def id_schema(description: str) -> dict[str, Any]:
+    """A job id as the description gives it wherever one is taken (path, ?cursor=): an
+    integer, which the handlers take as text and parse (``jobs.parse_job_id``)."""
+    return parameter(OpenAPIType.INTEGER, minimum=1, maximum=JOB_ID_MAX, description=description)
+
+
+QUEUE_NAME_RULES: dict[str, Any] = {
+    "pattern": QUEUE_NAME_PATTERN,
+    "minLength": 1,
+    "maxLength": QUEUE_NAME_MAX,
+}
+TASK_NAME_RULES: dict[str, Any] = {
+    "pattern": TASK_NAME_PATTERN,
+    "minLength": 1,
+    "maxLength": TASK_NAME_MAX,
+}
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+# A header value cannot carry NUL, and HTTP strips its surrounding whitespace: one of
+# spaces only would arrive empty.
+IDEMPOTENCY_HEADER_RULES: dict[str, Any] = {
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX,
+    "pattern": r"[^\s]",
+}
 
 
 class JobIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A job to enqueue. Options left out take the defaults (queue ``default``,
-    priority 0, three attempts, run now)."""
+    """A job to enqueue. Options left out (or null) take the defaults (queue
+    ``default``, priority 0, three attempts, run now). ``run_at`` and ``delay_seconds``
+    exclude each other."""
 
-    task: str
-    args: dict[str, Any] = msgspec.field(default_factory=dict)
-    queue: str | None = None
-    priority: int | None = None
-    run_at: datetime | None = None
-    delay_seconds: float | None = None
-    max_attempts: int | None = None
-    idempotency_key: str | None = None
-    timeout_seconds: float | None = None
+    task: Annotated[str, documented(**TASK_NAME_RULES)]
+    args: Annotated[
+        dict[str, Any],
+        documented(
+            f"the task's keyword arguments: JSON at most {MAX_JSON_DEPTH} levels deep, "
+            "without NUL characters; the server's limit on its size applies (413)"
+        ),
+    ] = msgspec.field(default_factory=dict)
+    queue: Annotated[str, documented(**QUEUE_NAME_RULES)] | None = None
+    priority: (
+        Annotated[int, documented("higher runs first", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX)]
+        | None
+    ) = None
+    run_at: (
+        Annotated[
+            datetime,
+            documented(
+                f"when to run it, with a time zone: from {RUN_AT_MIN.isoformat()} to "
+                f"{RUN_AT_MAX.isoformat()}",
+                pattern=RUN_AT_PATTERN,
+            ),
+        ]
+        | None
+    ) = None
+    delay_seconds: (
+        Annotated[
+            float, documented("run it this many seconds from now", minimum=0, maximum=MAX_SECONDS)
+        ]
+        | None
+    ) = None
+    max_attempts: Annotated[int, documented(minimum=1, maximum=MAX_ATTEMPTS_LIMIT)] | None = None
+    idempotency_key: (
+        Annotated[
+            str,
+            documented(
+                "one job per key while it is queued, running or succeeded",
+                minLength=1,
+                maxLength=IDEMPOTENCY_KEY_MAX,
+                pattern=NO_NUL_PATTERN,
+            ),
+        ]
+        | None
+    ) = None
+    timeout_seconds: (
+        Annotated[
+            float,
+            documented(
+                "how long one attempt may run", minimum=MIN_TIMEOUT_SECONDS, maximum=MAX_SECONDS
+            ),
+        ]
+        | None
+    ) = None
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
-    jobs: list[JobIn]
+    jobs: Annotated[list[JobIn], documented(minItems=1)]
 
 
 class JobOut(msgspec.Struct):
@@ -125,8 +255,8 @@ class QueueList(msgspec.Struct):
 class Problem(msgspec.Struct):
     """An error (RFC 9457 problem details, ``application/problem+json``): ``detail``
     says what was wrong in this case. Some errors add fields: ``errors`` (what did not
-    decode), ``index`` (the failing item of a batch), ``job_id`` (the job holding an
-    idempotency key)."""
+    decode), ``index`` (the failing item of a batch), ``field`` (the job's field that
+    broke a rule), ``job_id`` (the job holding an idempotency key)."""
 
     type: str
     title: str
@@ -135,3 +265,98 @@ class Problem(msgspec.Struct):
     errors: list[dict[str, Any]] | None = None
     index: int | None = None
     job_id: int | None = None
+    field: str | None = None
+
+
+_JSON_VALUE = Reference(ref="#/components/schemas/JsonValue")
+
+
+def _json_object() -> Schema:
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        additional_properties=_JSON_VALUE,
+        property_names=Schema(pattern=NO_NUL_PATTERN),
+    )
+
+
+def document(openapi: OpenAPI, settings: ServiceSettings) -> None:
+    """Complete the description Litestar generated with what it cannot say by itself:
+    this server's limits (its settings), that the bodies take no other members, and
+    that run_at and delay_seconds exclude each other. Called once, as the app is made."""
+    schemas = openapi.components.schemas if openapi.components else {}
+    job_in, batch_in = schemas["JobIn"], schemas["BatchIn"]
+    job_in.additional_properties = batch_in.additional_properties = False
+    # Both given (not null) is refused; either, or neither, is fine.
+    job_in.schema_not = Schema(
+        required=["run_at", "delay_seconds"],
+        properties={
+            "run_at": Schema(type=OpenAPIType.STRING),
+            "delay_seconds": Schema(type=OpenAPIType.NUMBER),
+        },
+    )
+    # args: any JSON without NUL characters (jsonb refuses them), in keys or strings.
+    schemas["JsonValue"] = Schema(
+        description="any JSON value without NUL characters",
+        any_of=[
+            Schema(type=OpenAPIType.NULL),
+            Schema(type=OpenAPIType.BOOLEAN),
+            Schema(type=OpenAPIType.NUMBER),
+            Schema(type=OpenAPIType.STRING, pattern=NO_NUL_PATTERN),
+            Schema(type=OpenAPIType.ARRAY, items=_JSON_VALUE),
+            _json_object(),
+        ],
+    )
+    args = (job_in.properties or {})["args"]
+    if isinstance(args, Schema):
+        args.additional_properties = _JSON_VALUE
+        args.property_names = Schema(pattern=NO_NUL_PATTERN)
+    jobs = (batch_in.properties or {})["jobs"]
+    if isinstance(jobs, Schema):
+        jobs.max_items = settings.max_batch_jobs
+    limits = {
+        ("/v1/jobs/{job_id}", "wait"): settings.max_wait_seconds,
+        ("/v1/jobs", "limit"): settings.max_page_size,
+    }
+    for (path, name), maximum in limits.items():
+        operation = getattr(openapi.paths[path] if openapi.paths else None, "get", None)
+        for parameter in getattr(operation, "parameters", None) or []:
+            if getattr(parameter, "name", None) == name and isinstance(parameter.schema, Schema):
+                parameter.schema.maximum = maximum
+                break
+        else:
+            raise LookupError(f"GET {path} has no parameter {name!r} to document")
+
+
+STATE_NAMES = [state.value for state in JobState]
+
+
+@functools.cache
+def json_types(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """A twin of ``struct`` that a strict decode checks the body's JSON types against.
+
+    Litestar converts a body into its struct in msgspec's lax mode, made for query
+    strings: it would take ``"5"`` for a number and ``0`` for a date-time, which the
+    description refuses. The twin is decoded strictly, with each integer field a float:
+    JSON Schema's integer includes ``5.0``, and the lax decode has already refused a
+    number that is not integral."""
+    hints = typing.get_type_hints(struct)
+    fields = [
+        (f.name, _json_type(hints[f.name]), None)
+        if not f.required
+        else (f.name, _json_type(hints[f.name]))
+        for f in msgspec.structs.fields(struct)
+    ]
+    return msgspec.defstruct(f"{struct.__name__}Types", fields, forbid_unknown_fields=True)
+
+
+def _json_type(hint: Any) -> Any:
+    if hint is int:
+        return float
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return json_types(hint)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return list[_json_type(args[0])]  # type: ignore[misc]
+    if isinstance(hint, types.UnionType):
+        return functools.reduce(operator.or_, map(_json_type, args))
+    return hint

@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 
 from pgqueue.app import Queue
+from pgqueue.connect import asyncpg_connect, asyncpg_pool
 from pgqueue.pools import acquire, keep_session
 
 from .auth import KeyCache
@@ -41,7 +42,7 @@ class FinishedJobs:
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return
-            self._conn = await asyncpg.connect(self._dsn)
+            self._conn = await asyncpg_connect(self._dsn)
             await self._conn.add_listener(FINISHED_CHANNEL, self._on_notify)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -91,7 +92,7 @@ class ServiceState:
         self.queue = Queue(settings.dsn)
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(
+        self.pool = await asyncpg_pool(
             self.settings.dsn, min_size=1, max_size=10, reset=keep_session
         )
 

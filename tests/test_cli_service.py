@@ -59,10 +59,12 @@ class Served:
             self._out.close()
 
     def kill(self) -> None:
+        """Kill it if still running, and remove its log (every test's last word)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
         self._out.close()
+        self.log.unlink(missing_ok=True)
 
 
 def test_keys_create_list_and_revoke(dsn):
@@ -104,9 +106,13 @@ def test_api_refuses_an_unmigrated_database(empty_dsn):
     assert "pgqueue migrate" in result.stderr
 
 
-def test_api_serves_with_keys_on_two_processes_and_stops_gracefully(dsn):
+def test_api_serves_with_keys_on_two_processes_and_stops_gracefully(dsn, tmp_path, monkeypatch):
     key = pgqueue_cmd("keys", "create", "--name", "n", "--scope", "enqueue", "--dsn", dsn)
     headers = {"Authorization": f"Bearer {key.stdout.strip()}"}
+    # The server's temporary files (its processes' shared metrics directory) land here.
+    server_tmp = tmp_path / "tmp"
+    server_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(server_tmp))
     served = Served("api", "--dsn", dsn, "--workers", "2", "--log-format", "json")
     try:
         served.wait_ready()
@@ -115,7 +121,10 @@ def test_api_serves_with_keys_on_two_processes_and_stops_gracefully(dsn):
         assert created.status_code == 202
         status = httpx.get(f"{served.url}{created.headers['location']}", headers=headers)
         assert status.json()["state"] == "queued"
+        assert any(server_tmp.glob("pgqueue-metrics-*/*.db"))  # shared, as intended
         assert served.stop() == 0
+        # Stopped, it leaves nothing behind in the temporary directory.
+        assert list(server_tmp.iterdir()) == []
     finally:
         served.kill()
 

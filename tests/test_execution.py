@@ -134,8 +134,8 @@ async def test_a_thread_task_sees_the_flag_at_its_deadline(queue):
 
 
 def test_timeouts_are_checked_before_anything_is_written(queue):
-    for bad in (0, -1, float("inf"), float("nan"), "10", True):
-        with pytest.raises(InvalidJobError, match="timeout must be a positive number"):
+    for bad in (0, -1, float("inf"), float("nan"), "10", True, 1e13):
+        with pytest.raises(InvalidJobError, match="timeout must be a number of seconds from"):
             queue.build("anything", timeout=bad)
         with pytest.raises(InvalidJobError, match="timeout"):
 

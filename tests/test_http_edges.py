@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
+import structlog.testing
 from litestar.testing import AsyncTestClient
 from servekit import serving
 from test_cli_service import Served
@@ -182,13 +183,18 @@ async def test_a_body_sent_a_byte_at_a_time_gets_408_and_nothing_is_written(
         "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {admin_key}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    async with connection(base_url) as (reader, writer):
-        writer.write(head)
-        sender = asyncio.create_task(trickle(writer, body))
-        raw = await until_closed(reader)
-        sender.cancel()
+    with structlog.testing.capture_logs() as logs:
+        async with connection(base_url) as (reader, writer):
+            writer.write(head)
+            sender = asyncio.create_task(trickle(writer, body))
+            raw = await until_closed(reader)
+            sender.cancel()
     assert_problem(raw, 408, "body did not arrive within 0.5 seconds")
     assert job_count(dsn) == 0
+    # The app, reading the body, answered (logged) 408 too, not a failed request.
+    access = [log for log in logs if log["event"] == "http_request"]
+    assert [log["status"] for log in access] == [408]
+    assert access[0]["log_level"] == "info"
 
 
 async def test_a_body_still_trickling_after_the_answer_is_cut_off(base_url):
@@ -310,13 +316,14 @@ async def test_a_login_from_another_origin_is_refused(dsn, admin_key):
     assert "set-cookie" not in response.headers or "key=" not in response.headers["set-cookie"]
 
 
-# --- pgqueue api ---------------------------------------------------------------------
+# --- pgqueue api and pgqueue dev ------------------------------------------------------
 
 
-def test_pgqueue_api_serves_with_the_limits_from_its_environment(dsn, monkeypatch):
+@pytest.mark.parametrize("command", [["api", "--workers", "2"], ["dev"]], ids=["api", "dev"])
+def test_the_commands_serve_with_the_limits_from_their_environment(dsn, monkeypatch, command):
     monkeypatch.setenv("PGQUEUE_API_HEADER_TIMEOUT_SECONDS", "0.5")
     monkeypatch.setenv("PGQUEUE_API_MAX_HEADERS", "20")
-    served = Served("api", "--dsn", dsn, "--workers", "2")
+    served = Served(*command, "--dsn", dsn)
     try:
         served.wait_ready()
 
