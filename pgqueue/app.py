@@ -240,7 +240,10 @@ class Queue:
         return build_job(
             task,
             args,
-            queue=queue or (registered.queue if registered else self.default_queue),
+            # None takes the default; "" is refused by build_job like any bad name.
+            queue=queue
+            if queue is not None
+            else (registered.queue if registered else self.default_queue),
             priority=priority
             if priority is not None
             else (registered.priority if registered else 0),

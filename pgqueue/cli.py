@@ -27,7 +27,9 @@ import asyncio
 import importlib
 import ipaddress
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -40,7 +42,13 @@ import structlog
 from pgqueue import migrate
 from pgqueue.app import Queue
 from pgqueue.dberrors import connection_failed, refused_for_good
-from pgqueue.embedded import EmbeddedServer, EmbeddedServerError, resolve_dsn
+from pgqueue.embedded import (
+    DSN_ENV,
+    EmbeddedServer,
+    EmbeddedServerError,
+    bundled_bin_dir,
+    resolve_dsn,
+)
 from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotReadyError
 from pgqueue.logs import configure_logging
 from pgqueue.retention import Retention, parse_duration
@@ -218,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=_port, default=8000)
     dev.add_argument("--concurrency", type=_positive_int, default=10)
 
+    psql = sub.add_parser(
+        "psql",
+        parents=[common],
+        help="open psql on the database pgqueue uses (the embedded server too)",
+        description="Run psql on the database every other command would use: --dsn, else "
+        "$PGQUEUE_DSN, else the embedded server (started for the session if it is not "
+        "running). Arguments after -- go to psql: pgqueue psql -- -c 'TABLE pgqueue.queue_stats'",
+    )
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, help="arguments for psql, after --")
     keys = sub.add_parser("keys", help="manage the HTTP API's keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser(
@@ -391,8 +408,28 @@ def _run(args: argparse.Namespace, app: Queue | None, dsn: str, signals: _Signal
         return _api(dsn, args, signals)
     if args.command == "dev":
         return _dev(app, dsn, args, signals)
+    if args.command == "psql":
+        return _psql(dsn, args.psql_args, embedded=not (args.dsn or os.environ.get(DSN_ENV)))
     assert app is not None  # noqa: S101 - the worker's parser requires APP
     return _worker(app, dsn, args, signals)
+
+
+def _psql(dsn: str, psql_args: list[str], *, embedded: bool) -> int:
+    """psql on ``dsn``; its exit status. The embedded server's own psql (the same
+    version) when that is the server, else the psql on PATH, else the bundled one."""
+    bundled = bundled_bin_dir() / "psql"
+    program = str(bundled) if embedded or not shutil.which("psql") else "psql"
+    if not Path(program).exists() and not shutil.which(program):
+        raise UsageError(
+            "no psql found: install PostgreSQL's client (psql) or use the embedded server"
+        )
+    args = psql_args[1:] if psql_args[:1] == ["--"] else psql_args
+    # Ctrl-C belongs to psql (it cancels the query and goes on), not to this process.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.call([program, "--dbname", dsn, *args])  # noqa: S603 - psql, by design
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _migrate(dsn: str, signals: _Signals, *, check: bool) -> int:

@@ -357,6 +357,6 @@ def _json_type(hint: Any) -> Any:
     args = typing.get_args(hint)
     if typing.get_origin(hint) is list:
         return list[_json_type(args[0])]  # type: ignore[misc]
-    if isinstance(hint, types.UnionType):
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return functools.reduce(operator.or_, map(_json_type, args))
     return hint

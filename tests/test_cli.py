@@ -119,3 +119,31 @@ def _blocked_on_lock(dsn: str) -> bool:
             "AND wait_event_type = 'Lock' AND query LIKE '%alembic_version%'"
         ).fetchone()
     return bool(row and row[0])
+
+
+def test_psql_opens_the_database_pgqueue_uses(dsn):
+    result = pgqueue_cmd(
+        "psql", "--dsn", dsn, "--", "-At", "-c", "SELECT count(*) FROM pgqueue.jobs"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+    failed = pgqueue_cmd("psql", "--dsn", dsn, "--", "-At", "-c", "SELECT no_such_column")
+    assert failed.returncode != 0  # psql's own status comes back
+    assert "no_such_column" in failed.stderr
+
+
+def test_psql_on_the_embedded_server(tmp_path):
+    result = pgqueue_cmd(
+        "psql",
+        "--data-dir",
+        str(tmp_path / "pgdata"),
+        "--log-level",
+        "warning",
+        "--",
+        "-At",
+        "-c",
+        "SHOW server_version_num",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("18")
