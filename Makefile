@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-api soak clean
+.PHONY: demo test lint bench bench-api soak fuzz clean
 
 # The dashboard's browser test drives Debian's Chromium through Playwright (which must
 # never download a browser of its own): installed here when missing and apt-get is at
@@ -42,6 +42,11 @@ bench-api: $(VENV)/.installed
 soak: $(VENV)/.installed
 	PGQUEUE_SOAK=$${PGQUEUE_SOAK:-10} $(VENV)/bin/pytest -p no:cacheprovider -v -s \
 		tests/test_faults.py tests/test_db_restart.py
+
+# schemathesis against the live API for PGQUEUE_FUZZ_SECONDS (default 300), every check on
+# (scripts/fuzz_api.py; the test suite runs a bounded one).
+fuzz: $(VENV)/.installed
+	$(PY) scripts/fuzz_api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -3,10 +3,11 @@
 Starts `pgqueue api` (a real uvicorn process) on a database of its own, migrated to
 head, creates an admin key for it, and runs `schemathesis run` against the served
 OpenAPI description for PGQUEUE_FUZZ_SECONDS (default 300) with every check enabled,
-then stops the server and drops the database. The server is $PGQUEUE_FUZZ_DSN, else
-$PGQUEUE_TEST_DSN (a maintenance database on a server where it may CREATE DATABASE),
-else an embedded PostgreSQL in a temporary directory. Exits with schemathesis's code:
-0 when no check failed. Extra arguments go to `schemathesis run` (`--seed 1`, say)."""
+then stops the server and drops the database (its settings: scripts/schemathesis.toml).
+The server is $PGQUEUE_FUZZ_DSN, else $PGQUEUE_TEST_DSN (a maintenance database on a
+server where it may CREATE DATABASE), else an embedded PostgreSQL in a temporary
+directory. Exits with schemathesis's code: 0 when no check failed. Extra arguments go
+to `schemathesis run` (`--seed 1`, say)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from pgqueue.embedded import EmbeddedServer  # noqa: E402
 from pgqueue.service.auth import create_key  # noqa: E402
 
 DEFAULT_SECONDS = 300
+CONFIG = ROOT / "scripts" / "schemathesis.toml"
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
 # A status request's ?wait= holds it until the wait ends: kept short here, so that the
@@ -94,9 +96,10 @@ def running_api(dsn: str) -> Iterator[str]:
     """`pgqueue api` on a free loopback port until the block ends; yields its URL."""
     port = free_port()
     env = {**os.environ, "PGQUEUE_API_MAX_WAIT_SECONDS": MAX_WAIT_SECONDS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "pgqueue", "api", "--dsn", dsn, "--port", str(port)]
     cmd += ["--log-level", "warning", "--grace-period", "5"]
-    server = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    server = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -131,6 +134,7 @@ def main() -> int:
         key = create_key(dsn, name="fuzz", scope="admin")[1]
         cmd = [
             str(schemathesis),
+            f"--config-file={CONFIG}",
             "run",
             f"{url}/schema/openapi.json",
             "--checks",
@@ -146,7 +150,9 @@ def main() -> int:
             *sys.argv[1:],
         ]
         print(f"schemathesis for {seconds} s against {url} (every check)", flush=True)
-        code = subprocess.call(cmd, cwd=ROOT)
+        # In a directory of its own: it keeps state there (.hypothesis, .schemathesis).
+        with tempfile.TemporaryDirectory(prefix="pgqueue-fuzz-") as scratch:
+            code = subprocess.call(cmd, cwd=scratch)
     print(f"\nfuzz: {'no failures' if code == 0 else f'FAILED (schemathesis exit {code})'}")
     return code
 

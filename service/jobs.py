@@ -70,9 +70,10 @@ def parse_job_id(raw: str, what: str = "job_id") -> int:
     """A job id from a path, a query or a form (the API's and the dashboard's): an
     integer from 1 to 2**63 - 1 in decimal digits, else InvalidJobError (a 422)."""
     # isascii: str.isdigit() is also true of digits int() refuses, such as "²".
-    if raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= JOB_ID_DIGITS:
+    digits = raw.lstrip("0")
+    if raw.isascii() and raw.isdigit() and len(digits) <= JOB_ID_DIGITS:
         with contextlib.suppress(InvalidJobError):
-            return validate_job_id(int(raw))
+            return validate_job_id(int(digits or "0"))
     shown = raw if len(raw) <= 40 else f"{raw[:20]}...({len(raw)} characters)"
     raise InvalidJobError(
         f"{what} must be an integer from 1 to {JOB_ID_MAX}, got {shown!r}", field=what
@@ -208,9 +209,11 @@ class JobsController(Controller):
         if not data.jobs:
             raise ProblemError(422, "jobs must hold at least one job", field="jobs")
         if len(data.jobs) > service.settings.max_batch_jobs:
+            # 422 like any rule the description states (maxItems), not 413 (bytes).
             raise ProblemError(
-                413,
+                422,
                 f"{len(data.jobs)} jobs; a batch holds at most {service.settings.max_batch_jobs}",
+                field="jobs",
             )
         specs = []
         for index, item in enumerate(data.jobs):

@@ -164,7 +164,7 @@ PROBLEM_DESCRIPTIONS = {
     403: "The API key's scope does not allow this",
     404: "No such job",
     409: "The job's state or an idempotency key conflicts with the request",
-    413: "The body, a job's args or a batch is larger than the limit",
+    413: "The body or a job's args is larger than the limit",
     415: "The body is not JSON: send it with Content-Type: application/json",
     422: "The request decoded but is not valid (names, ranges, parameters)",
     503: "Not ready: the database does not answer, or is not migrated to this version",

@@ -12,6 +12,8 @@ import structlog
 
 from pgqueue.app import Queue
 from pgqueue.connect import asyncpg_connect, asyncpg_pool
+from pgqueue.dberrors import TRANSIENT_ERRORS
+from pgqueue.errors import DatabaseUnavailableError
 from pgqueue.pools import acquire, keep_session
 
 from .auth import KeyCache
@@ -93,7 +95,12 @@ class ServiceState:
 
     async def start(self) -> None:
         self.pool = await asyncpg_pool(
-            self.settings.dsn, min_size=1, max_size=10, reset=keep_session
+            # min_size 0: no connection at start, so the service starts (and /readyz
+            # answers 503) while the database is away, instead of failing to boot.
+            self.settings.dsn,
+            min_size=0,
+            max_size=10,
+            reset=keep_session,
         )
 
     async def stop(self) -> None:
@@ -105,5 +112,14 @@ class ServiceState:
     async def connection(self) -> AsyncIterator[Any]:
         if self.pool is None:
             raise RuntimeError("the service's pool is not open (app not started)")
-        async with acquire(self.pool) as conn:
-            yield conn
+        try:
+            async with acquire(self.pool) as conn:
+                yield conn
+        except TRANSIENT_ERRORS as exc:
+            # Connecting failed, or the connection died under a statement: the database
+            # is away, not the request wrong (503, problems.py). The cause is logged,
+            # never shown: it names hosts and ports.
+            structlog.get_logger("pgqueue.service").warning("database_unavailable", error=repr(exc))
+            raise DatabaseUnavailableError(
+                "the database is unavailable at the moment; try again shortly"
+            ) from exc

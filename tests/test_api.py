@@ -245,7 +245,7 @@ async def test_a_batch_larger_than_the_limit_is_refused(dsn, keys):
         response = await client.post(
             "/v1/jobs/batch", json={"jobs": [{"task": "a"}] * 4}, headers=bearer(keys["admin"])
         )
-    assert_problem(response, 413, "at most 3")
+    assert_problem(response, 422, "at most 3")
     assert job_count(dsn) == 0
 
 
@@ -262,7 +262,9 @@ async def test_status_of_a_job_and_of_ids_that_are_not(api, admin):
     }  # fmt: skip
     assert_problem(await api.get("/v1/jobs/987654", headers=admin), 404, "no job 987654")
     for bad in ("abc", "0", "-3", "1.5", str(2**64)):
-        assert_problem(await api.get(f"/v1/jobs/{bad}", headers=admin), 422, "must be an integer from 1 to")
+        assert_problem(
+            await api.get(f"/v1/jobs/{bad}", headers=admin), 422, "must be an integer from 1 to"
+        )
 
 
 async def test_a_long_poll_is_woken_by_the_jobs_completion(live_api, admin, dsn, monkeypatch):
@@ -323,7 +325,9 @@ async def test_list_is_newest_first_filtered_and_keyset_paginated(api, admin):
     assert (await api.get("/v1/jobs?state=failed", headers=admin)).json()["jobs"] == []
     assert_problem(await api.get("/v1/jobs?state=stuck", headers=admin), 422, "state must be")
     assert_problem(await api.get("/v1/jobs?limit=0", headers=admin), 422, "limit")
-    assert_problem(await api.get("/v1/jobs?cursor=x", headers=admin), 422, "cursor must be an integer")
+    assert_problem(
+        await api.get("/v1/jobs?cursor=x", headers=admin), 422, "cursor must be an integer"
+    )
 
 
 # --- cancel and retry --------------------------------------------------------------------

@@ -249,3 +249,27 @@ def test_script_location_is_a_source_checkout_or_package_data() -> None:
     location = migrate.script_location()
     assert (location / "env.py").is_file()
     assert location.name in {"migrations", "_migrations"}
+
+
+def test_0009_moves_unreadable_rows_onto_the_bounds_then_holds_them(empty_dsn: str) -> None:
+    """Rows an older pgqueue let in (or psql wrote) that Python could not read back are
+    moved onto the nearest bound by 0009, whose constraints then keep them there."""
+    migrate.upgrade(empty_dsn, "0008")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pgqueue.jobs (task, run_at, timeout) VALUES"
+            " ('far', 'infinity', '1000 years'), ('past', '4000-01-01 BC', NULL),"
+            " ('fine', '2030-01-01 00:00:00+00', '1 hour')"
+        )
+    migrate.upgrade(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        rows = conn.execute(
+            "SELECT task, run_at::text, EXTRACT(EPOCH FROM timeout)::bigint"
+            " FROM pgqueue.jobs ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("far", "9999-12-30 00:00:00+00", 3153600000),
+        ("past", "0001-01-02 00:00:00+00", None),
+        ("fine", "2030-01-01 00:00:00+00", 3600),
+    ]

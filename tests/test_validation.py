@@ -195,6 +195,9 @@ async def test_the_table_refuses_from_psql_what_pgqueue_could_not_read(dsn):
             ("run_at", "10000-01-01"),
             ("run_at", "4000-01-01 BC"),
             ("timeout", "1000 years"),
+            ("created_at", "infinity"),
+            ("started_at", "-infinity"),
+            ("finished_at", "20000-01-01"),
         ]:
             with pytest.raises(psycopg.errors.CheckViolation):
                 conn.execute(

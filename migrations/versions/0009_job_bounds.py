@@ -1,5 +1,5 @@
-"""Bounds on the job values a user chooses: run_at between 0001-01-02 and 9999-12-30
-UTC, and timeout at most 100 years (pgqueue.limits). pgqueue refuses values outside
+"""Bounds on a job's values: run_at (and created_at, started_at, finished_at) between
+0001-01-02 and 9999-12-30 UTC, and timeout at most 100 years (pgqueue.limits). pgqueue refuses values outside
 them before writing; these constraints hold rows written by hand (psql) to the same, so
 that every row stays readable by Python (whose datetime ends at year 9999).
 
@@ -78,17 +78,34 @@ $$;
 """
 
 UPGRADE_SQL = f"""
--- One pass over the table; adding the constraints below takes a second one.
+-- One pass over the table; adding the constraints below takes a second one. CASE, not
+-- LEAST/GREATEST, which would turn a NULL (no timeout, not started) into the bound.
 UPDATE pgqueue.jobs
-SET run_at = LEAST(GREATEST(run_at, '0001-01-02 00:00:00+00'), '9999-12-30 00:00:00+00'),
-    timeout = LEAST(timeout, interval '3153600000 seconds')
+SET run_at = CASE WHEN run_at < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'
+         WHEN run_at > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00' ELSE run_at END,
+    created_at = CASE WHEN created_at < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'
+             WHEN created_at > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00' ELSE created_at END,
+    started_at = CASE WHEN started_at < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'
+             WHEN started_at > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00' ELSE started_at END,
+    finished_at = CASE WHEN finished_at < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'
+              WHEN finished_at > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00' ELSE finished_at END,
+    timeout = CASE WHEN timeout > interval '3153600000 seconds'
+                   THEN interval '3153600000 seconds' ELSE timeout END
 WHERE run_at NOT BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+   OR created_at NOT BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+   OR started_at NOT BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+   OR finished_at NOT BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
    OR timeout > interval '3153600000 seconds';
 
 ALTER TABLE pgqueue.jobs
     ADD CONSTRAINT jobs_run_at_check
         CHECK (run_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'),
-    ADD CONSTRAINT jobs_timeout_max_check CHECK (timeout <= interval '3153600000 seconds');
+    ADD CONSTRAINT jobs_timeout_max_check CHECK (timeout <= interval '3153600000 seconds'),
+    -- pgqueue writes these with now(); a NULL passes, as in any CHECK.
+    ADD CONSTRAINT jobs_times_check CHECK (
+        created_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+        AND started_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+        AND finished_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00');
 
 DROP FUNCTION pgqueue.prune_jobs(interval, interval, interval, integer);
 {PRUNE_JOBS}
@@ -98,6 +115,7 @@ DOWNGRADE_SQL = f"""
 DROP FUNCTION pgqueue.prune_jobs(interval, interval, interval, integer, text[]);
 {OLD_PRUNE_JOBS}
 ALTER TABLE pgqueue.jobs
+    DROP CONSTRAINT jobs_times_check,
     DROP CONSTRAINT jobs_timeout_max_check,
     DROP CONSTRAINT jobs_run_at_check;
 """

@@ -38,7 +38,12 @@ CREATE TABLE pgqueue.jobs (
     -- pgqueue.limits: every row stays readable by Python (datetime ends at year 9999).
     CONSTRAINT jobs_run_at_check
         CHECK (run_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'),
-    CONSTRAINT jobs_timeout_max_check CHECK (timeout <= interval '3153600000 seconds')
+    CONSTRAINT jobs_timeout_max_check CHECK (timeout <= interval '3153600000 seconds'),
+    -- pgqueue writes these with now(); a NULL passes, as in any CHECK.
+    CONSTRAINT jobs_times_check CHECK (
+        created_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+        AND started_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+        AND finished_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00')
 );
 
 COMMENT ON TABLE pgqueue.jobs IS 'One row per job; see pgqueue/states.py for the state machine.';
