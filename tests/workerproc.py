@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -49,22 +50,8 @@ class WorkerProcess:
             os.kill(self.proc.pid, sig)
 
     def wait_until_handling(self, sig: signal.Signals, timeout: float = 30) -> None:
-        """Wait until the process has installed a handler for ``sig`` (Linux: read from
-        /proc; elsewhere, returns at once)."""
-        status = Path(f"/proc/{self.proc.pid}/status")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                caught = next(
-                    int(line.split()[1], 16)
-                    for line in status.read_text().splitlines()
-                    if line.startswith("SigCgt:")
-                )
-            except (OSError, StopIteration):
-                return
-            if caught & (1 << (sig - 1)):
-                return
-            time.sleep(0.02)
+        """Wait until the process has installed a handler for ``sig``."""
+        wait_until_handling(self.proc, sig, timeout)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -111,6 +98,27 @@ class WorkerProcess:
             self.proc.wait(10)
         self._log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+def wait_until_handling(
+    proc: subprocess.Popen[Any], sig: signal.Signals, timeout: float = 30
+) -> None:
+    """Wait until ``proc`` has installed a handler for ``sig`` (Linux: read from /proc;
+    elsewhere, returns at once), or has exited."""
+    status = Path(f"/proc/{proc.pid}/status")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            caught = next(
+                int(line.split()[1], 16)
+                for line in status.read_text().splitlines()
+                if line.startswith("SigCgt:")
+            )
+        except (OSError, StopIteration):
+            return
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.02)
 
 
 def wait_for_sql(dsn: str, sql: str, expected: object, timeout: float = 60) -> None:
