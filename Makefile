@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pgqueue service tests benchmarks examples migrations scripts
 	$(VENV)/bin/ruff format --check pgqueue service tests benchmarks examples migrations scripts
-	$(VENV)/bin/mypy pgqueue
+	$(VENV)/bin/mypy pgqueue service
 
 test: lint
 	$(PY) scripts/run_tests.py

@@ -2,8 +2,15 @@
 
 Jobs are rows in ``pgqueue.jobs``; workers claim them with ``FOR UPDATE SKIP LOCKED`` and
 sleep on LISTEN between jobs. See the README for the tour.
+
+``pgqueue.__version__`` is the installed distribution's version (``pgqueue-jobs``).
 """
 
+from pathlib import Path as _Path
+
+from pgqueue._checkout import install_service_finder as _install_service_finder
+from pgqueue._version import __version__ as __version__
+from pgqueue.admin import Admin
 from pgqueue.app import Queue
 from pgqueue.context import RunningJob, current_job
 from pgqueue.errors import (
@@ -29,7 +36,12 @@ from pgqueue.states import JobState
 from pgqueue.tasks import Task
 from pgqueue.worker import Worker
 
+# In a source checkout (tests, editable installs), pgqueue.service is the top-level
+# service/; an installed wheel carries it inside the package (see pgqueue/_checkout.py).
+_install_service_finder(_Path(__file__).resolve().parent)
+
 __all__ = [
+    "Admin",
     "DatabaseUnavailableError",
     "EnqueueResult",
     "IdempotencyConflictError",

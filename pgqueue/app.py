@@ -122,6 +122,18 @@ class Queue:
     # --- configuration ---------------------------------------------------------------
 
     @property
+    def configured_dsn(self) -> str | None:
+        """The ``dsn`` this Queue was given, or None; unlike :attr:`dsn` it starts
+        nothing (``pgqueue worker`` uses it when neither ``--dsn`` nor ``PGQUEUE_DSN``
+        is set)."""
+        return self._dsn_arg
+
+    @property
+    def configured_data_dir(self) -> Path | None:
+        """The ``data_dir`` this Queue was given for the embedded server, or None."""
+        return self._data_dir
+
+    @property
     def dsn(self) -> str:
         """The database's DSN, starting the embedded server if that is the default."""
         with self._lock:

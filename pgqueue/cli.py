@@ -1,16 +1,23 @@
 """The ``pgqueue`` command: migrate the database, run a worker, serve the HTTP API
 (``api``; ``dev`` for local use, without keys), manage API keys.
 
-Every command takes ``--dsn``; without it ``PGQUEUE_DSN`` is used, and without that an
-embedded PostgreSQL in ``--data-dir`` is started (or reused) and stopped at the end.
+The database, in this order: ``--dsn``; else ``$PGQUEUE_DSN``; else, for ``worker`` and
+``dev``, the DSN the app's ``Queue(dsn=...)`` was given; else an embedded PostgreSQL in
+``--data-dir`` (or the app's ``Queue(data_dir=...)``), started (or reused) and stopped at
+the end, which needs the ``embedded`` extra. Every command logs which one it uses at
+start (``database_selected``: source, host, port, database, user, embedded; never the
+password).
+
 Exit statuses (every failure is one line on stderr, never a traceback):
 
 - 0: done; for ``worker``, ``api`` and ``dev`` also a stop by SIGTERM/SIGINT;
 - 1: the command failed: a migration failed, or the database's schema is behind
   (``migrate --check``; ``worker``, ``api`` and ``keys`` on an unmigrated database);
-- 2: bad command-line input (nothing was done);
+- 2: bad command-line input, or a command whose extra is not installed (``api``,
+  ``dev`` and ``keys`` need ``pgqueue-jobs[service]``): nothing was done;
 - 3: the database is unavailable: unreachable, refusing connections, no answer within
-  the connect timeout, an unknown database or role, a failed authentication. A worker
+  the connect timeout, an unknown database or role, a failed authentication; or there
+  is none: no DSN from any source and no ``embedded`` extra. A worker
   waits for an unreachable database instead (logging each try), but exits 3 when the
   server refuses it for good;
 - 128 + the signal's number (130 for SIGINT, 143 for SIGTERM): ``migrate`` or ``keys``
@@ -33,21 +40,24 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import asyncpg
 import psycopg
 import structlog
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
-from pgqueue import migrate
+from pgqueue import extras, migrate
+from pgqueue._version import __version__
 from pgqueue.app import Queue
 from pgqueue.dberrors import connection_failed, refused_for_good
 from pgqueue.embedded import (
+    DATA_DIR_ENV,
     DSN_ENV,
     EmbeddedServer,
     EmbeddedServerError,
     bundled_bin_dir,
-    resolve_dsn,
 )
 from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotReadyError
 from pgqueue.logs import configure_logging
@@ -82,6 +92,26 @@ _FAILURES: tuple[type[BaseException], ...] = (
 
 class UsageError(Exception):
     """Bad command-line input: exit 2 with this message."""
+
+
+# The commands that serve or administer the HTTP service: the `service` extra's.
+_SERVICE_COMMANDS = frozenset({"api", "dev", "keys"})
+
+_NO_DATABASE = (
+    "no database: set PGQUEUE_DSN or --dsn, or "
+    f"{extras.install_hint('embedded')} for the embedded server"
+)
+
+Source = Literal["flag", "env", "app", "embedded"]
+
+
+class Database(NamedTuple):
+    """The database a command uses, where its DSN came from, and the embedded server
+    started for it (None unless ``source`` is ``embedded``)."""
+
+    dsn: str
+    source: Source
+    server: EmbeddedServer | None = None
 
 
 def load_app(spec: str) -> Queue:
@@ -133,11 +163,15 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dsn", help="PostgreSQL DSN (default: $PGQUEUE_DSN, else embedded)")
+    common.add_argument(
+        "--dsn",
+        help="PostgreSQL DSN (default: $PGQUEUE_DSN, else the app's Queue(dsn=...), else embedded)",
+    )
     common.add_argument(
         "--data-dir",
         type=Path,
-        help="embedded PostgreSQL data directory (default: $PGQUEUE_DATA_DIR or a user dir)",
+        help="embedded PostgreSQL data directory (default: $PGQUEUE_DATA_DIR, else the app's "
+        "Queue(data_dir=...), else a user dir)",
     )
     common.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -150,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="pgqueue", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     mig = sub.add_parser("migrate", parents=[common], help="upgrade the pgqueue schema to head")
@@ -266,15 +301,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedded: EmbeddedServer | None = None
     try:
         app = _checked_app(args)  # before any server is started: fail fast
+        if args.command in _SERVICE_COMMANDS:
+            extras.require("service", f"pgqueue {args.command}")
         # Not interrupted halfway (a half-initialised data directory): a signal that
         # comes meanwhile stops the command as soon as the server is up, and stops it.
-        dsn, embedded = resolve_dsn(args.dsn, data_dir=args.data_dir)
+        database = select_database(args.dsn, app, data_dir=args.data_dir)
+        embedded = database.server
+        log.info("database_selected", **describe_database(database))
         signals.check()
-        return _run(args, app, dsn, signals)
+        return _run(args, app, database, signals)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"pgqueue: error: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
         return EXIT_USAGE
+    except extras.ExtraNotInstalledError as exc:
+        return _not_installed(log, exc)
     except _Interrupted as stop:
         return _stopped(args, log, stop)
     except _FAILURES as exc:
@@ -293,6 +334,16 @@ def _stopped(args: argparse.Namespace, log: Any, stop: _Interrupted) -> int:
         return 0
     log.warning("interrupted", command=_command_name(args), signal=stop.name)
     return 128 + stop.signum
+
+
+def _not_installed(log: Any, exc: extras.ExtraNotInstalledError) -> int:
+    """One line saying what to install: no database at all (exit 3, as an unavailable
+    one), or a command's extra (exit 2: the command cannot run as installed)."""
+    if isinstance(exc, extras.NoDatabaseError):
+        log.error("no_database", error=_NO_DATABASE)
+        return EXIT_UNAVAILABLE
+    log.error("extra_not_installed", extra=exc.extra, error=str(exc))
+    return EXIT_USAGE
 
 
 def _failed(log: Any, exc: BaseException) -> int:
@@ -399,7 +450,66 @@ def _checked_app(args: argparse.Namespace) -> Queue | None:
     return None
 
 
-def _run(args: argparse.Namespace, app: Queue | None, dsn: str, signals: _Signals) -> int:
+def select_database(
+    dsn: str | None, app: Queue | None, *, data_dir: Path | None = None
+) -> Database:
+    """The database a command uses: ``dsn`` (``--dsn``), else ``$PGQUEUE_DSN``, else
+    the app's own ``Queue(dsn=...)``, else the embedded server, started here on
+    ``data_dir``, else ``$PGQUEUE_DATA_DIR``, else the app's ``Queue(data_dir=...)``,
+    else the default. Without the ``embedded`` extra, that last step raises
+    :class:`pgqueue.extras.NoDatabaseError`."""
+    if dsn:
+        return Database(dsn, "flag")
+    from_env = os.environ.get(DSN_ENV)
+    if from_env:
+        return Database(from_env, "env")
+    if app is not None and app.configured_dsn:
+        # The database the app enqueues into: an embedded one would never see its jobs.
+        return Database(app.configured_dsn, "app")
+    if extras.missing("embedded"):
+        raise extras.NoDatabaseError(_NO_DATABASE)
+    if data_dir is None and app is not None and not os.environ.get(DATA_DIR_ENV):
+        data_dir = app.configured_data_dir
+    server = EmbeddedServer.start(data_dir)
+    return Database(server.dsn("postgres"), "embedded", server)
+
+
+def describe_database(database: Database) -> dict[str, Any]:
+    """What a log line may say about ``database``: where its DSN came from, host, port,
+    database and user as libpq would resolve them (the ``PG*`` variables filling what the
+    DSN leaves out), and whether it is the embedded server. Never the password."""
+    fields: dict[str, Any] = {"source": database.source, "embedded": database.server is not None}
+    try:
+        params = conninfo_to_dict(database.dsn)
+    except psycopg.ProgrammingError:
+        # Said in full by the first connection attempt (its message has no password).
+        return {**fields, "dsn_invalid": True}
+    defaults = {
+        opt.keyword.decode(): opt.val.decode() if opt.val is not None else None
+        for opt in pq.Conninfo.get_defaults()
+    }
+
+    def resolved(key: str) -> str | None:
+        value = params.get(key)
+        return str(value) if value not in {None, ""} else defaults.get(key)
+
+    user = resolved("user")
+    fields.update(
+        # No host: libpq's default, the local unix socket directory.
+        host=resolved("host") or "default unix socket",
+        port=resolved("port") or "5432",
+        database=resolved("dbname") or user,
+        user=user,
+    )
+    if resolved("hostaddr"):
+        fields["hostaddr"] = resolved("hostaddr")
+    if database.server is not None:
+        fields["data_dir"] = str(database.server.data_dir)
+    return fields
+
+
+def _run(args: argparse.Namespace, app: Queue | None, database: Database, signals: _Signals) -> int:
+    dsn = database.dsn
     if args.command == "migrate":
         return _migrate(dsn, signals, check=args.check)
     if args.command == "keys":
@@ -409,7 +519,7 @@ def _run(args: argparse.Namespace, app: Queue | None, dsn: str, signals: _Signal
     if args.command == "dev":
         return _dev(app, dsn, args, signals)
     if args.command == "psql":
-        return _psql(dsn, args.psql_args, embedded=not (args.dsn or os.environ.get(DSN_ENV)))
+        return _psql(dsn, args.psql_args, embedded=database.server is not None)
     assert app is not None  # noqa: S101 - the worker's parser requires APP
     return _worker(app, dsn, args, signals)
 
@@ -417,12 +527,18 @@ def _run(args: argparse.Namespace, app: Queue | None, dsn: str, signals: _Signal
 def _psql(dsn: str, psql_args: list[str], *, embedded: bool) -> int:
     """psql on ``dsn``; its exit status. The embedded server's own psql (the same
     version) when that is the server, else the psql on PATH, else the bundled one."""
-    bundled = bundled_bin_dir() / "psql"
-    program = str(bundled) if embedded or not shutil.which("psql") else "psql"
-    if not Path(program).exists() and not shutil.which(program):
-        raise UsageError(
-            "no psql found: install PostgreSQL's client (psql) or use the embedded server"
-        )
+    if not embedded and shutil.which("psql"):
+        program = "psql"
+    else:
+        try:
+            program = str(bundled_bin_dir() / "psql")
+        except extras.ExtraNotInstalledError:
+            program = ""
+        if not Path(program).is_file():
+            raise UsageError(
+                "no psql found: install PostgreSQL's client (psql), or "
+                f"{extras.install_hint('embedded')} for the bundled one"
+            )
     args = psql_args[1:] if psql_args[:1] == ["--"] else psql_args
     # Ctrl-C belongs to psql (it cancels the query and goes on), not to this process.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

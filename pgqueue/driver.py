@@ -57,15 +57,15 @@ def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
 
 async def enqueue(ex: AsyncExecutor, spec: JobSpec) -> EnqueueResult:
     row = await _enqueue_row(ex, spec)
-    return EnqueueResult(id=row[0], duplicate=row[1])
+    return EnqueueResult(id=row["id"], duplicate=row["duplicate"])
 
 
 async def enqueue_described(ex: AsyncExecutor, spec: JobSpec) -> tuple[EnqueueResult, Job | None]:
     """Enqueue, and describe the new job as written without reading it back (None when
     an existing job holds the key: read that one)."""
     row = await _enqueue_row(ex, spec)
-    result = EnqueueResult(id=row[0], duplicate=row[1])
-    return result, None if result.duplicate else new_job(spec, row[0], row[2], row[3])
+    result = EnqueueResult(id=row["id"], duplicate=row["duplicate"])
+    return result, None if result.duplicate else new_job(spec, row)
 
 
 async def _enqueue_row(ex: AsyncExecutor, spec: JobSpec) -> Any:
@@ -94,12 +94,12 @@ async def enqueue_many(ex: AsyncExecutor, specs: Sequence[JobSpec]) -> list[Enqu
             ids = list((await ex.fetch(query("reserve_ids"), (len(rows),)))[0][0])
             batch = [plan.specs[i] for i in rows]
             inserted = {
-                r[0] for r in await ex.fetch(query("enqueue_many"), bulk_params(ids, batch))
+                r["id"] for r in await ex.fetch(query("enqueue_many"), bulk_params(ids, batch))
             }
             missing = plan.record_insert(rows, ids, inserted)
             if missing:
                 holders = await ex.fetch(query("find_by_idempotency_keys"), (missing,))
-                plan.record_existing(dict(holders))  # type: ignore[arg-type]
+                plan.record_existing({r["idempotency_key"]: r["id"] for r in holders})
     return plan.finish()
 
 
@@ -207,9 +207,9 @@ async def prune(ex: AsyncExecutor, params: PruneParams) -> int:
     return int(rows[0][0])
 
 
-async def prune_elected(ex: AsyncExecutor, params: PruneParams) -> int | None:
-    """One batch of pruning if no other worker is pruning; None if one is."""
-    rows = await ex.fetch(query("prune_jobs_elected"), params)
+async def prune_elected(ex: AsyncExecutor, params: PruneParams, lock_key: int) -> int | None:
+    """One batch of pruning if no other worker holds ``lock_key``; None if one does."""
+    rows = await ex.fetch(query("prune_jobs_elected"), (*params, lock_key))
     return None if rows[0][0] is None else int(rows[0][0])
 
 
@@ -296,7 +296,7 @@ async def metrics_queues(ex: AsyncExecutor) -> list[tuple[str, bool]]:
 
 def enqueue_sync(ex: SyncExecutor, spec: JobSpec) -> EnqueueResult:
     row = _enqueue_row_sync(ex, spec)
-    return EnqueueResult(id=row[0], duplicate=row[1])
+    return EnqueueResult(id=row["id"], duplicate=row["duplicate"])
 
 
 def _enqueue_row_sync(ex: SyncExecutor, spec: JobSpec) -> Any:
@@ -322,11 +322,11 @@ def enqueue_many_sync(ex: SyncExecutor, specs: Sequence[JobSpec]) -> list[Enqueu
                 break
             ids = list(ex.fetch(query("reserve_ids"), (len(rows),))[0][0])
             batch = [plan.specs[i] for i in rows]
-            inserted = {r[0] for r in ex.fetch(query("enqueue_many"), bulk_params(ids, batch))}
+            inserted = {r["id"] for r in ex.fetch(query("enqueue_many"), bulk_params(ids, batch))}
             missing = plan.record_insert(rows, ids, inserted)
             if missing:
                 holders = ex.fetch(query("find_by_idempotency_keys"), (missing,))
-                plan.record_existing(dict(holders))  # type: ignore[arg-type]
+                plan.record_existing({r["idempotency_key"]: r["id"] for r in holders})
     return plan.finish()
 
 
@@ -394,3 +394,43 @@ def list_api_keys_sync(ex: SyncExecutor) -> list[tuple[Any, ...]]:
 
 def revoke_api_key_sync(ex: SyncExecutor, key_id: int) -> bool:
     return bool(ex.fetch(query("revoke_api_key"), (key_id,)))
+
+
+# --- admin: what pgqueue.admin reads, as rows it decodes by column name ------------------
+
+
+async def create_api_key(ex: AsyncExecutor, name: str, scope: str, key_hash: bytes) -> int:
+    rows = await ex.fetch(query("create_api_key"), (name, scope, key_hash))
+    return int(rows[0]["id"])
+
+
+async def find_api_key_row(ex: AsyncExecutor, key_hash: bytes) -> Any:
+    """The live key with this hash (id, name, scope), marked as used; None if none."""
+    rows = await ex.fetch(query("find_api_key"), (key_hash,))
+    return rows[0] if rows else None
+
+
+async def api_key_rows(ex: AsyncExecutor) -> list[Any]:
+    return await ex.fetch(query("list_api_keys"), ())
+
+
+def api_key_rows_sync(ex: SyncExecutor) -> list[Any]:
+    return ex.fetch(query("list_api_keys"), ())
+
+
+async def revoke_api_key(ex: AsyncExecutor, key_id: int) -> bool:
+    return bool(await ex.fetch(query("revoke_api_key"), (key_id,)))
+
+
+async def throughput_rows(ex: AsyncExecutor, minutes: int) -> list[Any]:
+    """The ``dashboard_throughput`` rows over the last ``minutes`` minutes."""
+    return await ex.fetch(query("dashboard_throughput"), (minutes,))
+
+
+async def metrics_job_rows(ex: AsyncExecutor, bounds_us: Sequence[int]) -> list[Any]:
+    """The ``metrics_jobs`` rows; ``bounds_us``: bucket bounds in microseconds, ascending."""
+    return await ex.fetch(query("metrics_jobs"), (list(bounds_us),))
+
+
+async def metrics_queue_rows(ex: AsyncExecutor) -> list[Any]:
+    return await ex.fetch(query("metrics_queues"), ())

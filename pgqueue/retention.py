@@ -1,40 +1,26 @@
-"""Retention: how long finished jobs are kept, and the pruning that enforces it.
+"""Retention: how long finished jobs are kept.
 
-Workers prune as part of their maintenance, one worker at a time (the one whose batch
-statement gets the pruning lock), every ``prune_interval`` seconds, in batches of
-:data:`PRUNE_BATCH` rows so that no transaction grows large. ``Queue.prune`` and the SQL
-function ``pgqueue.prune_jobs`` do the same on demand.
+Workers enforce it as part of their maintenance (:mod:`pgqueue.worker.pruning`), in
+batches of :data:`PRUNE_BATCH` rows so that no transaction grows large. ``Queue.prune``
+and the SQL function ``pgqueue.prune_jobs`` do the same on demand.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import random
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import structlog
-
-from pgqueue import driver
-from pgqueue.dberrors import DATABASE_ERRORS
-from pgqueue.executors import AsyncpgExecutor
 from pgqueue.limits import MAX_SECONDS
-from pgqueue.pools import acquire
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-    import asyncpg
+    from collections.abc import Sequence
 
 # Rows deleted per statement: large enough to be cheap per row, small enough that each
 # batch is a short transaction.
 PRUNE_BATCH = 10_000
-# Batches per maintenance round: a huge backlog is worked off over several rounds
-# rather than in one long burst.
-_ROUND_BATCHES = 50
 
 # The prune_jobs statements' parameters: retentions in seconds (None: forever), batch,
 # queues (None: every queue).
@@ -111,57 +97,3 @@ def parse_duration(text: str) -> timedelta | None:
     if not math.isfinite(seconds) or seconds > MAX_SECONDS:
         raise ValueError(f"duration {text!r} is over 100 years; use 'forever' to keep jobs")
     return timedelta(seconds=seconds)
-
-
-class Pruner:
-    """A worker's share of the pruning: every ``interval`` seconds (jittered, so that
-    workers started together do not all try at once), batches until the elected
-    statement finds nothing more to delete, or another worker holds the lock."""
-
-    def __init__(
-        self,
-        pool: asyncpg.Pool[Any],
-        retention: Retention,
-        *,
-        interval: float,
-        stopping: Callable[[], bool],
-        queues: Sequence[str] | None = None,
-    ) -> None:
-        self._pool = pool
-        self._retention = retention
-        # The worker's own queues: its retention is not another worker group's.
-        self._queues = queues
-        self._interval = interval
-        self._stopping = stopping
-        self._log = structlog.get_logger("pgqueue.worker")
-        self.pruned = 0
-
-    async def run(self) -> None:
-        rng = random.Random()  # noqa: S311 - jitter, not secrets
-        while True:
-            await asyncio.sleep(self._interval * rng.uniform(0.5, 1.0))
-            await self.prune_round()
-
-    async def prune_round(self) -> int:
-        """One round of batches; how many jobs went. Database errors are logged and
-        left for the next round: pruning can always wait."""
-        total = 0
-        try:
-            for _ in range(_ROUND_BATCHES):
-                if self._stopping():
-                    break
-                async with acquire(self._pool) as conn:
-                    gone = await driver.prune_elected(
-                        AsyncpgExecutor(conn), self._retention.params(PRUNE_BATCH, self._queues)
-                    )
-                if gone is None:  # another worker is pruning
-                    break
-                total += gone
-                if gone < PRUNE_BATCH:
-                    break
-        except DATABASE_ERRORS as exc:
-            self._log.warning("prune_failed", error=repr(exc), pruned=total)
-        if total:
-            self.pruned += total
-            self._log.info("jobs_pruned", count=total)
-        return total

@@ -181,7 +181,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         # Seconds one attempt may run (a job's own timeout beats it); None: no limit.
         self.timeout = None if timeout is None else validate_timeout(timeout, "timeout")
-        # Run in the worker's process pool (plain functions only): see pgqueue.execution.
+        # Run in the worker's process pool (plain functions only): see pgqueue.worker.execution.
         self.process = process
         # Called with a connection whose transaction also marks the job succeeded.
         self.transactional = transactional

@@ -9,19 +9,25 @@ The dashboard's pages also take the key from the cookie its login page sets.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import secrets
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import psycopg
 from litestar.enums import ScopeType
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from pgqueue import driver
+from pgqueue.admin import (
+    API_KEY_SCOPES,
+    Admin,
+    ApiKey,
+    ApiKeyScope,
+    NewApiKey,
+    hash_api_key,
+    validate_api_key_request,
+)
+from pgqueue.app import Queue
 from pgqueue.connect import psycopg_connect_args
-from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
 
 from .problems import ProblemError
 
@@ -31,10 +37,9 @@ if TYPE_CHECKING:
 
     from .state import ServiceState
 
-Scope = Literal["read", "enqueue", "admin"]
-SCOPES: tuple[Scope, ...] = ("read", "enqueue", "admin")
+Scope = ApiKeyScope
+SCOPES = API_KEY_SCOPES
 _RANK = {scope: rank for rank, scope in enumerate(SCOPES)}
-KEY_PREFIX = "pgq_"
 # Paths anyone may call: probes must work without a key.
 OPEN_PATHS = {"/healthz", "/readyz"}
 # The dashboard (dashboard.py): a browser cannot send a Bearer header when it navigates,
@@ -57,14 +62,6 @@ class ApiUser:
 
 
 DEV_USER = ApiUser(key_id=None, name="dev (auth off)", scope="admin")
-
-
-def generate_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
 
 
 def _unauthorized(detail: str) -> ProblemError:
@@ -122,14 +119,14 @@ class KeyCache:
         self._known: dict[bytes, tuple[float, ApiUser | None]] = {}
 
     async def lookup(self, key: str) -> ApiUser | None:
-        digest = hash_key(key)
+        digest = hash_api_key(key)  # the cache holds no key in the clear
         now = time.monotonic()
         cached = self._known.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
         async with self._state.connection() as conn:
-            row = await driver.find_api_key(AsyncpgExecutor(conn), digest)
-        user = None if row is None else ApiUser(key_id=row[0], name=row[1], scope=row[2])  # type: ignore[arg-type]
+            found = await self._state.admin.find_api_key(key, conn=conn)
+        user = None if found is None else ApiUser(found.id, found.name, found.scope)
         if len(self._known) > 10_000:  # a flood of made-up keys must not grow it forever
             self._known.clear()
         self._known[digest] = (now + self._ttl, user)
@@ -153,25 +150,25 @@ def requires(scope: Scope) -> Any:
     return guard
 
 
-def create_key(dsn: str, *, name: str, scope: str) -> tuple[int, str]:
-    """Store a new key's hash; return its id and the key (shown once, never stored)."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}")
-    if not 1 <= len(name) <= 100:
-        raise ValueError("name must be 1-100 characters")
-    key = generate_key()
-    with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
-        key_id = driver.create_api_key_sync(PsycopgExecutor(conn), name, scope, hash_key(key))
-    return key_id, key
+# `pgqueue keys`: one short-lived connection per command, through the admin API.
 
 
-def list_keys(dsn: str) -> list[tuple[Any, ...]]:
-    """id, name, scope, created_at, last_used_at, revoked_at of every key."""
+def create_key(dsn: str, *, name: str, scope: Scope) -> NewApiKey:
+    """Store a new key's hash; return its id and the key (shown once, never stored).
+    InvalidApiKeyError (a ValueError) for a bad name or scope, before connecting."""
+    validate_api_key_request(name, scope)
+    admin = Admin(Queue(dsn))
     with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
-        return driver.list_api_keys_sync(PsycopgExecutor(conn))
+        return admin.create_api_key_sync(name, scope, conn=conn)
+
+
+def list_keys(dsn: str) -> list[ApiKey]:
+    """Every key: id, name, scope, created_at, last_used_at, revoked_at."""
+    with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
+        return Admin(Queue(dsn)).list_api_keys_sync(conn=conn)
 
 
 def revoke_key(dsn: str, key_id: int) -> bool:
     """Revoke a live key; False if there is none with that id."""
     with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
-        return driver.revoke_api_key_sync(PsycopgExecutor(conn), key_id)
+        return Admin(Queue(dsn)).revoke_api_key_sync(key_id, conn=conn)

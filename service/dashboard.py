@@ -29,14 +29,12 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
-from pgqueue import driver
 from pgqueue.errors import (
     IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
     JobStateError,
 )
-from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_queue_name
 from pgqueue.states import TERMINAL_STATES, JobState
 
@@ -211,10 +209,10 @@ class DashboardController(Controller):
         before = None if not cursor else parse_job_id(cursor, "cursor")
         jobs, next_url = await _job_page(service, filters, PAGE_JOBS, before)
         async with service.connection() as conn:
-            queue_names = [s.queue for s in await driver.queue_stats(AsyncpgExecutor(conn))]
+            queue_names = [s.queue for s in await service.admin.queue_stats(conn=conn)]
         refresh = None
         if before is None:  # the first page follows new jobs; older pages stay put
-            refresh = f"{DASHBOARD_PATH}/partials/jobs?{filters.query(limit=PAGE_JOBS)}"
+            refresh = f"{DASHBOARD_PATH}/partials/jobs?{filters.query_string(limit=PAGE_JOBS)}"
         return render(
             request,
             "jobs.html.j2",
@@ -368,15 +366,13 @@ def _static_file(name: str) -> bytes:
 async def _overview(
     service: ServiceState, *, jobs: bool = True
 ) -> tuple[list[QueueRow], list[Job]]:
+    admin = service.admin
     async with service.connection() as conn:
-        ex = AsyncpgExecutor(conn)
-        stats = await driver.queue_stats(ex)
-        throughput = await driver.throughput(ex, THROUGHPUT_MINUTES)
+        stats = await admin.queue_stats(conn=conn)
+        throughput = await admin.throughput(THROUGHPUT_MINUTES, conn=conn)
         recent = []
         if jobs:
-            recent = await driver.list_jobs(
-                ex, before_id=None, queue=None, state=None, task=None, limit=RECENT_JOBS
-            )
+            recent = (await admin.list_jobs(limit=RECENT_JOBS, conn=conn)).jobs
     return queue_rows(stats, throughput, THROUGHPUT_MINUTES), recent
 
 
@@ -384,23 +380,22 @@ async def _job_page(
     service: ServiceState, filters: JobFilter, limit: int, before: int | None
 ) -> tuple[list[Job], str | None]:
     async with service.connection() as conn:
-        jobs = await driver.list_jobs(
-            AsyncpgExecutor(conn),
-            before_id=before,
+        page = await service.admin.list_jobs(
             queue=filters.queue,
             state=filters.state,
             task=filters.task,
-            limit=limit + 1,
+            before=before,
+            limit=limit,
+            conn=conn,
         )
-    if len(jobs) <= limit:
-        return jobs, None
-    jobs = jobs[:limit]
-    return jobs, f"{DASHBOARD_PATH}/jobs?{filters.query(cursor=jobs[-1].id)}"
+    if page.next_cursor is None:
+        return page.jobs, None
+    return page.jobs, f"{DASHBOARD_PATH}/jobs?{filters.query_string(cursor=page.next_cursor)}"
 
 
 async def _get_job(service: ServiceState, job_id: int) -> Job | None:
     async with service.connection() as conn:
-        return await driver.get_job(AsyncpgExecutor(conn), job_id)
+        return await service.admin.get_job(job_id, conn=conn)
 
 
 def _job_context(job: Job) -> dict[str, Any]:
@@ -421,9 +416,9 @@ async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str)
     try:
         async with service.connection() as conn:
             if action == "retry":
-                await service.queue.retry(job_id, conn=conn)
+                await service.admin.retry_job(job_id, conn=conn)
             else:
-                await service.queue.cancel(job_id, conn=conn)
+                await service.admin.cancel_job(job_id, conn=conn)
     except JobNotFoundError:
         return Redirect(_job_url(job_id), status_code=303)
     except JobStateError:
@@ -450,7 +445,7 @@ async def _queue_action(
         raise ProblemError(422, str(exc)) from exc
     service = _service(request)
     async with service.connection() as conn:
-        await (driver.pause_queue if paused else driver.resume_queue)(AsyncpgExecutor(conn), name)
+        await (service.admin.pause_queue if paused else service.admin.resume_queue)(name, conn=conn)
     user = _user(request)
     _log.info(
         "dashboard_queue_paused" if paused else "dashboard_queue_resumed",

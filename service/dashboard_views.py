@@ -15,7 +15,7 @@ from pgqueue.jobs import validate_queue_name, validate_task_name
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from pgqueue.jobs import QueueStats
 
@@ -67,7 +67,7 @@ class QueueRow:
 
 
 def queue_rows(
-    stats: list[QueueStats], throughput: list[tuple[str, int, int, int]], minutes: int
+    stats: list[QueueStats], throughput: Iterable[tuple[str, int, int, int]], minutes: int
 ) -> list[QueueRow]:
     per_minute: dict[str, list[int]] = {}
     failed: dict[str, int] = {}
@@ -160,7 +160,8 @@ class JobFilter:
                 errors.append(f"There is no state {state!r}: {names}.")
         return cls(queue, job_state, task, " ".join(errors) or None)
 
-    def query(self, **extra: Any) -> str:
+    def query_string(self, **extra: Any) -> str:
+        """The filter (and ``extra``) as a URL's query string."""
         params = {"queue": self.queue, "state": self.state and self.state.value, "task": self.task}
         return urlencode({k: v for k, v in {**params, **extra}.items() if v is not None})
 

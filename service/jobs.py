@@ -14,9 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from pgqueue import driver
 from pgqueue.errors import InvalidJobError, JobNotFoundError
-from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.limits import JOB_ID_MAX
 from pgqueue.states import TERMINAL_STATES, JobState
@@ -176,9 +174,8 @@ class JobsController(Controller):
         spec = build_spec(service, data, header_key=idempotency_key)
         async with service.connection() as conn:
             # One round trip for a new job; a duplicate's holder is read back.
-            result, job = await driver.enqueue_described(AsyncpgExecutor(conn), spec)
-            if job is None:
-                job = await driver.get_job(AsyncpgExecutor(conn), result.id)
+            result = await service.admin.enqueue_job(spec, conn=conn)
+        job = result.job
         if job is None:  # the holder was deleted meanwhile: nothing sensible to show
             raise ProblemError(409, f"job {result.id} was deleted as it was enqueued")
         location = {"Location": f"/v1/jobs/{job.id}"}
@@ -312,19 +309,11 @@ class JobsController(Controller):
             validate_task_name(task)
         before = None if cursor is None else parse_job_id(cursor, "cursor")
         async with service.connection() as conn:
-            jobs = await driver.list_jobs(
-                AsyncpgExecutor(conn),
-                before_id=before,
-                queue=queue,
-                state=job_state,
-                task=task,
-                limit=limit + 1,
+            page = await service.admin.list_jobs(
+                queue=queue, state=job_state, task=task, before=before, limit=limit, conn=conn
             )
-        more = len(jobs) > limit
-        jobs = jobs[:limit]
-        return JobPage(
-            jobs=[JobOut.of(j) for j in jobs], next_cursor=str(jobs[-1].id) if more else None
-        )
+        cursor_out = None if page.next_cursor is None else str(page.next_cursor)
+        return JobPage(jobs=[JobOut.of(j) for j in page.jobs], next_cursor=cursor_out)
 
     @post(
         "/{job_id:str}/cancel",
@@ -338,8 +327,7 @@ class JobsController(Controller):
         service = _state(request)
         ident = parse_job_id(job_id)
         async with service.connection() as conn:
-            await service.queue.cancel(ident, conn=conn)
-        return JobOut.of(await self._get(service, ident))
+            return JobOut.of(await service.admin.cancel_job(ident, conn=conn))
 
     @post(
         "/{job_id:str}/retry",
@@ -353,13 +341,12 @@ class JobsController(Controller):
         service = _state(request)
         ident = parse_job_id(job_id)
         async with service.connection() as conn:
-            await service.queue.retry(ident, conn=conn)
-        return JobOut.of(await self._get(service, ident))
+            return JobOut.of(await service.admin.retry_job(ident, conn=conn))
 
     @staticmethod
     async def _get(service: ServiceState, job_id: int) -> Job:
         async with service.connection() as conn:
-            job = await driver.get_job(AsyncpgExecutor(conn), job_id)
+            job = await service.admin.get_job(job_id, conn=conn)
         if job is None:
             raise JobNotFoundError(f"there is no job {job_id}")
         return job

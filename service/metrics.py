@@ -4,7 +4,7 @@ Two kinds of figure, from two places:
 
 **Jobs and queues, from the database at scrape time.** The API process never sees a
 worker's outcomes, so it reads them from ``pgqueue.jobs``: one aggregate query per
-refresh (``metrics_jobs`` in queries.sql), cached for ``metrics_cache_seconds`` so that
+refresh (``Admin.job_counts``), cached for ``metrics_cache_seconds`` so that
 concurrent or close scrapes share one query (per server process). Every such figure
 is the same whichever server process answers. They count the rows *still in the table*:
 
@@ -72,14 +72,13 @@ from prometheus_client.metrics_core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from pgqueue import driver
-from pgqueue.executors import AsyncpgExecutor
-
 from .auth import requires
 from .problems import problem_responses
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+
+    from pgqueue.admin import JobCounts, QueueSettings
 
     from .state import ServiceState
 
@@ -92,7 +91,6 @@ DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
     300.0, 600.0, 1800.0, 3600.0,
 )  # fmt: skip
-_BOUNDS_US = [round(b * 1_000_000) for b in DURATION_BUCKETS]
 # Requests: up to the longest ?wait= a status request may hold (60 s by default).
 REQUEST_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -114,7 +112,9 @@ class TaskFigures:
     cancelled: int = 0
     retried: int = 0
     # Jobs per duration bucket (not cumulative); the last one is above every bound.
-    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(_BOUNDS_US) + 1))
+    buckets: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1)
+    )
     duration_sum: float = 0.0
 
 
@@ -135,29 +135,27 @@ class JobFigures:
 
 
 def job_figures(
-    rows: Sequence[Sequence[Any]], queues: Sequence[tuple[str, bool]], query_seconds: float
+    counts: Sequence[JobCounts], queues: Sequence[QueueSettings], query_seconds: float
 ) -> JobFigures:
-    """The figures from the ``metrics_jobs`` and ``metrics_queues`` rows."""
+    """The figures from the admin API's job counts and queue settings."""
     tasks: dict[tuple[str, str], TaskFigures] = {}
-    per_queue: dict[str, QueueFigures] = {name: QueueFigures(paused=p) for name, p in queues}
-    for row in rows:
-        (queue, task, bucket, total, claimable, scheduled, running) = row[:7]
-        (succeeded, failed, cancelled, retries, oldest_age, duration_sum) = row[7:13]
-        t = tasks.setdefault((queue, task), TaskFigures())
-        t.enqueued += total
-        t.succeeded += succeeded
-        t.failed += failed
-        t.cancelled += cancelled
-        t.retried += retries
-        if bucket is not None:
-            t.buckets[bucket] += succeeded + failed
-            t.duration_sum += duration_sum
-        q = per_queue.setdefault(queue, QueueFigures())
-        q.depth += claimable
-        q.scheduled += scheduled
-        q.running += running
-        if oldest_age is not None:
-            q.oldest_claimable_age = max(q.oldest_claimable_age, oldest_age)
+    per_queue: dict[str, QueueFigures] = {q.name: QueueFigures(paused=q.paused) for q in queues}
+    for row in counts:
+        t = tasks.setdefault((row.queue, row.task), TaskFigures())
+        t.enqueued += row.total
+        t.succeeded += row.succeeded
+        t.failed += row.failed
+        t.cancelled += row.cancelled
+        t.retried += row.retries
+        if row.bucket is not None:
+            t.buckets[row.bucket] += row.succeeded + row.failed
+            t.duration_sum += row.duration_sum
+        q = per_queue.setdefault(row.queue, QueueFigures())
+        q.depth += row.claimable
+        q.scheduled += row.scheduled
+        q.running += row.running
+        if row.oldest_claimable_age is not None:
+            q.oldest_claimable_age = max(q.oldest_claimable_age, row.oldest_claimable_age)
     return JobFigures(tasks, per_queue, query_seconds)
 
 
@@ -293,14 +291,13 @@ class Metrics:
             start = time.perf_counter()
             try:
                 async with service.connection() as conn:
-                    ex = AsyncpgExecutor(conn)
-                    rows = await driver.metrics_jobs(ex, _BOUNDS_US)
-                    queues = await driver.metrics_queues(ex)
+                    counts = await service.admin.job_counts(DURATION_BUCKETS, conn=conn)
+                    queues = await service.admin.queue_settings(conn=conn)
             except Exception as exc:  # a scrape still answers, saying the database did not
                 self._log.warning("metrics_query_failed", error=repr(exc))
                 self.database.up = False
             else:
-                self.database.figures = job_figures(rows, queues, time.perf_counter() - start)
+                self.database.figures = job_figures(counts, queues, time.perf_counter() - start)
                 self.database.up = True
             # A failure is cached too: a database in trouble is not asked on every scrape.
             # metrics_cache_seconds = 0 turns both off (tests that must see every change).

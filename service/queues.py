@@ -7,8 +7,6 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.params import PathParameter
 
-from pgqueue import driver
-from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_queue_name
 
 from .auth import requires
@@ -30,8 +28,9 @@ class QueuesController(Controller):
     )
     async def list_queues(self, request: Request[Any, Any, Any]) -> QueueList:
         """Per queue: jobs by state, the oldest claimable job's age, paused or not."""
-        async with request.app.state.pgqueue.connection() as conn:
-            stats = await driver.queue_stats(AsyncpgExecutor(conn))
+        service = request.app.state.pgqueue
+        async with service.connection() as conn:
+            stats = await service.admin.queue_stats(conn=conn)
         return QueueList(queues=[QueueOut.of(s) for s in stats])
 
     @post(
@@ -57,8 +56,8 @@ class QueuesController(Controller):
 
     @staticmethod
     async def _set(request: Request[Any, Any, Any], name: str, *, paused: bool) -> QueueOut:
+        admin = request.app.state.pgqueue.admin
         async with request.app.state.pgqueue.connection() as conn:
-            ex = AsyncpgExecutor(conn)
-            await (driver.pause_queue if paused else driver.resume_queue)(ex, name)
-            stats = {s.queue: s for s in await driver.queue_stats(ex)}
+            await (admin.pause_queue if paused else admin.resume_queue)(name, conn=conn)
+            stats = {s.queue: s for s in await admin.queue_stats(conn=conn)}
         return QueueOut.of(stats[name])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import structlog
 
+from pgqueue.admin import Admin
 from pgqueue.app import Queue
 from pgqueue.connect import asyncpg_connect, asyncpg_pool
 from pgqueue.dberrors import TRANSIENT_ERRORS
@@ -89,9 +90,10 @@ class ServiceState:
         self.pool: asyncpg.Pool[Any] | None = None
         self.keys = KeyCache(self, settings.key_cache_seconds)
         self.finished = FinishedJobs(settings.dsn)
-        # For its job-building and enqueue logic only: every call passes a connection
-        # of the service's pool, so it never opens connections of its own.
+        # For building jobs and the admin calls: every call passes a connection of the
+        # service's pool, so neither opens connections of its own.
         self.queue = Queue(settings.dsn)
+        self.admin = Admin(self.queue)
 
     async def start(self) -> None:
         self.pool = await asyncpg_pool(

@@ -40,11 +40,12 @@ from psycopg.conninfo import conninfo_to_dict
 if importlib.util.find_spec("pgqueue") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pgqueue
 from pgqueue import migrate
 from pgqueue.embedded import EmbeddedServer, bundled_bin_dir
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 TEST_DSN_ENV = "PGQUEUE_TEST_DSN"
 CONTAINER_IMAGE = os.environ.get("PGQUEUE_TEST_PG_IMAGE", "postgres:17-alpine")
@@ -342,3 +343,11 @@ def embedded_data_dir() -> Iterator[Path]:
 def empty_dsn(make_empty_dsn: Callable[[], str]) -> str:
     """A fresh database without any schema (for migration tests), dropped after the test."""
     return make_empty_dsn()
+
+
+@pytest.fixture
+async def queue(dsn: str) -> AsyncIterator[pgqueue.Queue]:
+    """A Queue on the test's database, closed afterwards."""
+    q = pgqueue.Queue(dsn)
+    yield q
+    await q.close()

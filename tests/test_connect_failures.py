@@ -71,7 +71,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
 
 
 def assert_one_line(stderr: str, event: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    # Beside the line every command logs at start, saying which server it uses.
+    lines = [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and '"event": "database_selected"' not in line
+    ]
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, stderr
     assert f'"event": "{event}"' in lines[0], stderr

@@ -16,7 +16,6 @@ import pytest
 from litestar.testing import AsyncTestClient
 from servekit import serving
 
-import pgqueue
 from pgqueue.retry import RetryPolicy
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.auth import DASHBOARD_COOKIE, create_key, revoke_key
@@ -48,13 +47,6 @@ def settings(dsn):
 async def client(settings):
     async with AsyncTestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-@pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
 
 
 def csrf_of(html: str) -> str:

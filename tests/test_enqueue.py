@@ -32,13 +32,6 @@ def sqlalchemy_url(dsn: str, driver: str) -> str:
 
 
 @pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
-
-
-@pytest.fixture
 def send_email(queue):
     @queue.task(name="send_email", queue="emails", priority=2, max_attempts=5)
     async def send_email(to: str, subject: str = "hi") -> str:

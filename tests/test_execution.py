@@ -22,13 +22,6 @@ import process_app
 
 
 @pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
-
-
-@pytest.fixture
 def effects(dsn):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE effects (job_id bigint, attempt int, note text)")

@@ -4,7 +4,6 @@ and a worker that comes back from the dead never writes over the job's new owner
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import time
 import uuid
@@ -18,6 +17,7 @@ import pgqueue
 from pgqueue import JobState, driver
 from pgqueue.dberrors import connection_failed
 from pgqueue.executors import PsycopgExecutor
+from pgqueue.locks import RESCUE
 from pgqueue.sql import query
 from pgqueue.testing import running_worker, wait_for_job
 
@@ -177,15 +177,13 @@ def _job_held_by_a_dead_worker(
 
 def _rescue(dsn: str, lease: float = 1.0) -> list[int]:
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.RawCursor(conn) as cur:
-        return [r[0] for r in cur.execute(query("rescue_jobs"), (lease,)).fetchall()]
+        return [r[0] for r in cur.execute(query("rescue_jobs"), (lease, RESCUE.key)).fetchall()]
 
 
 def test_one_rescuer_at_a_time_and_the_election_ends_with_its_statement(dsn):
     job_id, worker_id = _job_held_by_a_dead_worker(dsn)
-    key = re.search(r"pg_try_advisory_xact_lock\((\d+)\)", query("rescue_jobs"))
-    assert key is not None
     with psycopg.connect(dsn) as rescuer:  # another worker, mid-rescue
-        rescuer.execute("SELECT pg_advisory_xact_lock(%s)", (int(key[1]),))
+        rescuer.execute("SELECT pg_advisory_xact_lock(%s)", (RESCUE.key,))
         assert _rescue(dsn) == []  # not elected: touches nothing
         assert _job_row(dsn, job_id)[0] == "running"
         rescuer.rollback()

@@ -15,13 +15,6 @@ from pgqueue import JobNotFoundError, JobState, JobStateError, Snooze
 from pgqueue.testing import running_worker, wait_for_job
 
 
-@pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
-
-
 async def test_a_cancelled_queued_job_never_starts(queue):
     ran = False
 

@@ -5,6 +5,7 @@ import pgqueue
 
 def test_all_is_pinned():
     assert sorted(pgqueue.__all__) == [
+        "Admin",
         "DatabaseUnavailableError",
         "EnqueueResult",
         "IdempotencyConflictError",

@@ -4,7 +4,6 @@ worker at a time, by ``Queue.prune`` or from SQL; nothing unfinished is ever tou
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import timedelta
 
@@ -15,18 +14,13 @@ import pytest
 import pgqueue
 from pgqueue import Retention, driver
 from pgqueue.executors import PsycopgExecutor
-from pgqueue.retention import PRUNE_BATCH, Pruner, parse_duration
+from pgqueue.locks import PRUNE
+from pgqueue.retention import PRUNE_BATCH, parse_duration
 from pgqueue.sql import query
 from pgqueue.testing import running_worker
+from pgqueue.worker.pruning import Pruner
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
 
 
 def _jobs_finished_ago(
@@ -168,14 +162,13 @@ async def test_a_worker_keeping_everything_prunes_nothing(dsn, queue):
 
 async def test_one_worker_prunes_at_a_time(dsn, queue):
     ids = _jobs_finished_ago(dsn, "succeeded", 2 * HOUR, count=3)
-    key = re.search(r"pg_try_advisory_xact_lock\((\d+)\)", query("prune_jobs_elected"))
-    assert key is not None
     retention = Retention(succeeded=HOUR)
     with psycopg.connect(dsn) as other:  # another worker, mid-prune
-        other.execute("SELECT pg_advisory_xact_lock(%s)", (int(key[1]),))
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (PRUNE.key,))
         with psycopg.connect(dsn, autocommit=True) as conn:
             ex = PsycopgExecutor(conn)
-            assert ex.fetch(query("prune_jobs_elected"), retention.params(10)) == [(None,)]
+            params = (*retention.params(10), PRUNE.key)
+            assert ex.fetch(query("prune_jobs_elected"), params) == [(None,)]
         async with running_worker(queue, retention=retention, prune_interval=3600) as worker:
             assert worker.pruner is not None
             assert await worker.pruner.prune_round() == 0  # not elected: stands aside

@@ -12,9 +12,7 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
-import pytest
 
-import pgqueue
 from pgqueue import JobState, RetryPolicy, current_job
 from pgqueue.testing import running_worker, wait_for_job
 
@@ -37,13 +35,6 @@ def failed_at(error: dict[str, object]) -> datetime:
     """The time the database recorded the failed attempt (the transaction that set
     run_at, so the delay is exactly run_at minus this)."""
     return datetime.fromisoformat(str(error["at"]))
-
-
-@pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
 
 
 async def test_each_failed_attempt_comes_back_after_its_policy_delay(dsn, queue):

@@ -37,13 +37,6 @@ def nested(depth: int) -> dict[str, object]:
 
 
 @pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
-
-
-@pytest.fixture
 def echo(queue):
     @queue.task(name="echo")
     async def echo(**kwargs: object) -> object:

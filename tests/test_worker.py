@@ -13,18 +13,12 @@ import pytest
 
 import pgqueue
 from pgqueue import JobState, PermanentError, RetryPolicy
-from pgqueue.completer import Completer
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.testing import running_worker, wait_for_job
+from pgqueue.worker import claiming
+from pgqueue.worker.claiming import HandBack
 
 FAST_RETRY = RetryPolicy(base=0.05, factor=2.0, max_delay=0.2, jitter=0.5)
-
-
-@pytest.fixture
-async def queue(dsn):
-    q = pgqueue.Queue(dsn)
-    yield q
-    await q.close()
 
 
 async def test_async_and_sync_tasks_run_and_store_results(queue):
@@ -377,28 +371,27 @@ async def test_an_outcome_lost_while_unknown_jobs_are_handed_back_brings_another
         )
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     blocker = await psycopg.AsyncConnection.connect(dsn)
-    still_running = asyncio.create_task(asyncio.sleep(3600))
+    known = {outcome_lost}  # what the worker knows it holds: the job still running
+    hand_back = HandBack(asyncio.Event(), worker.stats)
     try:
-        worker._completer = Completer(pool)
-        worker._running = {outcome_lost: still_running}
         # Hold the unknown job's row so that the hand-back's release waits on it.
         await blocker.execute("SELECT FROM pgqueue.jobs WHERE id = %s FOR UPDATE", (unknown,))
         async with pool.acquire() as conn:
-            first = asyncio.create_task(worker._hand_back_unknown(AsyncpgExecutor(conn)))
+            ex = AsyncpgExecutor(conn)
+            first = asyncio.create_task(hand_back.run(ex, worker.worker_id, lambda: known))
             await _wait_until_blocked(dsn, conn.get_server_pid())
-            # What _execute does when a transactional commit's outcome is unknown.
-            del worker._running[outcome_lost]
-            worker._forget_outcomes()
+            # What the worker does when a transactional commit's outcome is unknown.
+            known.discard(outcome_lost)
+            hand_back.outcome_lost()
             await blocker.rollback()
             await asyncio.wait_for(first, 10)
             assert (await queue.get_job(unknown)).state is JobState.QUEUED
             assert (await queue.get_job(outcome_lost)).state is JobState.RUNNING
-            assert worker._claim_unsure
-            await worker._hand_back_unknown(AsyncpgExecutor(conn))
+            assert hand_back.unsure
+            await hand_back.run(ex, worker.worker_id, lambda: known)
         job = await queue.get_job(outcome_lost)
         assert (job.state, job.attempts) == (JobState.QUEUED, 0)
     finally:
-        still_running.cancel()
         await blocker.close()
         await pool.close()
 
@@ -424,7 +417,7 @@ async def test_a_job_the_worker_lost_track_of_goes_back_at_the_periodic_check(
 ):
     """Whatever the cause, a job held in the database under a live worker that does not
     know it is handed back by the worker's periodic check, and then runs."""
-    monkeypatch.setattr(pgqueue.worker, "RECONCILE_SECONDS", 0.2)
+    monkeypatch.setattr(claiming, "RECONCILE_SECONDS", 0.2)
 
     @queue.task(name="forgotten")
     async def forgotten() -> str:

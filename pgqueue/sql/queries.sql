@@ -55,7 +55,7 @@ RETURNING id;
 -- name: copy_jobs
 -- The bulk fast path, for batches with no keys, run_at, delay or timeout (ids from reserve_ids;
 -- every other column takes its default). COPY fires the statement trigger like INSERT.
-COPY pgqueue.jobs (id, queue, task, args, priority, max_attempts) FROM STDIN;
+COPY pgqueue.jobs (id, task, args, queue, priority, max_attempts) FROM STDIN;
 
 -- name: find_by_idempotency_keys
 SELECT idempotency_key, id
@@ -90,8 +90,8 @@ SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker_id 
     progress = NULL
 FROM candidates
 WHERE j.id = candidates.id
-RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
-          EXTRACT(EPOCH FROM j.timeout)::float8;
+RETURNING j.id, j.queue, j.task, j.args::text AS args, j.priority, j.attempts AS attempt,
+          j.max_attempts, EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout;
 
 -- name: seconds_until_next_job
 -- How long until the next queued job of these queues is due, by the database's clock
@@ -222,7 +222,7 @@ DELETE FROM pgqueue.workers WHERE id = $1::uuid;
 -- lives exactly as long as the statement: a rescuer frozen or cut off between round
 -- trips cannot hold it and stop every other worker from rescuing.
 WITH elected AS MATERIALIZED (
-    SELECT pg_try_advisory_xact_lock(7215408337251730690) AS yes
+    SELECT pg_try_advisory_xact_lock($2::bigint) AS yes  -- pgqueue.locks.RESCUE
 ), fallback AS (
     -- The lease of a worker that recorded none (see above).
     SELECT GREATEST(make_interval(secs => $1::float8), interval '15 seconds') AS unrecorded
@@ -269,9 +269,10 @@ SELECT r.id, r.state::text, (SELECT count(*) FROM woken) AS queues_woken,
 FROM rescued r;
 
 -- name: get_job
-SELECT id, queue, task, args::text, state::text, priority, attempts, max_attempts, run_at,
-       idempotency_key, result::text, errors::text, created_at, started_at, finished_at,
-       EXTRACT(EPOCH FROM timeout)::float8, progress::text
+SELECT id, queue, task, args::text AS args, state::text AS state, priority, attempts,
+       max_attempts, run_at, idempotency_key, result::text AS result, errors::text AS errors,
+       created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
+       progress::text AS progress
 FROM pgqueue.jobs
 WHERE id = $1;
 
@@ -289,16 +290,17 @@ SELECT pgqueue.resume_queue($1);
 
 -- name: queue_stats
 SELECT queue, queued, claimable, running, succeeded, failed, cancelled,
-       EXTRACT(EPOCH FROM oldest_claimable_age)::float8, paused
+       EXTRACT(EPOCH FROM oldest_claimable_age)::float8 AS oldest_claimable_age, paused
 FROM pgqueue.queue_stats
 ORDER BY queue;
 
 -- name: list_jobs
 -- Newest first, one page: jobs with an id below $1 (the cursor; NULL for the first
 -- page), filtered by queue, state and task where given, at most $5.
-SELECT id, queue, task, args::text, state::text, priority, attempts, max_attempts, run_at,
-       idempotency_key, result::text, errors::text, created_at, started_at, finished_at,
-       EXTRACT(EPOCH FROM timeout)::float8, progress::text
+SELECT id, queue, task, args::text AS args, state::text AS state, priority, attempts,
+       max_attempts, run_at, idempotency_key, result::text AS result, errors::text AS errors,
+       created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
+       progress::text AS progress
 FROM pgqueue.jobs
 WHERE ($1::bigint IS NULL OR id < $1)
   AND ($2::text IS NULL OR queue = $2)
@@ -407,7 +409,7 @@ SELECT pgqueue.prune_jobs(
 -- one statement, so the lock lasts no longer than the batch. NULL when another worker
 -- is pruning. A worker passes the queues it serves as $5: its retention is its own
 -- setting, never applied to queues that other workers serve.
-SELECT CASE WHEN pg_try_advisory_xact_lock(7215408337251730691) THEN
+SELECT CASE WHEN pg_try_advisory_xact_lock($6::bigint) THEN  -- pgqueue.locks.PRUNE
     pgqueue.prune_jobs(
         make_interval(secs => $1::float8),
         make_interval(secs => $2::float8),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pgqueue import driver
-from pgqueue.dberrors import TRANSIENT_ERRORS, connection_failed, reconnect_delay, rolled_back
+from pgqueue.dberrors import connection_failed, reconnect_delay, rolled_back
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.pools import acquire
 
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     import asyncpg
-
-__all__ = ["TRANSIENT_ERRORS", "Completer", "reconnect_delay"]
 
 
 class Completer:

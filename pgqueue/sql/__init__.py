@@ -1,4 +1,4 @@
-"""Named SQL blocks, loaded once from the ``.sql`` files beside this package.
+"""Named SQL blocks, loaded once from the ``.sql`` files of this package.
 
 A block starts with ``-- name: NAME`` and runs to the next such line. Python code asks
 for a statement by name (``query("claim_jobs")``) and never builds SQL from strings.
@@ -29,7 +29,7 @@ def parse_named_blocks(text: str) -> dict[str, str]:
 
 @cache
 def _queries() -> dict[str, str]:
-    text = resources.files("pgqueue").joinpath("sql", "queries.sql").read_text("utf-8")
+    text = resources.files(__name__).joinpath("queries.sql").read_text("utf-8")
     return parse_named_blocks(text)
 
 
@@ -40,4 +40,4 @@ def query(name: str) -> str:
 
 def schema_sql() -> str:
     """The canonical schema at the head of the migration chain."""
-    return resources.files("pgqueue").joinpath("sql", "schema.sql").read_text("utf-8")
+    return resources.files(__name__).joinpath("schema.sql").read_text("utf-8")

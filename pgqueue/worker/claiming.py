@@ -1,0 +1,188 @@
+"""The claim loop: claim jobs in batches while there are free slots, sleep when idle.
+
+At most ``concurrency`` jobs are in flight. An idle worker sleeps until the listener's
+wake-up (an enqueue's NOTIFY), the next delayed job's time, or the poll interval,
+whichever comes first. Before a claim it hands back the jobs it holds in the database
+without knowing it (:class:`HandBack`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from pgqueue import driver
+from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
+from pgqueue.executors import AsyncpgExecutor
+from pgqueue.pools import acquire
+from pgqueue.worker.listener import first_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    import asyncpg
+
+    from pgqueue.jobs import ClaimedJob
+    from pgqueue.worker.core import WorkerStats
+    from pgqueue.worker.lifecycle import Jobs
+
+# However sure a worker is of what it holds, it checks against the database this often
+# (one indexed statement): a job it lost track of, whatever the cause, goes back to the
+# queue within this time instead of staying running under a live worker for good.
+RECONCILE_SECONDS = 30.0
+# A claim that fails with one of these claimed nothing: back off and claim again.
+CLAIM_RETRY_ERRORS = DATABASE_ERRORS
+
+
+class HandBack:
+    """Jobs the database says this worker holds, but that it is neither running nor
+    about to report on: claimed by a claim whose answer never arrived, or whose outcome
+    was lost. They go back as if never claimed: before the next claim after such a
+    loss, and every :data:`RECONCILE_SECONDS` whatever happened."""
+
+    def __init__(self, wake: asyncio.Event, stats: WorkerStats) -> None:
+        self._wake = wake
+        self._stats = stats
+        self._log = structlog.get_logger("pgqueue.worker")
+        self.unsure = False
+        self._due_at = time.monotonic() + RECONCILE_SECONDS
+
+    def outcome_lost(self) -> None:
+        """Some outcome will never be written (or a claim's answer was lost): hand back
+        before the next claim."""
+        self.unsure = True
+        self._wake.set()
+
+    def due(self) -> bool:
+        return self.unsure or time.monotonic() >= self._due_at
+
+    async def run(
+        self, ex: AsyncpgExecutor, worker_id: str, known: Callable[[], Iterable[int]]
+    ) -> list[int]:
+        """Release what the database says we hold beyond ``known()``; the released ids."""
+        # Cleared before the snapshot of what we know, not after the release: an outcome
+        # lost while the release is in flight (a job among ``known`` now, unknown by the
+        # time the release answers) must bring another pass, or its job would stay
+        # running under this live worker for good. A failed release sets it again.
+        unsure, self.unsure = self.unsure, False
+        released = await driver.release_unknown(ex, worker_id, list(known()))
+        self._due_at = time.monotonic() + RECONCILE_SECONDS
+        if released:
+            self._stats.released += len(released)
+            self._log.warning(
+                "unknown_jobs_released",
+                job_ids=released,
+                reason="a claim or an outcome was lost" if unsure else "periodic check",
+            )
+        return released
+
+
+class Claimer:
+    """The claim loop of one running worker."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        jobs: Jobs,
+        *,
+        queues: list[str],
+        concurrency: int,
+        batch_size: int,
+        poll_interval: float,
+        worker_id: Callable[[], str],
+        stats: WorkerStats,
+        hand_back: HandBack,
+        stop: asyncio.Event,
+        wake: asyncio.Event,
+        registered: asyncio.Event,
+    ) -> None:
+        self._pool = pool
+        self._jobs = jobs
+        self._queues = queues
+        self._concurrency = concurrency
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._worker_id = worker_id
+        self._stats = stats
+        self._hand_back = hand_back
+        self._stop = stop
+        self._wake = wake
+        self._registered = registered
+        self._log = structlog.get_logger("pgqueue.worker")
+        # Set while the worker is idle: its last claim found less than it could take.
+        self.idle = asyncio.Event()
+
+    async def run(self) -> None:
+        """Claim until stopped."""
+        stop, wake, slot_freed = self._stop, self._wake, self._jobs.slot_freed
+        running = self._jobs.running
+        failures = 0
+        while not stop.is_set():
+            if not self._registered.is_set():
+                await first_of(self._registered, stop, timeout=None)
+                continue
+            free = self._concurrency - len(running)
+            if free <= 0:
+                slot_freed.clear()
+                await first_of(slot_freed, stop, timeout=None)
+                continue
+            want = min(free, self._batch_size)
+            # Clear before claiming: a NOTIFY that lands during the claim must not be lost.
+            wake.clear()
+            worker_id = self._worker_id()
+            try:
+                async with acquire(self._pool) as conn:
+                    ex = AsyncpgExecutor(conn)
+                    if self._hand_back.due():
+                        await self._hand_back.run(ex, worker_id, self._jobs.known_ids)
+                    jobs = await driver.claim(ex, self._queues, want, worker_id)
+                failures = 0
+            except CLAIM_RETRY_ERRORS as exc:
+                # A lost connection, or an error of the server's (a statement timeout, a
+                # missing schema). The claim may even have committed with its answer
+                # lost: before the next one, hand back whatever we hold without knowing.
+                self._hand_back.unsure = True
+                failures += 1
+                delay = reconnect_delay(failures)
+                self._log.warning("claim_failed", error=repr(exc), retry_in=round(delay, 3))
+                await first_of(stop, timeout=delay)
+                continue
+            if stop.is_set():
+                await self._release(jobs, worker_id)
+                return
+            self._stats.claimed += len(jobs)
+            for job in jobs:
+                self._jobs.start(job)
+            if len(jobs) < want:
+                idle_for = await self._idle_timeout()
+                self.idle.set()
+                await first_of(wake, stop, timeout=idle_for)
+                self.idle.clear()
+
+    async def _idle_timeout(self) -> float:
+        """Sleep until the poll comes round, or until the next delayed job is due."""
+        try:
+            async with acquire(self._pool) as conn:
+                due_in = await driver.seconds_until_next_job(AsyncpgExecutor(conn), self._queues)
+        except CLAIM_RETRY_ERRORS:
+            return self._poll_interval  # the next claim will say what is wrong
+        if due_in is None:
+            return self._poll_interval
+        return min(max(due_in, 0.005), self._poll_interval)
+
+    async def _release(self, jobs: list[ClaimedJob], worker_id: str) -> None:
+        """Claimed but never started (the stop came during the claim): hand them back."""
+        if not jobs:
+            return
+        ids = [j.id for j in jobs]
+        try:
+            async with acquire(self._pool) as conn:
+                await driver.release(AsyncpgExecutor(conn), ids, worker_id)
+        except CLAIM_RETRY_ERRORS as exc:  # handed back by the rescue once we deregister
+            self._log.warning("jobs_release_failed", job_ids=ids, error=repr(exc))
+            return
+        self._stats.released += len(jobs)
+        self._log.info("jobs_released", job_ids=ids)

@@ -1,0 +1,339 @@
+"""The worker: claims jobs in batches, runs them, reports their outcomes in batches.
+
+One asyncio loop per process. :class:`Worker` holds the settings and the controls
+(stop, signals); :meth:`Worker.run` joins the database and then builds a
+:class:`_Started`, the parts that exist only while it runs: the claim loop
+(``claiming.py``), the jobs in flight and their outcomes (``lifecycle.py``,
+``execution.py``, ``completer.py``), the listener (``listener.py``) and the maintenance
+services (``maintenance.py``: heartbeat and rescue, pruning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from pgqueue import driver
+from pgqueue.executors import AsyncpgExecutor
+from pgqueue.jobs import validate_queue_name
+from pgqueue.pools import acquire
+from pgqueue.retention import Retention
+from pgqueue.worker.claiming import CLAIM_RETRY_ERRORS, Claimer, HandBack
+from pgqueue.worker.completer import Completer
+from pgqueue.worker.execution import ProgressWriter, TaskRunner
+from pgqueue.worker.heartbeat import Heartbeat
+from pgqueue.worker.lifecycle import Jobs
+from pgqueue.worker.listener import Listener
+from pgqueue.worker.maintenance import ServiceContext, build_services
+from pgqueue.worker.membership import Membership
+from pgqueue.worker.pruning import Pruner
+from pgqueue.worker.services import PeriodicService, ServiceRunner
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import asyncpg
+
+    from pgqueue.app import Queue
+
+_DEFAULT_RETENTION = Retention()
+
+
+@dataclasses.dataclass(slots=True)
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    interrupted: int = 0
+    snoozed: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Queue,
+        *,
+        dsn: str | None = None,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        batch_size: int = 100,
+        poll_interval: float = 2.0,
+        grace_period: float = 30.0,
+        lease: float = 15.0,
+        processes: int | None = None,
+        retention: Retention | None = _DEFAULT_RETENTION,
+        prune_interval: float = 60.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        # Recorded in pgqueue.workers as an interval of whole microseconds, with its fifth
+        # (the heartbeat interval) positive: neither may round to zero or overflow.
+        if not 0.001 <= lease <= 365 * 86400:
+            raise ValueError(f"lease must be between 0.001 and 31536000 seconds, got {lease!r}")
+        if processes is not None and processes < 1:
+            raise ValueError("processes must be at least 1")
+        if prune_interval <= 0:
+            raise ValueError("prune_interval must be positive")
+        self.app = app
+        self._dsn = dsn
+        self.queues = [validate_queue_name(q) for q in (queues or app.queues())]
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.grace_period = grace_period
+        # A running job is this worker's for as long as it heartbeats (every fifth of the
+        # lease); a worker silent for a whole lease has its jobs rescued by another. Both
+        # are recorded in pgqueue.workers: the rescue judges this worker by its own lease.
+        self.lease = lease
+        self.heartbeat_interval = lease / 5
+        # The process pool of process=True tasks, started with the first such job.
+        self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        # Finished jobs past their retention are pruned by one worker at a time, every
+        # prune_interval seconds; None (or Retention.forever()) leaves it to others.
+        self.retention = retention if retention is not None and retention.prunes else None
+        self.prune_interval = prune_interval
+        self.stats = WorkerStats()
+        # Set when a sync task outlived the stop: its thread is still running.
+        self.abandoned_threads = False
+        self._membership = Membership(
+            queues=self.queues,
+            concurrency=concurrency,
+            lease=lease,
+            heartbeat_interval=self.heartbeat_interval,
+        )
+        self._log = structlog.get_logger("pgqueue.worker")
+        self._stop: asyncio.Event | None = None  # from run() on
+        self._started: _Started | None = None  # once joined; kept after the end
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn or self.app.dsn
+
+    @property
+    def worker_id(self) -> str:
+        """Its id in pgqueue.workers (a new one after it was declared dead)."""
+        return self._membership.worker_id
+
+    @property
+    def listening(self) -> asyncio.Event | None:
+        """Set while the worker is listening for wake-ups (its LISTEN connection is up);
+        None until it has joined the database."""
+        return None if self._started is None else self._started.listener.listening
+
+    @property
+    def idle(self) -> asyncio.Event | None:
+        """Set while the worker is idle: its last claim found less than it could take."""
+        return None if self._started is None else self._started.claimer.idle
+
+    @property
+    def services(self) -> list[PeriodicService]:
+        """Its maintenance services (none until it has joined the database)."""
+        return [] if self._started is None else self._started.services.services
+
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        return next((s for s in self.services if isinstance(s, Heartbeat)), None)
+
+    @property
+    def pruner(self) -> Pruner | None:
+        """None when its retention keeps everything."""
+        return next((s for s in self.services if isinstance(s, Pruner)), None)
+
+    # --- control -----------------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; let running jobs finish (within the grace period, or not at all
+        with ``now``). Safe to call from a signal handler on the worker's loop."""
+        if now:
+            self.grace_period = 0.0
+        if self._stop is not None:
+            self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: a graceful stop; the second one stops at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        again = self._stop is not None and self._stop.is_set()
+        self._log.info("worker_signal", signal=sig.name, immediate=again)
+        self.stop(now=again)
+        if again and self._started is not None:
+            self._started.jobs.interrupt_all()
+
+    # --- main --------------------------------------------------------------------------
+
+    async def run(self) -> WorkerStats:
+        """Work until :meth:`stop` is called; returns what was done."""
+        stop = self._stop = asyncio.Event()
+        log = self._log.bind(queues=self.queues, concurrency=self.concurrency)
+        pool = await self._membership.join(self.dsn, stop, log)
+        if pool is None:  # stopped before the database ever answered
+            return self.stats
+        started = self._started = _Started(self, self._membership, pool, stop)
+        log.info(
+            "worker_started",
+            worker_id=self.worker_id,
+            poll_interval=self.poll_interval,
+            lease=self.lease,
+            maintenance=[s.name for s in started.services.services],
+        )
+        try:
+            await started.claimer.run()
+        finally:
+            await started.jobs.drain(self.grace_period)
+            self.abandoned_threads = await started.close(log, self.grace_period)
+            log.info("worker_stopped", **dataclasses.asdict(self.stats), **started.counters())
+        return self.stats
+
+
+class _Started:
+    """A running worker's parts, which exist only once it has joined the database:
+    built and started together, by :meth:`Worker.run`."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        membership: Membership,
+        pool: asyncpg.Pool[Any],
+        stop: asyncio.Event,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.pool = pool
+        self.stop = stop
+        self._membership = membership
+        self._log = structlog.get_logger("pgqueue.worker")
+
+        def worker_id() -> str:
+            return membership.worker_id
+
+        # Set while this worker is in pgqueue.workers (it is, once joined): claims wait.
+        self.registered = asyncio.Event()
+        self.registered.set()
+        wake = asyncio.Event()
+        self.threads = ThreadPoolExecutor(worker.concurrency, thread_name_prefix="pgqueue-task")
+        self.runner = TaskRunner(
+            worker.dsn,
+            threads=self.threads,
+            concurrency=worker.concurrency,
+            processes=worker.processes,
+            lease=worker.lease,
+        )
+        hand_back = HandBack(wake, worker.stats)
+        self.completer = Completer(pool, on_requeued=wake.set, on_dropped=hand_back.outcome_lost)
+        self.jobs = Jobs(
+            worker.app.tasks,
+            runner=self.runner,
+            completer=self.completer,
+            progress=ProgressWriter(pool, loop),
+            stats=worker.stats,
+            worker_id=worker_id,
+            on_outcome_lost=hand_back.outcome_lost,
+        )
+        self.listener = Listener(
+            worker.dsn,
+            queues=frozenset(worker.queues),
+            poll_interval=worker.poll_interval,
+            stop=stop,
+            on_enqueued=wake.set,
+            on_cancel=self.jobs.cancel,
+            poll=self._poll_cancellations,
+        )
+        self.claimer = Claimer(
+            pool,
+            self.jobs,
+            queues=worker.queues,
+            concurrency=worker.concurrency,
+            batch_size=worker.batch_size,
+            poll_interval=worker.poll_interval,
+            worker_id=worker_id,
+            stats=worker.stats,
+            hand_back=hand_back,
+            stop=stop,
+            wake=wake,
+            registered=self.registered,
+        )
+        context = ServiceContext(
+            worker,
+            pool,
+            stopping=stop.is_set,
+            on_declared_dead=functools.partial(_call_on_loop, loop, self._declared_dead),
+        )
+        self.services = ServiceRunner(build_services(context))
+        # Started here: this object exists only while the worker runs.
+        self._completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
+        self._tasks = [asyncio.create_task(self.listener.run(), name="pgqueue-listener")]
+        self.services.start()
+
+    async def close(self, log: Any, grace_period: float) -> bool:
+        """Write the outcomes left, stop the rest, leave; whether task threads were
+        abandoned (a sync task outlived an immediate stop)."""
+        await self.completer.close()
+        try:
+            await asyncio.wait_for(self._completer_task, timeout=max(grace_period, 10.0))
+        except TimeoutError:
+            log.exception("completions_not_written", outstanding=self.completer.outstanding())
+        for task in self._tasks:  # the listener, and a rejoin still trying
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.services.stop()
+        await self._membership.deregister(self.pool, log)
+        await self.pool.close()
+        interrupting = self.jobs.interrupting
+        await self.runner.close(kill=interrupting)
+        busy = any(self.threads._threads) and interrupting  # noqa: SLF001
+        self.threads.shutdown(wait=not busy, cancel_futures=True)
+        return busy
+
+    def counters(self) -> dict[str, int]:
+        return {"completion_writes": self.completer.batches, **self.services.counters()}
+
+    def _declared_dead(self, dead_id: str) -> None:
+        """Another worker found this one silent for a lease and rescued its jobs (it was
+        frozen, or cut off from the database). Give those jobs up, and come back under
+        a new id; the claims wait until the new entry is in."""
+        if dead_id != self._membership.worker_id:
+            return
+        self.registered.clear()
+        self._log.error("worker_rejoining", old_worker_id=dead_id, running=len(self.jobs.running))
+        self.jobs.abandon_all()
+        self._membership.renew()
+        self._tasks.append(asyncio.create_task(self._rejoin(), name="pgqueue-rejoin"))
+
+    async def _rejoin(self) -> None:
+        if await self._membership.rejoin(self.pool, self.stop, self._log):
+            self.registered.set()
+
+    async def _poll_cancellations(self) -> None:
+        """The fallback for a lost cancel NOTIFY: ask which running jobs were cancelled."""
+        running = self.jobs.running
+        if not running:
+            return
+        try:
+            async with acquire(self.pool) as conn:
+                rows = await driver.cancelled_among(AsyncpgExecutor(conn), list(running))
+        except CLAIM_RETRY_ERRORS as exc:
+            self._log.warning("cancel_poll_failed", error=repr(exc))
+            return
+        for job_id in rows:
+            self.jobs.cancel(job_id)
+
+
+def _call_on_loop(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[str], None], arg: str
+) -> None:
+    loop.call_soon_threadsafe(callback, arg)

@@ -1,0 +1,190 @@
+"""One definition of a job: JobSpec's fields are the job's options, INSERT_FIELDS the
+order every insert writes them in, and the row decoders read columns by name. These
+tests fail when any path (one-at-a-time insert, bulk by COPY or by INSERT, with_options,
+a caller's connection, POST /v1/jobs, GET /v1/jobs/{id}) drops or reorders a field, and
+when a new JobSpec field is not carried by all of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+from litestar.testing import AsyncTestClient
+
+import pgqueue
+from pgqueue.app import JobOptions
+from pgqueue.executors import PsycopgExecutor
+from pgqueue.jobs import COPY_FIELDS, INSERT_FIELDS, Job, JobSpec
+from pgqueue.service import ServiceSettings, create_app
+from pgqueue.service.schemas import JobIn
+from pgqueue.sql import query
+from pgqueue.tasks import EnqueueOptions
+
+RUN_AT = datetime(2031, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+# A value unlike its default (and unlike any other field's) for every job option. A new
+# JobSpec field fails test_every_field_has_a_sample until it gets one here, and then
+# every path below must carry it.
+SAMPLES: dict[str, Any] = {
+    "queue": "definition_q",
+    "priority": 17,
+    "max_attempts": 9,
+    "run_at": RUN_AT,
+    "idempotency_key": "definition-key",
+    "timeout": 42.5,
+}
+# delay excludes run_at: it is checked on its own (what it sets is run_at).
+DELAY = 3600.0
+# What each option is called where it is not called the same.
+API_NAMES = {"delay": "delay_seconds", "timeout": "timeout_seconds"}
+OPTION_FIELDS = tuple(f for f in JobSpec._fields if f not in {"task", "args_json"})
+ARGS = {"n": 5, "text": "ünï"}
+
+
+def test_every_field_has_a_sample_and_one_place_in_the_inserts():
+    assert set(OPTION_FIELDS) == {*SAMPLES, "delay"}
+    assert sorted(INSERT_FIELDS) == sorted(JobSpec._fields)
+    assert JobSpec._fields[: len(COPY_FIELDS)] == COPY_FIELDS
+
+
+def test_every_options_face_names_the_same_options():
+    options = set(OPTION_FIELDS)
+    assert set(JobOptions.__annotations__) == options
+    assert {f.name for f in dataclasses.fields(EnqueueOptions)} == {*options, "conn"}
+    with_options = inspect.signature(pgqueue.Task.with_options).parameters
+    assert set(with_options) - {"self"} == {*options, "conn"}
+    api = {API_NAMES.get(name, name) for name in options}
+    assert {f.name for f in msgspec.structs.fields(JobIn)} == {*api, "task", "args"}
+
+
+@pytest.mark.parametrize("statement", ["get_job", "list_jobs"])
+def test_job_rows_name_every_job_field(dsn, statement):
+    params = (1,) if statement == "get_job" else (None, None, None, None, 1)
+    with psycopg.connect(dsn) as conn:
+        cur = psycopg.RawCursor(conn)
+        cur.execute(query(statement), params)
+        assert cur.description is not None
+        names = [c.name for c in cur.description]
+    assert names == [f.name for f in dataclasses.fields(Job)]
+
+
+@pytest.fixture
+def echo(queue):
+    @queue.task(name="definition.echo")
+    async def echo(n: int, text: str) -> None: ...
+
+    return echo
+
+
+def assert_carried(job: Job | None, options: dict[str, Any], path: str) -> None:
+    assert job is not None, path
+    assert (job.task, job.args) == ("definition.echo", ARGS), path
+    for name, value in options.items():
+        if name == "delay":
+            assert job.run_at > job.created_at + timedelta(seconds=value - 60), path
+            assert job.run_at <= job.created_at + timedelta(seconds=value + 60), path
+        else:
+            assert getattr(job, name) == value, (path, name)
+
+
+def variants() -> list[dict[str, Any]]:
+    without_run_at = {k: v for k, v in SAMPLES.items() if k != "run_at"}
+    return [dict(SAMPLES), {**without_run_at, "delay": DELAY}]
+
+
+async def test_one_at_a_time_by_name_and_by_task(dsn, queue, echo):
+    for n, options in enumerate(variants()):
+        keyed = {**options, "idempotency_key": f"{options['idempotency_key']}-{n}"}
+        paths = {
+            "enqueue": await queue.enqueue("definition.echo", ARGS, **keyed | _key(keyed, "a")),
+            "enqueue_sync": queue.enqueue_sync("definition.echo", ARGS, **keyed | _key(keyed, "b")),
+            "with_options": await echo.with_options(**keyed | _key(keyed, "c")).enqueue(**ARGS),
+            "with_options sync": echo.with_options(**keyed | _key(keyed, "d")).enqueue_sync(**ARGS),
+        }
+        with psycopg.connect(dsn) as conn:
+            paths["conn="] = echo.with_options(conn=conn, **keyed | _key(keyed, "e")).enqueue_sync(
+                **ARGS
+            )
+        for path, result in paths.items():
+            assert_carried(await queue.get_job(result.id), _expected(keyed, path), path)
+            assert_carried(queue.get_job_sync(result.id), _expected(keyed, path), path)
+
+
+async def test_in_bulk_by_insert_and_by_copy(queue, echo):
+    for n, options in enumerate(variants()):
+        specs = [
+            echo.with_options(**options | {"idempotency_key": f"bulk-{n}-{i}"}).job(**ARGS)
+            for i in range(3)
+        ]
+        for enqueue_many in (queue.enqueue_many, queue.enqueue_many_sync):
+            fresh = [
+                s._replace(idempotency_key=f"{s.idempotency_key}-{enqueue_many.__name__}")
+                for s in specs
+            ]
+            results = enqueue_many(fresh)
+            if inspect.isawaitable(results):
+                results = await results
+            for spec, result in zip(fresh, results, strict=True):
+                expected = options | {"idempotency_key": spec.idempotency_key}
+                assert_carried(await queue.get_job(result.id), expected, "enqueue_many")
+    # COPY carries the leading fields; make each of them unlike its default.
+    copied = echo.with_options(queue="copied_q", priority=-3, max_attempts=7).job(**ARGS)
+    assert copied.copyable
+    for result in await queue.enqueue_many([copied, copied]):
+        job = await queue.get_job(result.id)
+        assert_carried(job, {"queue": "copied_q", "priority": -3, "max_attempts": 7}, "COPY")
+        assert job is not None
+        assert (job.timeout, job.idempotency_key) == (None, None)
+
+
+async def test_over_http(dsn, queue):
+    async with AsyncTestClient(create_app(ServiceSettings(dsn=dsn, auth=False))) as client:
+        for n, options in enumerate(variants()):
+            body: dict[str, Any] = {"task": "definition.echo", "args": ARGS}
+            for name, value in options.items():
+                sent = f"{value}-http-{n}" if name == "idempotency_key" else value
+                body[API_NAMES.get(name, name)] = (
+                    sent.isoformat() if isinstance(sent, datetime) else sent
+                )
+            posted = await client.post("/v1/jobs", json=body)
+            assert posted.status_code == 202, posted.text
+            got = await client.get(f"/v1/jobs/{posted.json()['id']}")
+            assert got.json() == posted.json()  # the 202 says what a read says
+            expected = options | {"idempotency_key": f"{options['idempotency_key']}-http-{n}"}
+            assert_carried(await queue.get_job(posted.json()["id"]), expected, "POST /v1/jobs")
+            read = got.json()
+            for name, value in expected.items():
+                field = API_NAMES.get(name, name)
+                if name == "run_at":
+                    assert datetime.fromisoformat(read["run_at"]) == value
+                elif name != "delay":
+                    assert read[field] == value, field
+
+
+def test_psycopg_rows_are_read_by_name_like_asyncpg_records(dsn):
+    with psycopg.connect(dsn) as conn:
+        rows = PsycopgExecutor(conn).fetch("SELECT 1 AS one, 'two' AS two", ())
+    assert rows[0]["two"] == "two"
+    assert rows[0][0] == 1
+    assert tuple(rows[0]) == (1, "two")
+
+
+def _key(options: dict[str, Any], suffix: str) -> dict[str, Any]:
+    return {"idempotency_key": f"{options['idempotency_key']}-{suffix}"}
+
+
+_SUFFIXES = {
+    "enqueue": "a",
+    "enqueue_sync": "b",
+    "with_options": "c",
+    "with_options sync": "d",
+    "conn=": "e",
+}
+
+
+def _expected(options: dict[str, Any], path: str) -> dict[str, Any]:
+    return options | _key(options, _SUFFIXES[path])
