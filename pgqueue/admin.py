@@ -29,7 +29,7 @@ import itertools
 import secrets
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
-from pgqueue import driver
+from pgqueue import driver, driver_sync
 from pgqueue.errors import InvalidJobError, JobNotFoundError, PgQueueError
 from pgqueue.executors import (
     AsyncpgExecutor,
@@ -341,7 +341,7 @@ class Admin:
         """The sync twin of :meth:`create_api_key`."""
         key, digest = _new_key(name, scope)
         key_id = self._run_sync(
-            lambda ex: driver.create_api_key_sync(ex, name, scope, digest),
+            lambda ex: driver_sync.create_api_key(ex, name, scope, digest),
             conn,
             idempotent=False,
         )
@@ -361,7 +361,7 @@ class Admin:
 
     def list_api_keys_sync(self, *, conn: Any = None) -> list[ApiKey]:
         """The sync twin of :meth:`list_api_keys`."""
-        rows = self._run_sync(driver.api_key_rows_sync, conn, idempotent=True)
+        rows = self._run_sync(driver_sync.api_key_rows, conn, idempotent=True)
         return [_named(ApiKey, r) for r in rows]
 
     async def revoke_api_key(self, key_id: int, *, conn: Any = None) -> bool:
@@ -375,7 +375,7 @@ class Admin:
         """The sync twin of :meth:`revoke_api_key`."""
         key_id = _key_id(key_id)
         return self._run_sync(
-            lambda ex: driver.revoke_api_key_sync(ex, key_id), conn, idempotent=False
+            lambda ex: driver_sync.revoke_api_key(ex, key_id), conn, idempotent=False
         )
 
 

@@ -22,7 +22,7 @@ from typing import (
 
 import structlog
 
-from pgqueue import driver
+from pgqueue import driver, driver_sync
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
 from pgqueue.errors import InvalidJobError, UnknownTaskError
 from pgqueue.executors import (
@@ -303,9 +303,9 @@ class Queue:
     def enqueue_spec_sync(self, spec: JobSpec, *, conn: Any = None) -> EnqueueResult:
         spec = check_spec(spec)
         if conn is not None:
-            return driver.enqueue_sync(sync_executor_for(conn), spec)
+            return driver_sync.enqueue(sync_executor_for(conn), spec)
         return self._sync_connections().run(
-            lambda own: driver.enqueue_sync(PsycopgExecutor(own, own=True), spec),
+            lambda own: driver_sync.enqueue(PsycopgExecutor(own, own=True), spec),
             idempotent=spec.idempotency_key is not None,
         )
 
@@ -332,9 +332,9 @@ class Queue:
         if not specs:
             return []
         if conn is not None:
-            return driver.enqueue_many_sync(sync_executor_for(conn), specs)
+            return driver_sync.enqueue_many(sync_executor_for(conn), specs)
         return self._sync_connections().run(
-            lambda own: driver.enqueue_many_sync(PsycopgExecutor(own, own=True), specs),
+            lambda own: driver_sync.enqueue_many(PsycopgExecutor(own, own=True), specs),
             idempotent=_all_keyed(specs),
         )
 
@@ -355,9 +355,9 @@ class Queue:
         """The sync twin of :meth:`cancel`."""
         job_id = validate_job_id(job_id)
         if conn is not None:
-            return driver.cancel_sync(sync_executor_for(conn), job_id)
+            return driver_sync.cancel(sync_executor_for(conn), job_id)
         return self._sync_connections().run(
-            lambda own: driver.cancel_sync(PsycopgExecutor(own, own=True), job_id),
+            lambda own: driver_sync.cancel(PsycopgExecutor(own, own=True), job_id),
         )
 
     async def retry(self, job_id: int, *, conn: Any = None) -> None:
@@ -374,9 +374,9 @@ class Queue:
         """The sync twin of :meth:`retry`."""
         job_id = validate_job_id(job_id)
         if conn is not None:
-            return driver.retry_sync(sync_executor_for(conn), job_id)
+            return driver_sync.retry(sync_executor_for(conn), job_id)
         return self._sync_connections().run(
-            lambda own: driver.retry_sync(PsycopgExecutor(own, own=True), job_id),
+            lambda own: driver_sync.retry(PsycopgExecutor(own, own=True), job_id),
         )
 
     async def prune(self, retention: Retention | None = None) -> int:
@@ -400,7 +400,7 @@ class Queue:
         total = 0
         while True:
             gone = self._sync_connections().run(
-                lambda own: driver.prune_sync(PsycopgExecutor(own, own=True), params),
+                lambda own: driver_sync.prune(PsycopgExecutor(own, own=True), params),
                 idempotent=True,
             )
             total += gone
@@ -419,7 +419,7 @@ class Queue:
     def pause_sync(self, queue: str) -> None:
         name = validate_queue_name(queue)
         self._sync_connections().run(
-            lambda own: driver.pause_queue_sync(PsycopgExecutor(own, own=True), name),
+            lambda own: driver_sync.pause_queue(PsycopgExecutor(own, own=True), name),
             idempotent=True,
         )
 
@@ -434,7 +434,7 @@ class Queue:
     def resume_sync(self, queue: str) -> None:
         name = validate_queue_name(queue)
         self._sync_connections().run(
-            lambda own: driver.resume_queue_sync(PsycopgExecutor(own, own=True), name),
+            lambda own: driver_sync.resume_queue(PsycopgExecutor(own, own=True), name),
             idempotent=True,
         )
 
@@ -458,16 +458,16 @@ class Queue:
 
     def queue_stats_sync(self) -> list[QueueStats]:
         return self._sync_connections().run(
-            lambda own: driver.queue_stats_sync(PsycopgExecutor(own, own=True)),
+            lambda own: driver_sync.queue_stats(PsycopgExecutor(own, own=True)),
             idempotent=True,
         )
 
     def get_job_sync(self, job_id: int, *, conn: Any = None) -> Job | None:
         job_id = validate_job_id(job_id)
         if conn is not None:
-            return driver.get_job_sync(sync_executor_for(conn), job_id)
+            return driver_sync.get_job(sync_executor_for(conn), job_id)
         return self._sync_connections().run(
-            lambda own: driver.get_job_sync(PsycopgExecutor(own, own=True), job_id),
+            lambda own: driver_sync.get_job(PsycopgExecutor(own, own=True), job_id),
             idempotent=True,
         )
 

@@ -63,6 +63,7 @@ from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotRead
 from pgqueue.logs import configure_logging
 from pgqueue.retention import Retention, parse_duration
 from pgqueue.worker import Worker
+from pgqueue.worker.core import DEFAULT_CONCURRENCY, DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -201,7 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="queue to work (repeatable; default: every queue the app's tasks use)",
     )
-    work.add_argument("--concurrency", type=_positive_int, default=10, help="jobs in flight")
+    work.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"jobs in flight at once, of every kind (default: {DEFAULT_CONCURRENCY})",
+    )
+    work.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="plain functions and transactional tasks running at once: the thread pool "
+        f"(default: {DEFAULT_THREADS}, or the concurrency if lower)",
+    )
     work.add_argument("--batch-size", type=_positive_int, default=100, help="jobs per claim")
     work.add_argument(
         "--poll-interval", type=_positive_float, default=2.0, help="safety-net poll, seconds"
@@ -222,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes",
         type=_positive_int,
         default=None,
-        help="size of the process pool for process=True tasks (default: min(concurrency, CPUs))",
+        help="size of the process pool for process=True tasks (default: min(threads, CPUs))",
     )
     defaults = Retention()
     for state in ("succeeded", "failed", "cancelled"):
@@ -259,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("app", metavar="APP", nargs="?", help="module:attribute of your Queue")
     dev.add_argument("--host", default="127.0.0.1", help="a loopback address")
     dev.add_argument("--port", type=_port, default=8000)
-    dev.add_argument("--concurrency", type=_positive_int, default=10)
+    dev.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY)
 
     psql = sub.add_parser(
         "psql",
@@ -668,6 +681,7 @@ def _worker(app: Queue, dsn: str, args: argparse.Namespace, signals: _Signals) -
             dsn=dsn,
             queues=args.queues,
             concurrency=args.concurrency,
+            threads=args.threads,
             batch_size=args.batch_size,
             poll_interval=args.poll_interval,
             grace_period=args.grace_period,

@@ -1,9 +1,11 @@
-"""The database operations, one function per operation, for each face.
+"""The database operations, one function per operation: the async face, and the source
+of the sync one.
 
-The async functions take an AsyncExecutor, the sync ones a SyncExecutor; both build
-their parameters and read their rows with the same pure helpers from ``pgqueue.jobs``,
-so the two faces cannot drift apart. The statements themselves are in
-``sql/queries.sql``.
+Each function takes an AsyncExecutor. ``pgqueue/driver_sync.py``, the same functions
+taking a SyncExecutor, is generated from this file by ``scripts/async_to_sync.py``
+(a test fails when it is stale): edit this file, then run the script. Both faces build
+their parameters and read their rows with the same pure helpers from ``pgqueue.jobs``.
+The statements themselves are in ``sql/queries.sql``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pgqueue.states import JobState
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from pgqueue.executors import AsyncExecutor, SyncExecutor
+    from pgqueue.executors import AsyncExecutor
     from pgqueue.retention import PruneParams
 
 # A keyed enqueue whose key's holder committed after the statement's snapshot sees
@@ -50,9 +52,6 @@ def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
         "see (REPEATABLE READ or SERIALIZABLE snapshot?): enqueue keyed jobs under READ "
         "COMMITTED"
     )
-
-
-# --- async face ------------------------------------------------------------------------
 
 
 async def enqueue(ex: AsyncExecutor, spec: JobSpec) -> EnqueueResult:
@@ -267,135 +266,6 @@ async def resume_queue(ex: AsyncExecutor, queue: str) -> None:
     await ex.fetch(query("resume_queue"), (queue,))
 
 
-async def find_api_key(ex: AsyncExecutor, key_hash: bytes) -> tuple[int, str, str] | None:
-    rows = await ex.fetch(query("find_api_key"), (key_hash,))
-    return None if not rows else (rows[0][0], rows[0][1], rows[0][2])
-
-
-async def throughput(ex: AsyncExecutor, minutes: int) -> list[tuple[str, int, int, int]]:
-    """(queue, minutes ago, jobs finished, of which failed) over the last ``minutes``
-    minutes, for the dashboard; minutes with nothing finished have no row."""
-    rows = await ex.fetch(query("dashboard_throughput"), (minutes,))
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-
-async def metrics_jobs(ex: AsyncExecutor, bounds_us: Sequence[int]) -> list[tuple[Any, ...]]:
-    """The job figures of GET /metrics, one row per queue, task and duration bucket
-    (columns as in the ``metrics_jobs`` block); ``bounds_us`` are the histogram's
-    bucket bounds in microseconds, ascending."""
-    return [tuple(r) for r in await ex.fetch(query("metrics_jobs"), (list(bounds_us),))]
-
-
-async def metrics_queues(ex: AsyncExecutor) -> list[tuple[str, bool]]:
-    """(name, paused) of every queue with settings of its own."""
-    return [(r[0], r[1]) for r in await ex.fetch(query("metrics_queues"), ())]
-
-
-# --- sync face -------------------------------------------------------------------------
-
-
-def enqueue_sync(ex: SyncExecutor, spec: JobSpec) -> EnqueueResult:
-    row = _enqueue_row_sync(ex, spec)
-    return EnqueueResult(id=row["id"], duplicate=row["duplicate"])
-
-
-def _enqueue_row_sync(ex: SyncExecutor, spec: JobSpec) -> Any:
-    sql, params = _enqueue_statement(spec), spec.insert_params()
-    for _ in range(IDEMPOTENT_ROUNDS):
-        rows = ex.fetch(sql, params)
-        if rows:
-            return rows[0]
-    raise _unresolved_key(spec)
-
-
-def enqueue_many_sync(ex: SyncExecutor, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
-    specs = list(specs)
-    if all(s.copyable for s in specs):
-        ids = list(ex.fetch(query("reserve_ids"), (len(specs),))[0][0])
-        ex.copy_in(query("copy_jobs"), copy_records(ids, specs))
-        return [EnqueueResult(job_id) for job_id in ids]
-    plan = BulkPlan.for_specs(specs)
-    with ex.atomic():
-        for _ in range(IDEMPOTENT_ROUNDS):
-            rows = plan.pending()
-            if not rows:
-                break
-            ids = list(ex.fetch(query("reserve_ids"), (len(rows),))[0][0])
-            batch = [plan.specs[i] for i in rows]
-            inserted = {r["id"] for r in ex.fetch(query("enqueue_many"), bulk_params(ids, batch))}
-            missing = plan.record_insert(rows, ids, inserted)
-            if missing:
-                holders = ex.fetch(query("find_by_idempotency_keys"), (missing,))
-                plan.record_existing({r["idempotency_key"]: r["id"] for r in holders})
-    return plan.finish()
-
-
-def complete_in_transaction_sync(
-    ex: SyncExecutor,
-    job_id: int,
-    attempt: int,
-    result: str | None,
-    *,
-    worker_id: str,
-    idle_limit: float,
-) -> bool:
-    rows = ex.fetch(
-        query("complete_in_transaction"),
-        (job_id, attempt, result, worker_id, _milliseconds(idle_limit)),
-    )
-    return bool(rows)
-
-
-def cancel_sync(ex: SyncExecutor, job_id: int) -> JobState:
-    try:
-        rows = ex.fetch(query("cancel_job"), (job_id,))
-    except Exception as exc:
-        raise (translate_db_error(exc) or exc) from exc
-    return JobState(rows[0][0])
-
-
-def prune_sync(ex: SyncExecutor, params: PruneParams) -> int:
-    rows = ex.fetch(query("prune_jobs"), params)
-    return int(rows[0][0])
-
-
-def retry_sync(ex: SyncExecutor, job_id: int) -> None:
-    try:
-        ex.fetch(query("retry_job"), (job_id,))
-    except Exception as exc:
-        raise (translate_db_error(exc) or exc) from exc
-
-
-def get_job_sync(ex: SyncExecutor, job_id: int) -> Job | None:
-    rows = ex.fetch(query("get_job"), (job_id,))
-    return job_from_row(rows[0]) if rows else None
-
-
-def pause_queue_sync(ex: SyncExecutor, queue: str) -> None:
-    ex.fetch(query("pause_queue"), (queue,))
-
-
-def resume_queue_sync(ex: SyncExecutor, queue: str) -> None:
-    ex.fetch(query("resume_queue"), (queue,))
-
-
-def queue_stats_sync(ex: SyncExecutor) -> list[QueueStats]:
-    return [queue_stats_from_row(r) for r in ex.fetch(query("queue_stats"), ())]
-
-
-def create_api_key_sync(ex: SyncExecutor, name: str, scope: str, key_hash: bytes) -> int:
-    rows = ex.fetch(query("create_api_key"), (name, scope, key_hash))
-    return int(rows[0][0])
-
-
-def list_api_keys_sync(ex: SyncExecutor) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in ex.fetch(query("list_api_keys"), ())]
-
-
-def revoke_api_key_sync(ex: SyncExecutor, key_id: int) -> bool:
-    return bool(ex.fetch(query("revoke_api_key"), (key_id,)))
-
-
 # --- admin: what pgqueue.admin reads, as rows it decodes by column name ------------------
 
 
@@ -412,10 +282,6 @@ async def find_api_key_row(ex: AsyncExecutor, key_hash: bytes) -> Any:
 
 async def api_key_rows(ex: AsyncExecutor) -> list[Any]:
     return await ex.fetch(query("list_api_keys"), ())
-
-
-def api_key_rows_sync(ex: SyncExecutor) -> list[Any]:
-    return ex.fetch(query("list_api_keys"), ())
 
 
 async def revoke_api_key(ex: AsyncExecutor, key_id: int) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from workerproc import WorkerProcess, wait_for_sql
 
 import pgqueue
-from pgqueue import JobState, driver
+from pgqueue import JobState, driver_sync
 from pgqueue.dberrors import connection_failed
 from pgqueue.executors import PsycopgExecutor
 from pgqueue.locks import RESCUE
@@ -207,7 +207,7 @@ def test_a_completion_never_committed_is_ended_after_the_lease_and_its_job_rescu
     job_id, worker_id = _job_held_by_a_dead_worker(dsn)
     frozen = psycopg.connect(dsn)
     try:
-        done = driver.complete_in_transaction_sync(
+        done = driver_sync.complete_in_transaction(
             PsycopgExecutor(frozen), job_id, 1, None, worker_id=worker_id, idle_limit=0.5
         )
         assert done
@@ -234,7 +234,7 @@ def test_a_completion_never_committed_is_ended_after_the_lease_and_its_job_rescu
 def test_the_idle_limit_ends_with_the_completing_transaction(dsn):
     job_id, worker_id = _job_held_by_a_dead_worker(dsn)
     with psycopg.connect(dsn) as conn:
-        assert driver.complete_in_transaction_sync(
+        assert driver_sync.complete_in_transaction(
             PsycopgExecutor(conn), job_id, 1, None, worker_id=worker_id, idle_limit=0.2
         )
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("200ms",)

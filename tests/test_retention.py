@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import pgqueue
-from pgqueue import Retention, driver
+from pgqueue import Retention, driver_sync
 from pgqueue.executors import PsycopgExecutor
 from pgqueue.locks import PRUNE
 from pgqueue.retention import PRUNE_BATCH, parse_duration
@@ -274,5 +274,5 @@ def test_driver_prune_counts_the_batch(dsn):
     ids = _jobs_finished_ago(dsn, "cancelled", 2 * HOUR, count=3)
     with psycopg.connect(dsn, autocommit=True) as conn:
         params = Retention(succeeded=None, failed=None, cancelled=HOUR).params(2)
-        assert driver.prune_sync(PsycopgExecutor(conn), params) == 2
+        assert driver_sync.prune(PsycopgExecutor(conn), params) == 2
     assert len(_remaining(dsn, ids)) == 1

@@ -1,6 +1,9 @@
 """The claim loop: claim jobs in batches while there are free slots, sleep when idle.
 
-At most ``concurrency`` jobs are in flight. An idle worker sleeps until the listener's
+At most ``concurrency`` jobs are in flight (fewer for an app without async tasks:
+:func:`in_flight_limit`), and none is claimed while a job waits for a thread or a
+process, so that a worker never holds jobs it cannot start that another could run.
+An idle worker sleeps until the listener's
 wake-up (an enqueue's NOTIFY), the next delayed job's time, or the poll interval,
 whichever comes first. Before a claim it hands back the jobs it holds in the database
 without knowing it (:class:`HandBack`).
@@ -26,7 +29,9 @@ if TYPE_CHECKING:
     import asyncpg
 
     from pgqueue.jobs import ClaimedJob
+    from pgqueue.tasks import Task
     from pgqueue.worker.core import WorkerStats
+    from pgqueue.worker.execution import TaskRunner
     from pgqueue.worker.lifecycle import Jobs
 
 # However sure a worker is of what it holds, it checks against the database this often
@@ -35,6 +40,29 @@ if TYPE_CHECKING:
 RECONCILE_SECONDS = 30.0
 # A claim that fails with one of these claimed nothing: back off and claim again.
 CLAIM_RETRY_ERRORS = DATABASE_ERRORS
+
+
+def in_flight_limit(
+    tasks: Iterable[Task[Any, Any]],
+    queues: Iterable[str],
+    *,
+    concurrency: int,
+    threads: int,
+    processes: int,
+) -> int:
+    """How many jobs the worker may hold at once. ``concurrency`` if any of the tasks
+    of the queues it serves (else of the app) runs on the event loop; otherwise no more
+    than their threads and processes can run, so that a worker of plain functions does
+    not claim jobs that would only wait in it."""
+    every = list(tasks)
+    served = set(queues)
+    mine = [t for t in every if t.queue in served] or every
+    if not mine or any(t.is_async and not (t.transactional or t.process) for t in mine):
+        return concurrency
+    limit = threads if any(not t.process for t in mine) else 0
+    if any(t.process for t in mine):
+        limit += processes
+    return max(1, min(concurrency, limit))
 
 
 class HandBack:
@@ -87,6 +115,7 @@ class Claimer:
         self,
         pool: asyncpg.Pool[Any],
         jobs: Jobs,
+        runner: TaskRunner,
         *,
         queues: list[str],
         concurrency: int,
@@ -101,6 +130,7 @@ class Claimer:
     ) -> None:
         self._pool = pool
         self._jobs = jobs
+        self._runner = runner
         self._queues = queues
         self._concurrency = concurrency
         self._batch_size = batch_size
@@ -123,6 +153,9 @@ class Claimer:
         while not stop.is_set():
             if not self._registered.is_set():
                 await first_of(self._registered, stop, timeout=None)
+                continue
+            if self._runner.waiting:  # jobs claimed but not started: take no more
+                await first_of(self._runner.unblocked, stop, timeout=None)
                 continue
             free = self._concurrency - len(running)
             if free <= 0:

@@ -25,7 +25,7 @@ from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_queue_name
 from pgqueue.pools import acquire
 from pgqueue.retention import Retention
-from pgqueue.worker.claiming import CLAIM_RETRY_ERRORS, Claimer, HandBack
+from pgqueue.worker.claiming import CLAIM_RETRY_ERRORS, Claimer, HandBack, in_flight_limit
 from pgqueue.worker.completer import Completer
 from pgqueue.worker.execution import ProgressWriter, TaskRunner
 from pgqueue.worker.heartbeat import Heartbeat
@@ -44,6 +44,13 @@ if TYPE_CHECKING:
     from pgqueue.app import Queue
 
 _DEFAULT_RETENTION = Retention()
+# Jobs in flight at once: async tasks cost a coroutine each, and a no-op job spends most
+# of its time waiting on the claim and completion round trips, so a worker needs about a
+# claim batch of them in flight to keep its connection busy.
+DEFAULT_CONCURRENCY = 100
+# Plain functions running at once, in the thread pool: threads are not free, and a busy
+# thread holds the GIL that the event loop needs.
+DEFAULT_THREADS = 10
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,7 +71,8 @@ class Worker:
         *,
         dsn: str | None = None,
         queues: Sequence[str] | None = None,
-        concurrency: int = 10,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        threads: int | None = None,
         batch_size: int = 100,
         poll_interval: float = 2.0,
         grace_period: float = 30.0,
@@ -75,6 +83,10 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if threads is not None and not 1 <= threads <= concurrency:
+            raise ValueError(
+                f"threads must be between 1 and concurrency ({concurrency}), got {threads}"
+            )
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if poll_interval <= 0:
@@ -91,6 +103,8 @@ class Worker:
         self._dsn = dsn
         self.queues = [validate_queue_name(q) for q in (queues or app.queues())]
         self.concurrency = concurrency
+        # Plain functions in flight at once (the thread pool's size), within concurrency.
+        self.threads = threads if threads is not None else min(DEFAULT_THREADS, concurrency)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.grace_period = grace_period
@@ -99,8 +113,9 @@ class Worker:
         # are recorded in pgqueue.workers: the rescue judges this worker by its own lease.
         self.lease = lease
         self.heartbeat_interval = lease / 5
-        # The process pool of process=True tasks, started with the first such job.
-        self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        # The process pool of process=True tasks, started with the first such job: at
+        # most this many of them in flight at once.
+        self.processes = processes or min(self.threads, os.cpu_count() or 1)
         # Finished jobs past their retention are pruned by one worker at a time, every
         # prune_interval seconds; None (or Retention.forever()) leaves it to others.
         self.retention = retention if retention is not None and retention.prunes else None
@@ -188,6 +203,9 @@ class Worker:
         log.info(
             "worker_started",
             worker_id=self.worker_id,
+            threads=self.threads,
+            processes=self.processes,
+            batch_size=self.batch_size,
             poll_interval=self.poll_interval,
             lease=self.lease,
             maintenance=[s.name for s in started.services.services],
@@ -225,11 +243,11 @@ class _Started:
         self.registered = asyncio.Event()
         self.registered.set()
         wake = asyncio.Event()
-        self.threads = ThreadPoolExecutor(worker.concurrency, thread_name_prefix="pgqueue-task")
+        self.threads = ThreadPoolExecutor(worker.threads, thread_name_prefix="pgqueue-task")
         self.runner = TaskRunner(
             worker.dsn,
             threads=self.threads,
-            concurrency=worker.concurrency,
+            thread_count=worker.threads,
             processes=worker.processes,
             lease=worker.lease,
         )
@@ -256,8 +274,15 @@ class _Started:
         self.claimer = Claimer(
             pool,
             self.jobs,
+            self.runner,
             queues=worker.queues,
-            concurrency=worker.concurrency,
+            concurrency=in_flight_limit(
+                worker.app.tasks.values(),
+                worker.queues,
+                concurrency=worker.concurrency,
+                threads=worker.threads,
+                processes=worker.processes,
+            ),
             batch_size=worker.batch_size,
             poll_interval=worker.poll_interval,
             worker_id=worker_id,

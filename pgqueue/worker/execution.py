@@ -12,6 +12,13 @@ marks its job succeeded.
 - Tasks registered with ``process=True`` run in a pool of worker processes (pebble's),
   where the deadline really ends the work: the process is killed and replaced. This is
   also the mode for CPU-bound functions, which would hold the GIL in a thread.
+
+Async tasks are limited only by the worker's concurrency. The rest wait for a slot
+first: plain functions and transactional tasks for one of ``threads`` (a thread, or a
+connection of the transaction pools), process tasks for one of ``processes``. A job's
+deadline starts once it has its slot, and the slot comes back when the thread or
+process has let go, not when the job stopped waiting for it: a pool never runs more
+calls than its size, and none queue inside it.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import psycopg_pool
 import structlog
 from pebble import ProcessPool
 
-from pgqueue import driver
+from pgqueue import driver, driver_sync
 from pgqueue.connect import asyncpg_pool, psycopg_connect_args
 from pgqueue.context import RunningJob, enter_job
 from pgqueue.dberrors import DATABASE_ERRORS, TRANSIENT_ERRORS, connection_failed
@@ -43,7 +50,7 @@ from pgqueue.pools import acquire
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from concurrent.futures import Executor
+    from concurrent.futures import Executor, Future
 
     import asyncpg
 
@@ -121,13 +128,21 @@ class TaskRunner:
     transaction pools that it opens the first time a task needs one."""
 
     def __init__(
-        self, dsn: str, *, threads: Executor, concurrency: int, processes: int, lease: float
+        self, dsn: str, *, threads: Executor, thread_count: int, processes: int, lease: float
     ) -> None:
         self._dsn = dsn
         self._lease = lease
         self._threads = threads
-        self._concurrency = concurrency
+        self._thread_count = thread_count
         self._process_count = processes
+        self._thread_slots = asyncio.Semaphore(thread_count)
+        self._process_slots = asyncio.Semaphore(processes)
+        self._loop = asyncio.get_running_loop()
+        # Jobs waiting for a slot; ``unblocked`` is set whenever none is (the claim loop
+        # takes no more jobs while some wait).
+        self.waiting = 0
+        self.unblocked = asyncio.Event()
+        self.unblocked.set()
         self._processes: ProcessPool | None = None
         self._async_pool: asyncpg.Pool[Any] | None = None
         self._async_pool_lock = asyncio.Lock()
@@ -143,7 +158,11 @@ class TaskRunner:
         enter_job(running)  # this asyncio task's own context
         if task.transactional:
             if task.is_async:
-                return await self._run_transactional(task, job, worker_id, timeout)
+                await self._take(self._thread_slots)
+                try:
+                    return await self._run_transactional(task, job, worker_id, timeout)
+                finally:
+                    self._thread_slots.release()
             call = functools.partial(self._run_transactional_sync, task, job, worker_id)
             ran: Ran = await self._in_thread(call, running, timeout)
             return ran
@@ -155,13 +174,45 @@ class TaskRunner:
             value = await self._in_thread(functools.partial(task.fn, **job.args), running, timeout)
         return Ran(encode_result(value))
 
+    # --- slots ---------------------------------------------------------------------------
+
+    async def _take(self, slots: asyncio.Semaphore) -> None:
+        if not slots.locked():
+            await slots.acquire()  # at once
+            return
+        self.waiting += 1
+        self.unblocked.clear()
+        try:
+            await slots.acquire()
+        finally:
+            self.waiting -= 1
+            if not self.waiting:
+                self.unblocked.set()
+
+    def _give_back_when_done(self, slots: asyncio.Semaphore, future: Future[Any]) -> None:
+        """Give the slot back once the call has let go of its thread or process (a job
+        cancelled meanwhile stops waiting for it at once, the call does not)."""
+
+        def done(_: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to give to
+                self._loop.call_soon_threadsafe(slots.release)
+
+        future.add_done_callback(done)
+
     # --- threads -------------------------------------------------------------------------
 
     async def _in_thread(
         self, fn: Callable[[], Any], running: RunningJob, timeout: float | None
     ) -> Any:
+        await self._take(self._thread_slots)
         call = _ThreadCall(fn, contextvars.copy_context())
-        future = asyncio.get_running_loop().run_in_executor(self._threads, call.run)
+        try:
+            submitted = self._threads.submit(call.run)
+        except BaseException:
+            self._thread_slots.release()
+            raise
+        self._give_back_when_done(self._thread_slots, submitted)
+        future = asyncio.wrap_future(submitted)
         if timeout is None:
             return await future
         try:
@@ -184,11 +235,17 @@ class TaskRunner:
             # and connections. Children import the task's module on their first job.
             context = multiprocessing.get_context("forkserver")
             self._processes = ProcessPool(self._process_count, context=context)
-        future = self._processes.schedule(
-            call_in_process,
-            args=(task.fn.__module__, task.fn.__qualname__, job.args, running.fields()),
-            timeout=timeout,
-        )
+        await self._take(self._process_slots)
+        try:
+            future = self._processes.schedule(
+                call_in_process,
+                args=(task.fn.__module__, task.fn.__qualname__, job.args, running.fields()),
+                timeout=timeout,
+            )
+        except BaseException:
+            self._process_slots.release()
+            raise
+        self._give_back_when_done(self._process_slots, future)
         try:
             # Cancelling this await (a cancelled job, a stop) cancels the pebble future,
             # which ends the process running it.
@@ -235,7 +292,7 @@ class TaskRunner:
             with pool.connection() as conn, conn.transaction():
                 value = task.fn(conn, **job.args)
                 result_json = encode_result(value)
-                done = driver.complete_in_transaction_sync(
+                done = driver_sync.complete_in_transaction(
                     PsycopgExecutor(conn),
                     job.id,
                     job.attempt,
@@ -258,7 +315,7 @@ class TaskRunner:
                 # Apart from the worker's own pool: a transactional task holds its
                 # connection for as long as it runs, and must not starve the claims.
                 self._async_pool = await asyncpg_pool(
-                    self._dsn, min_size=0, max_size=self._concurrency
+                    self._dsn, min_size=0, max_size=self._thread_count
                 )
             return self._async_pool
 
@@ -268,7 +325,7 @@ class TaskRunner:
                 self._sync_pool = psycopg_pool.ConnectionPool(
                     self._dsn,
                     min_size=0,
-                    max_size=self._concurrency,
+                    max_size=self._thread_count,
                     kwargs=psycopg_connect_args(self._dsn),
                     open=True,
                 )

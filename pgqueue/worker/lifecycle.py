@@ -148,7 +148,8 @@ class Jobs:
         log = self._log.bind(job_id=job.id, queue=job.queue, task=job.task, attempt=job.attempt)
         task = self._tasks.get(job.task)
         started = time.perf_counter()
-        log.info("job_started")
+        # One info line per job (its outcome, below); the start is for debugging.
+        log.debug("job_started")
         try:
             ran = await self._call(task, job)
         except asyncio.CancelledError:
