@@ -63,7 +63,7 @@ from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotRead
 from pgqueue.logs import configure_logging
 from pgqueue.retention import Retention, parse_duration
 from pgqueue.worker import Worker
-from pgqueue.worker.core import DEFAULT_CONCURRENCY, DEFAULT_THREADS
+from pgqueue.worker.core import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain functions and transactional tasks running at once: the thread pool "
         f"(default: {DEFAULT_THREADS}, or the concurrency if lower)",
     )
-    work.add_argument("--batch-size", type=_positive_int, default=100, help="jobs per claim")
+    work.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="jobs per claim"
+    )
     work.add_argument(
         "--poll-interval", type=_positive_float, default=2.0, help="safety-net poll, seconds"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,14 +28,16 @@ class RunningJob:
     task: str
     attempt: int
     max_attempts: int
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    # A one-item flag, set from the loop and read from the task's thread (one item is
+    # read and written atomically): a threading.Event would cost every job a lock.
+    _cancelled: list[bool] = field(default_factory=lambda: [False], repr=False, compare=False)
     _progress: ProgressSink | None = field(default=None, repr=False, compare=False)
 
     def cancel_requested(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled[0]
 
     def request_cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled[0] = True
 
     async def set_progress(self, progress: Any) -> None:
         """Record how far the task has got: any JSON (a number, a dict...), shown in

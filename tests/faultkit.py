@@ -93,7 +93,7 @@ def spawn(dsn: str, *extra: str, ledger_dsn: str | None = None) -> WorkerProcess
         "fault_app:queue",
         dsn,
         "--concurrency", "20", "--lease", LEASE, "--poll-interval", "0.5",
-        # PGQUEUE_FAULT_LOG_LEVEL=info keeps every job event, for chasing a failure.
+        # PGQUEUE_FAULT_LOG_LEVEL=debug keeps every job event, for chasing a failure.
         "--log-level", os.environ.get("PGQUEUE_FAULT_LOG_LEVEL", "warning"), *extra,
         env={"LEDGER_DSN": ledger_dsn or dsn},
     )  # fmt: skip

@@ -29,6 +29,11 @@ def pgqueue_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
         (["worker", "no_such_module:queue"], "cannot import 'no_such_module'"),
         (["worker", "slow_app:missing"], "not a pgqueue.Queue"),
         (["worker", "slow_app:queue", "--concurrency", "0"], "must be at least 1"),
+        (["worker", "slow_app:queue", "--threads", "0"], "must be at least 1"),
+        (
+            ["worker", "slow_app:queue", "--concurrency", "4", "--threads", "5"],
+            "threads must be between 1 and concurrency (4), got 5",
+        ),
         (["worker", "slow_app:queue", "--poll-interval", "-1"], "must be positive"),
         (["worker", "slow_app:queue", "--queue", "bad name"], "invalid queue name"),
         (["worker", "slow_app:queue", "--keep-failed", "soon"], "invalid duration 'soon'"),

@@ -92,7 +92,7 @@ def test_the_jobs_of_a_killed_worker_are_rescued_after_the_lease(dsn):
     queue = pgqueue.Queue(dsn)
     retry_id = queue.enqueue_sync("slow.nap", {"seconds": 60}, queue="slow").id
     last_id = queue.enqueue_sync("slow.nap", {"seconds": 60}, queue="slow", max_attempts=1).id
-    doomed = WorkerProcess("slow_app:queue", dsn, "--lease", "1")
+    doomed = WorkerProcess("slow_app:queue", dsn, "--lease", "1", "--log-level", "debug")
     # The rescuer serves another queue, so that the rescued jobs stay visible as queued.
     rescuer = WorkerProcess("slow_app:queue", dsn, "--lease", "1", "--queue", "elsewhere")
     try:
@@ -125,12 +125,12 @@ def test_the_jobs_of_a_killed_worker_are_rescued_after_the_lease(dsn):
 def test_a_frozen_worker_that_wakes_does_not_write_over_the_new_owner(dsn):
     queue = pgqueue.Queue(dsn)
     job_id = queue.enqueue_sync("slow.whoami", {"seconds": 3}, queue="slow").id
-    frozen = WorkerProcess("slow_app:queue", dsn, "--lease", "1.5")
+    frozen = WorkerProcess("slow_app:queue", dsn, "--lease", "1.5", "--log-level", "debug")
     heir = None
     try:
         frozen.wait_for_event("job_started")
         frozen.signal(signal.SIGSTOP)  # cut off: no heartbeat, no progress
-        heir = WorkerProcess("slow_app:queue", dsn, "--lease", "1.5")
+        heir = WorkerProcess("slow_app:queue", dsn, "--lease", "1.5", "--log-level", "debug")
         heir.wait_for_event("job_started", timeout=30)  # rescued, then claimed anew
         frozen.signal(signal.SIGCONT)  # its task finishes at once: a stale outcome
         frozen.wait_for_event("worker_rejoined", timeout=30)
@@ -256,7 +256,7 @@ async def test_a_short_lease_rescuer_never_takes_the_job_of_a_live_long_lease_wo
     job_id = (await queue.enqueue("slow.nap", {"seconds": 3}, queue="slow")).id
     # B serves another queue: a rescued job would stay visible, and A alone runs it.
     async with running_worker(queue, queues=["elsewhere"], lease=0.5) as rescuer:
-        owner = WorkerProcess("slow_app:queue", dsn, "--lease", "5")
+        owner = WorkerProcess("slow_app:queue", dsn, "--lease", "5", "--log-level", "debug")
         try:
             job = await wait_for_job(queue, job_id, timeout=30)
             await asyncio.to_thread(owner.wait_for_event, "job_succeeded")

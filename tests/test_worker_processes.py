@@ -60,7 +60,7 @@ def test_sigterm_lets_running_jobs_finish_within_the_grace_period(dsn):
         queue.enqueue_sync("slow.nap", {"seconds": 1.0}, queue="slow").id,
         queue.enqueue_sync("slow.sync_nap", {"seconds": 1.0}, queue="slow").id,
     ]
-    worker = WorkerProcess("slow_app:queue", dsn, "--grace-period", "20")
+    worker = WorkerProcess("slow_app:queue", dsn, "--grace-period", "20", "--log-level", "debug")
     try:
         # Started, not merely claimed: a job claimed when the signal lands is handed
         # back unstarted instead.
@@ -83,7 +83,7 @@ def test_sigterm_lets_running_jobs_finish_within_the_grace_period(dsn):
 def test_jobs_still_running_after_the_grace_period_go_back_to_the_queue(dsn, task):
     queue = pgqueue.Queue(dsn)
     job_id = queue.enqueue_sync(task, {"seconds": 60}, queue="slow").id
-    worker = WorkerProcess("slow_app:queue", dsn, "--grace-period", "0.5")
+    worker = WorkerProcess("slow_app:queue", dsn, "--grace-period", "0.5", "--log-level", "debug")
     try:
         worker.wait_for_event("job_started", timeout=30)
         worker.signal(signal.SIGTERM)
@@ -100,7 +100,7 @@ def test_jobs_still_running_after_the_grace_period_go_back_to_the_queue(dsn, tas
 def test_a_second_signal_stops_at_once(dsn):
     queue = pgqueue.Queue(dsn)
     job_id = queue.enqueue_sync("slow.nap", {"seconds": 60}, queue="slow").id
-    worker = WorkerProcess("slow_app:queue", dsn, "--grace-period", "120")
+    worker = WorkerProcess("slow_app:queue", dsn, "--grace-period", "120", "--log-level", "debug")
     try:
         worker.wait_for_event("job_started", timeout=30)
         worker.signal(signal.SIGTERM)
@@ -116,23 +116,38 @@ def test_a_second_signal_stops_at_once(dsn):
 
 
 def test_logs_are_json_events_with_the_job_context_bound(dsn):
+    """At the default level a job that succeeds logs one line, job_succeeded with its
+    duration; its start is logged at debug."""
     queue = pgqueue.Queue(dsn)
-    job_id = queue.enqueue_sync("slow.nap", {"seconds": 0}, queue="slow").id
+    job_ids = [queue.enqueue_sync("slow.nap", {"seconds": 0}, queue="slow").id for _ in range(2)]
     worker = WorkerProcess("slow_app:queue", dsn)
+    debug = None
     try:
-        done = worker.wait_for_event("job_succeeded")
-        started = worker.wait_for_event("job_started")
+        worker.wait_for_event("job_succeeded", count=2)
         assert worker.stop() == 0
         stopped = worker.wait_for_event("worker_stopped")
+        events = worker.events()
+        debug = WorkerProcess("slow_app:queue", dsn, "--log-level", "debug")
+        job_id = queue.enqueue_sync("slow.nap", {"seconds": 0}, queue="slow").id
+        started = debug.wait_for_event("job_started")
+        assert debug.stop() == 0
     finally:
         worker.close()
+        if debug is not None:
+            debug.close()
         queue.close_sync()
-    for event in (started, done):
-        assert event["job_id"] == job_id
+    started_line = next(e for e in events if e["event"] == "worker_started")
+    assert (started_line["concurrency"], started_line["threads"]) == (200, 10)
+    per_job = [e for e in events if "job_id" in e]
+    assert sorted(e["job_id"] for e in per_job) == job_ids  # one line per job
+    for event in per_job:
+        assert event["event"] == "job_succeeded"
         assert event["queue"] == "slow"
         assert event["task"] == "slow.nap"
         assert event["attempt"] == 1
         assert event["level"] == "info"
+        assert event["duration_ms"] >= 0
         assert "timestamp" in event
-    assert (stopped["claimed"], stopped["succeeded"]) == (1, 1)
+    assert (started["job_id"], started["task"], started["level"]) == (job_id, "slow.nap", "debug")
+    assert (stopped["claimed"], stopped["succeeded"]) == (2, 2)
     assert stopped["completion_writes"] >= 1

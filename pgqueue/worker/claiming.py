@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from pgqueue.jobs import ClaimedJob
     from pgqueue.tasks import Task
     from pgqueue.worker.core import WorkerStats
     from pgqueue.worker.execution import TaskRunner
@@ -184,7 +183,7 @@ class Claimer:
                 await first_of(stop, timeout=delay)
                 continue
             if stop.is_set():
-                await self._release(jobs, worker_id)
+                await self.release([j.id for j in jobs], worker_id)
                 return
             self._stats.claimed += len(jobs)
             for job in jobs:
@@ -206,16 +205,16 @@ class Claimer:
             return self._poll_interval
         return min(max(due_in, 0.005), self._poll_interval)
 
-    async def _release(self, jobs: list[ClaimedJob], worker_id: str) -> None:
-        """Claimed but never started (the stop came during the claim): hand them back."""
-        if not jobs:
+    async def release(self, ids: list[int], worker_id: str | None = None) -> None:
+        """Claimed but never started (the stop came during the claim, or while they
+        waited for a thread): hand them back, as if never claimed."""
+        if not ids:
             return
-        ids = [j.id for j in jobs]
         try:
             async with acquire(self._pool) as conn:
-                await driver.release(AsyncpgExecutor(conn), ids, worker_id)
+                await driver.release(AsyncpgExecutor(conn), ids, worker_id or self._worker_id())
         except CLAIM_RETRY_ERRORS as exc:  # handed back by the rescue once we deregister
             self._log.warning("jobs_release_failed", job_ids=ids, error=repr(exc))
             return
-        self._stats.released += len(jobs)
+        self._stats.released += len(ids)
         self._log.info("jobs_released", job_ids=ids)

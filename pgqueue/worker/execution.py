@@ -138,9 +138,9 @@ class TaskRunner:
         self._thread_slots = asyncio.Semaphore(thread_count)
         self._process_slots = asyncio.Semaphore(processes)
         self._loop = asyncio.get_running_loop()
-        # Jobs waiting for a slot; ``unblocked`` is set whenever none is (the claim loop
-        # takes no more jobs while some wait).
-        self.waiting = 0
+        # Jobs waiting for a slot, which have not started; ``unblocked`` is set whenever
+        # none is (the claim loop takes no more jobs while some wait).
+        self.waiting: set[int] = set()
         self.unblocked = asyncio.Event()
         self.unblocked.set()
         self._processes: ProcessPool | None = None
@@ -158,7 +158,7 @@ class TaskRunner:
         enter_job(running)  # this asyncio task's own context
         if task.transactional:
             if task.is_async:
-                await self._take(self._thread_slots)
+                await self._take(self._thread_slots, job.id)
                 try:
                     return await self._run_transactional(task, job, worker_id, timeout)
                 finally:
@@ -176,16 +176,16 @@ class TaskRunner:
 
     # --- slots ---------------------------------------------------------------------------
 
-    async def _take(self, slots: asyncio.Semaphore) -> None:
+    async def _take(self, slots: asyncio.Semaphore, job_id: int) -> None:
         if not slots.locked():
             await slots.acquire()  # at once
             return
-        self.waiting += 1
+        self.waiting.add(job_id)
         self.unblocked.clear()
         try:
             await slots.acquire()
         finally:
-            self.waiting -= 1
+            self.waiting.discard(job_id)
             if not self.waiting:
                 self.unblocked.set()
 
@@ -204,7 +204,7 @@ class TaskRunner:
     async def _in_thread(
         self, fn: Callable[[], Any], running: RunningJob, timeout: float | None
     ) -> Any:
-        await self._take(self._thread_slots)
+        await self._take(self._thread_slots, running.id)
         call = _ThreadCall(fn, contextvars.copy_context())
         try:
             submitted = self._threads.submit(call.run)
@@ -235,7 +235,7 @@ class TaskRunner:
             # and connections. Children import the task's module on their first job.
             context = multiprocessing.get_context("forkserver")
             self._processes = ProcessPool(self._process_count, context=context)
-        await self._take(self._process_slots)
+        await self._take(self._process_slots, running.id)
         try:
             future = self._processes.schedule(
                 call_in_process,

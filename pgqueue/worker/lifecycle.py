@@ -80,7 +80,9 @@ class Jobs:
         self._stats = stats
         self._worker_id = worker_id
         self._on_outcome_lost = on_outcome_lost
-        self._log = structlog.get_logger("pgqueue.worker")
+        # Resolved once, when the worker starts (structlog is configured by then): the
+        # lazy proxy get_logger returns would resolve it again on every job's line.
+        self._log = structlog.get_logger("pgqueue.worker").bind()
         self.running: dict[int, asyncio.Task[None]] = {}
         # Set whenever a job ends: the claim loop waits on it when every slot is taken.
         self.slot_freed = asyncio.Event()
@@ -91,6 +93,9 @@ class Jobs:
         # Jobs given up when this worker learnt it had been declared dead: rescued and
         # perhaps running elsewhere already, so their outcomes are not ours to write.
         self._lost: set[int] = set()
+        # Jobs that waited for a thread or a process when the worker stopped: they never
+        # started, and go back to the queue as if never claimed.
+        self._withdrawn: set[int] = set()
         # Set once running jobs are being cancelled because the worker is stopping.
         self.interrupting = False
 
@@ -120,6 +125,15 @@ class Jobs:
             self._lost.add(job_id)
             task.cancel()
 
+    def withdraw_unstarted(self) -> list[int]:
+        """The worker is stopping: the jobs still waiting for a thread or a process will
+        not start. Their runs end here, with no outcome; the ids, to hand back."""
+        ids = [job_id for job_id in self._runner.waiting if job_id in self.running]
+        for job_id in ids:
+            self._withdrawn.add(job_id)
+            self.running[job_id].cancel()
+        return ids
+
     def interrupt_all(self) -> None:
         """Stop at once: every running job is cancelled and recorded as interrupted."""
         self.interrupting = True
@@ -145,44 +159,60 @@ class Jobs:
     # --- one job -----------------------------------------------------------------------
 
     async def _execute(self, job: ClaimedJob) -> None:
-        log = self._log.bind(job_id=job.id, queue=job.queue, task=job.task, attempt=job.attempt)
         task = self._tasks.get(job.task)
         started = time.perf_counter()
-        # One info line per job (its outcome, below); the start is for debugging.
-        log.debug("job_started")
+        # One info line per job: its outcome. The start is for debugging. A success logs
+        # its fields directly: a bound logger per job would cost more than the line.
+        self._log.debug(
+            "job_started", job_id=job.id, queue=job.queue, task=job.task, attempt=job.attempt
+        )
         try:
             ran = await self._call(task, job)
         except asyncio.CancelledError:
-            if not self._after_cancellation(log, task, job):
+            if not self._after_cancellation(self._job_log(job), task, job):
                 raise
         except Snooze as snooze:
             self._completer.snoozed(job.id, job.attempt, snooze.after)
             self._stats.snoozed += 1
-            log.info("job_snoozed", after=snooze.after)
+            self._job_log(job).info("job_snoozed", after=snooze.after)
         except OwnershipLostError:
             # Rescued or cancelled while it ran: its transaction was rolled back.
-            log.warning("job_abandoned", reason="no longer this worker's job at commit")
+            self._job_log(job).warning(
+                "job_abandoned", reason="no longer this worker's job at commit"
+            )
         except CommitOutcomeUnknownError as exc:
             # Committed or not, we cannot tell: if the job is still ours in the
             # database it goes back to the queue before the next claim.
-            log.warning("job_outcome_unknown", error=str(exc))
+            self._job_log(job).warning("job_outcome_unknown", error=str(exc))
             self._on_outcome_lost()
         except Exception as exc:
-            self._record_failure(log, task, job, exc)
+            self._record_failure(self._job_log(job), task, job, exc)
         else:
             if not ran.committed:
                 self._completer.succeeded(job.id, job.attempt, ran.result_json)
             self._stats.succeeded += 1
-            log.info("job_succeeded", duration_ms=round((time.perf_counter() - started) * 1e3, 3))
+            self._log.info(
+                "job_succeeded",
+                job_id=job.id,
+                queue=job.queue,
+                task=job.task,
+                attempt=job.attempt,
+                duration_ms=round((time.perf_counter() - started) * 1e3, 3),
+            )
         finally:
             del self.running[job.id]
             self._contexts.pop(job.id, None)
             self.slot_freed.set()
 
+    def _job_log(self, job: ClaimedJob) -> Any:
+        return self._log.bind(job_id=job.id, queue=job.queue, task=job.task, attempt=job.attempt)
+
     def _after_cancellation(self, log: Any, task: Task[Any, Any] | None, job: ClaimedJob) -> bool:
         """Account for a job whose run was cancelled; False if the cancellation was not
         ours (the worker's own task is being cancelled) and must go on up."""
-        if job.id in self._cancelled:
+        if job.id in self._withdrawn:
+            self._withdrawn.discard(job.id)
+        elif job.id in self._cancelled:
             self._cancelled.discard(job.id)
             log.info("job_cancelled")
         elif job.id in self._lost:
