@@ -378,7 +378,7 @@ def check_spec(spec: JobSpec) -> JobSpec:
         priority=spec.priority,
         max_attempts=spec.max_attempts,
         run_at=spec.run_at,
-        delay=spec.delay if spec.run_at is None else None,
+        delay=spec.delay if spec.run_at is None or spec.delay else None,
         idempotency_key=spec.idempotency_key,
         timeout=spec.timeout,
     )

@@ -160,6 +160,7 @@ async def test_a_jobspec_made_by_hand_is_checked_like_a_built_one(dsn, queue):
         (JobSpec(task="echo", args_json="{}", idempotency_key="a\x00"), "idempotency_key"),
         (JobSpec(task="echo", args_json="{}", timeout=-1.0), "timeout"),
         (JobSpec(task="no spaces allowed", args_json="{}"), "task"),
+        (JobSpec(task="echo", args_json="{}", run_at=datetime.now(UTC), delay=5.0), "run_at"),
     ]:
         with pytest.raises(InvalidJobError) as refused:
             await queue.enqueue_spec(spec)
