@@ -14,7 +14,7 @@ Exit statuses (every failure is one line on stderr, never a traceback):
 - 1: the command failed: a migration failed, or the database's schema is behind
   (``migrate --check``; ``worker``, ``api`` and ``keys`` on an unmigrated database);
 - 2: bad command-line input, or a command whose extra is not installed (``api``,
-  ``dev`` and ``keys`` need ``pgqueue-jobs[service]``): nothing was done;
+  ``dev`` need ``pgqueue-jobs[service]``): nothing was done;
 - 3: the database is unavailable: unreachable, refusing connections, no answer within
   the connect timeout, an unknown database or role, a failed authentication; or there
   is none: no DSN from any source and no ``embedded`` extra. A worker
@@ -50,7 +50,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pgqueue import extras, migrate
 from pgqueue._version import __version__
+from pgqueue.admin import Admin, InvalidApiKeyError, validate_api_key_request
 from pgqueue.app import Queue
+from pgqueue.connect import psycopg_connect_args
 from pgqueue.dberrors import connection_failed, refused_for_good
 from pgqueue.embedded import (
     DATA_DIR_ENV,
@@ -95,8 +97,8 @@ class UsageError(Exception):
     """Bad command-line input: exit 2 with this message."""
 
 
-# The commands that serve or administer the HTTP service: the `service` extra's.
-_SERVICE_COMMANDS = frozenset({"api", "dev", "keys"})
+# The commands that serve the HTTP service: the `service` extra's.
+_SERVICE_COMMANDS = frozenset({"api", "dev"})
 
 _NO_DATABASE = (
     "no database: set PGQUEUE_DSN or --dsn, or "
@@ -578,28 +580,42 @@ def _migrate(dsn: str, signals: _Signals, *, check: bool) -> int:
 
 
 def _keys(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
-    from pgqueue.service import auth  # noqa: PLC0415 - only this command needs the service
-
+    # The library's Admin API, on one connection: no service extra needed.
     if not _schema_ready(dsn, signals):
         return EXIT_FAILURE
+    log = structlog.get_logger("pgqueue.cli")
     if args.keys_command == "create":
         try:
-            key_id, key = signals.call(auth.create_key, dsn, name=args.name, scope=args.scope)
-        except ValueError as exc:  # checked before anything is written
+            validate_api_key_request(args.name, args.scope)  # before connecting
+        except InvalidApiKeyError as exc:
             raise UsageError(f"--name: {exc}") from exc
-        structlog.get_logger("pgqueue.cli").info(
-            "api_key_created", key_id=key_id, name=args.name, scope=args.scope
+        key_id, key = signals.call(
+            _on_admin,
+            dsn,
+            lambda admin, conn: admin.create_api_key_sync(args.name, args.scope, conn=conn),
         )
+        log.info("api_key_created", key_id=key_id, name=args.name, scope=args.scope)
         print(key)  # noqa: T201 - the one time the key is shown: stdout, for scripts
         return 0
     if args.keys_command == "list":
-        for row in signals.call(auth.list_keys, dsn):
+        keys = signals.call(_on_admin, dsn, lambda admin, conn: admin.list_api_keys_sync(conn=conn))
+        for row in keys:
             print("\t".join("" if v is None else str(v) for v in row))  # noqa: T201
         return 0
-    if not signals.call(auth.revoke_key, dsn, args.id):
+    revoked = signals.call(
+        _on_admin, dsn, lambda admin, conn: admin.revoke_api_key_sync(args.id, conn=conn)
+    )
+    if not revoked:
         raise UsageError(f"there is no live key with id {args.id}")
-    structlog.get_logger("pgqueue.cli").info("api_key_revoked", key_id=args.id)
+    log.info("api_key_revoked", key_id=args.id)
     return 0
+
+
+def _on_admin(dsn: str, call: Callable[[Admin, psycopg.Connection[Any]], T]) -> T:
+    """``call`` with an Admin and one connection of its own (a command makes one call:
+    no pool to start and stop)."""
+    with psycopg.connect(dsn, autocommit=True, **psycopg_connect_args(dsn)) as conn:
+        return call(Admin(Queue(dsn)), conn)
 
 
 def _api(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
 
 from pgqueue.errors import InvalidJobError
 from pgqueue.limits import (
@@ -23,6 +23,11 @@ from pgqueue.limits import (
     RUN_AT_MIN,
 )
 from pgqueue.states import JobState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+_T = TypeVar("_T")
 
 # The same patterns as the CHECK constraints on pgqueue.jobs: checked here first so the
 # caller gets a clear error instead of a constraint violation.
@@ -355,6 +360,69 @@ def build_job(
     )
 
 
+class JobOptions(TypedDict, total=False):
+    """A job's options, as :meth:`Queue.enqueue`, :meth:`Queue.build` and
+    :meth:`Task.with_options` take them: the one declaration of them in the library
+    (the HTTP API's ``JobIn`` names the same ones, pinned by a test). An option left out,
+    or None, takes the default: the task's queue, priority and attempts, else none."""
+
+    queue: str | None
+    priority: int | None
+    max_attempts: int | None
+    run_at: datetime | None
+    delay: float | None
+    idempotency_key: str | None
+    timeout: float | None
+
+
+JOB_OPTION_NAMES = frozenset(JobOptions.__annotations__)
+
+
+def check_option_names(options: JobOptions) -> None:
+    """TypeError for a misspelt option, as Python raises for a bad keyword argument (a
+    ``**options`` catches any name, and an unknown one must not pass unnoticed)."""
+    unknown = options.keys() - JOB_OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"unexpected job option(s) {', '.join(sorted(unknown))}; the options are "
+            f"{', '.join(sorted(JOB_OPTION_NAMES))}"
+        )
+
+
+def has_options(options: JobOptions) -> bool:
+    """Whether any option is set (None means "the default", as if left out)."""
+    return any(v is not None for v in options.values())
+
+
+def build_with_options(
+    task: str,
+    args: dict[str, Any] | None,
+    options: JobOptions,
+    *,
+    queue: str,
+    priority: int,
+    max_attempts: int,
+) -> JobSpec:
+    """:func:`build_job` with ``options`` over a task's defaults."""
+    check_option_names(options)
+    # None takes the default; "" is refused by build_job like any bad name.
+    return build_job(
+        task,
+        args,
+        queue=_or_default(options.get("queue"), queue),
+        priority=_or_default(options.get("priority"), priority),
+        max_attempts=_or_default(options.get("max_attempts"), max_attempts),
+        run_at=options.get("run_at"),
+        delay=options.get("delay"),
+        idempotency_key=options.get("idempotency_key"),
+        timeout=options.get("timeout"),
+    )
+
+
+def _or_default(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
 def check_spec(spec: JobSpec) -> JobSpec:
     """Check a JobSpec made without :func:`build_job` (its constructor checks nothing)
     against the same rules, so that no path writes what build_job would refuse."""
@@ -558,3 +626,22 @@ _QUEUE_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(QueueStats))
 def queue_stats_from_row(row: Any) -> QueueStats:
     """A ``queue_stats`` row as QueueStats, by column name."""
     return QueueStats(**{name: row[name] for name in _QUEUE_STATS_FIELDS})
+
+
+def all_keyed(specs: list[JobSpec]) -> bool:
+    # Enqueueing again after a connection lost mid-statement is safe only when every
+    # job has an idempotency key: a job that did get in is then found, not doubled.
+    return all(spec.idempotency_key is not None for spec in specs)
+
+
+def check_specs(jobs: Iterable[JobSpec]) -> list[JobSpec]:
+    """The batch as a list of checked jobs; a bad item (or one that fails as it is built,
+    when ``jobs`` is a generator) raises InvalidJobError naming its index."""
+    specs: list[JobSpec] = []
+    try:
+        for spec in jobs:
+            specs.append(check_spec(spec))  # noqa: PERF401 - len(specs) names a bad item
+    except InvalidJobError as exc:
+        index = len(specs)  # the item being built or checked when it failed
+        raise InvalidJobError(f"item {index}: {exc}", field=exc.field, index=index) from exc
+    return specs

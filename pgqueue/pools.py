@@ -24,20 +24,21 @@ from psycopg.pq import TransactionStatus
 from pgqueue.connect import asyncpg_pool, psycopg_connect_args
 from pgqueue.dberrors import (
     asyncpg_fileno,
-    connection_failed,
     looks_dead,
-    reconnect_delay,
-    rolled_back,
 )
 from pgqueue.errors import (
     DatabaseUnavailableError,
-    OutcomeUnknownError,
     PgQueueError,
     PoolTimeoutError,
 )
+from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
+from pgqueue.pool_calls import PoolCalls
+from pgqueue.pool_calls_sync import PoolCallsSync
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Iterator
+
+    from pgqueue.executors import AsyncExecutor, SyncExecutor
 
 T = TypeVar("T")
 _log = structlog.get_logger("pgqueue.queue")
@@ -84,73 +85,7 @@ class _FoundDeadError(ConnectionError):
     dropped them all): safe to try again once the database answers."""
 
 
-# How a call on the Queue's own connection got as far as it did.
-_ACQUIRING, _RUNNING, _DONE = 0, 1, 2
-
-
-def _retry_reason(exc: BaseException, stage: int, *, idempotent: bool) -> str | None:
-    """Why a failed call may safely be made again, or None if it may not."""
-    if isinstance(exc, PgQueueError | psycopg_pool.PoolClosed):
-        return None  # our own verdicts (a pool timeout) are final, a closed pool too
-    if stage == _ACQUIRING:
-        return "unreachable" if connection_failed(exc) else None
-    if rolled_back(exc):
-        return "rolled_back"
-    if idempotent and connection_failed(exc):
-        return "connection_lost"
-    return None
-
-
-def _outcome_unknown(exc: BaseException) -> OutcomeUnknownError:
-    return OutcomeUnknownError(
-        f"the connection to PostgreSQL was lost while the statement was in flight "
-        f"({type(exc).__name__}: {exc}); it may have committed or not"
-    )
-
-
-class _Retrier:
-    """The bookkeeping of one call's retries: its deadline, the backoff, the logs."""
-
-    __slots__ = ("deadline", "failures", "maybe_written")
-
-    def __init__(self, timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self.failures = 0
-        # A try lost its connection mid-statement: from then on, giving up cannot
-        # promise that nothing was written.
-        self.maybe_written: BaseException | None = None
-
-    def pause(self, exc: Exception, reason: str) -> float:
-        """The pause before the next try; raises instead once the deadline has passed."""
-        self.failures += 1
-        if reason == "connection_lost" and self.maybe_written is None:
-            self.maybe_written = exc
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            if self.maybe_written is not None:
-                raise _outcome_unknown(self.maybe_written) from exc
-            if reason == "rolled_back":
-                raise exc  # the server's own error says best what keeps going wrong
-            raise DatabaseUnavailableError(
-                f"PostgreSQL could not be reached in {self.failures} tries within the pool "
-                f"timeout ({type(exc).__name__}: {exc}); nothing was written"
-            ) from exc
-        delay = min(reconnect_delay(self.failures), remaining)
-        _log.warning(
-            "queue_call_retrying",
-            reason=reason,
-            error=f"{type(exc).__name__}: {exc}",
-            attempt=self.failures,
-            retry_in=round(delay, 3),
-        )
-        return delay
-
-    def succeeded(self) -> None:
-        if self.failures:
-            _log.info("queue_call_recovered", retries=self.failures)
-
-
-class AsyncConnections:
+class AsyncConnections(PoolCalls):
     """An asyncpg pool for one event loop, and a held connection in front of it."""
 
     def __init__(self, dsn: str, size: int, *, pool_timeout: float = 10.0) -> None:
@@ -162,33 +97,8 @@ class AsyncConnections:
         self._held_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
 
-    async def run(self, op: Callable[[Any], Awaitable[T]], *, idempotent: bool = False) -> T:
-        """``op`` on one of our connections, made again (with backoff, until the pool
-        timeout) when that is safe: the database could not be reached or the connection
-        was found dead before anything was sent, or the server rolled the statement back
-        (see :data:`~pgqueue.dberrors.RETRY_SAFE_SQLSTATES`); and, when ``idempotent``,
-        after a connection lost mid-statement too. Otherwise a lost connection raises
-        :class:`~pgqueue.OutcomeUnknownError`."""
-        retrier = _Retrier(self._pool_timeout)
-        while True:
-            stage = _ACQUIRING
-            try:
-                async with self.connection(retrier.deadline) as conn:
-                    stage = _RUNNING
-                    result = await op(conn)
-                    stage = _DONE
-            except Exception as exc:
-                if stage == _DONE:  # only giving the connection back failed
-                    return result
-                reason = _retry_reason(exc, stage, idempotent=idempotent)
-                if reason is None:
-                    if stage == _RUNNING and connection_failed(exc):
-                        raise _outcome_unknown(exc) from exc
-                    raise
-                await asyncio.sleep(retrier.pause(exc, reason))
-                continue
-            retrier.succeeded()
-            return result
+    def executor(self, conn: Any) -> AsyncExecutor:
+        return AsyncpgExecutor(conn)
 
     async def _opened(self) -> asyncpg.Pool[Any]:
         if self._pool is None:
@@ -340,7 +250,7 @@ class ConnectFailedError(ConnectionError):
 _SYNC_WAIT_STEP = 1.0
 
 
-class SyncConnections:
+class SyncConnections(PoolCallsSync):
     """A psycopg pool, and a held connection in front of it; thread-safe."""
 
     def __init__(self, dsn: str, size: int, name: str, *, pool_timeout: float = 10.0) -> None:
@@ -359,28 +269,8 @@ class SyncConnections:
         self._held: psycopg.Connection[Any] | None = None
         self._held_lock = threading.Lock()
 
-    def run(self, op: Callable[[psycopg.Connection[Any]], T], *, idempotent: bool = False) -> T:
-        """The sync twin of :meth:`AsyncConnections.run`."""
-        retrier = _Retrier(self._pool_timeout)
-        while True:
-            stage = _ACQUIRING
-            try:
-                with self.connection(retrier.deadline) as conn:
-                    stage = _RUNNING
-                    result = op(conn)
-                    stage = _DONE
-            except Exception as exc:
-                if stage == _DONE:
-                    return result
-                reason = _retry_reason(exc, stage, idempotent=idempotent)
-                if reason is None:
-                    if stage == _RUNNING and connection_failed(exc):
-                        raise _outcome_unknown(exc) from exc
-                    raise
-                time.sleep(retrier.pause(exc, reason))
-                continue
-            retrier.succeeded()
-            return result
+    def executor(self, conn: psycopg.Connection[Any]) -> SyncExecutor:
+        return PsycopgExecutor(conn, own=True)
 
     @contextmanager
     def connection(self, deadline: float | None = None) -> Iterator[psycopg.Connection[Any]]:

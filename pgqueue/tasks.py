@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from pgqueue.errors import InvalidJobError
 from pgqueue.jobs import (
     CheckedJobSpec,
     EnqueueResult,
+    JobOptions,
     JobSpec,
-    build_job,
+    build_with_options,
+    check_option_names,
     encode_json,
+    has_options,
     validate_timeout,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from datetime import datetime
 
     from pgqueue.app import Queue
     from pgqueue.retry import RetryPolicy
@@ -27,33 +29,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _UNSET: Any = object()
-
-
-@dataclass(frozen=True, slots=True)
-class EnqueueOptions:
-    """Per-job options; a field left at None falls back to the task's default."""
-
-    queue: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    run_at: datetime | None = None
-    delay: float | None = None
-    idempotency_key: str | None = None
-    timeout: float | None = None
-    conn: Any = None
-
-    def only_conn(self) -> bool:
-        """True when no option but ``conn`` is set: jobs take the task's defaults."""
-        chosen = (
-            self.queue,
-            self.priority,
-            self.max_attempts,
-            self.run_at,
-            self.delay,
-            self.idempotency_key,
-            self.timeout,
-        )
-        return all(v is None for v in chosen)
 
 
 def check_task_function(
@@ -169,7 +144,6 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         process: bool = False,
         transactional: bool = False,
-        options: EnqueueOptions | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -188,12 +162,13 @@ class Task(Generic[P, R]):
         _check_modes(fn, self.is_async, process=process, transactional=transactional)
         self.signature = check_task_function(fn, transactional=transactional)
         self._shape = KeywordShape.of(self.signature)
-        self._options = options or EnqueueOptions()
+        self._options: JobOptions = {}
+        self._conn: Any = None  # with_options(conn=...): jobs go in its transaction
         # Build one job now so that a bad default (queue name, priority...) fails at
         # decoration time rather than at the first enqueue; after that, a job with only
         # the task's checked defaults needs nothing checked but its arguments.
         self._spec({})
-        self._defaults_only = self._options.only_conn()
+        self._defaults_only = True
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
@@ -203,50 +178,30 @@ class Task(Generic[P, R]):
             raise TypeError(f"{self.name} is transactional: call {self.name}.fn(conn, ...)")
         return self.fn(*args, **kwargs)
 
-    def with_options(
-        self,
-        *,
-        queue: str | None = _UNSET,
-        priority: int | None = _UNSET,
-        max_attempts: int | None = _UNSET,
-        run_at: datetime | None = _UNSET,
-        delay: float | None = _UNSET,
-        idempotency_key: str | None = _UNSET,
-        timeout: float | None = _UNSET,
-        conn: Any = _UNSET,
-    ) -> Task[P, R]:
-        """A copy of this task whose jobs get these options. ``conn`` is a connection,
-        transaction or session of the caller's; the job is written in its transaction."""
-        given = {
-            "queue": queue,
-            "priority": priority,
-            "max_attempts": max_attempts,
-            "run_at": run_at,
-            "delay": delay,
-            "idempotency_key": idempotency_key,
-            "timeout": timeout,
-            "conn": conn,
-        }
-        options = replace(self._options, **{k: v for k, v in given.items() if v is not _UNSET})
+    def with_options(self, *, conn: Any = _UNSET, **options: Unpack[JobOptions]) -> Task[P, R]:
+        """A copy of this task whose jobs get these options (see :class:`JobOptions`;
+        None puts one back to the task's default). ``conn`` is a connection, transaction
+        or session of the caller's; the job is written in its transaction. A bad option
+        fails here, not at the first enqueue."""
+        check_option_names(options)
         clone = Task.__new__(Task)
         clone.__dict__.update(self.__dict__)
-        clone._options = options  # noqa: SLF001 - a copy of our own class
-        clone._defaults_only = options.only_conn()  # noqa: SLF001
-        clone._spec({})  # noqa: SLF001 - bad options fail here, not at the first enqueue
+        # Copies of our own class's state:
+        clone._options = {**self._options, **options}  # noqa: SLF001
+        clone._defaults_only = not has_options(clone._options)  # noqa: SLF001
+        if conn is not _UNSET:
+            clone._conn = conn  # noqa: SLF001
+        clone._spec({})  # noqa: SLF001
         return clone
 
     def _spec(self, args: dict[str, Any]) -> JobSpec:
-        o = self._options
-        return build_job(
+        return build_with_options(
             self.name,
             args,
-            queue=self.queue if o.queue is None else o.queue,
-            priority=self.priority if o.priority is None else o.priority,
-            max_attempts=self.max_attempts if o.max_attempts is None else o.max_attempts,
-            run_at=o.run_at,
-            delay=o.delay,
-            idempotency_key=o.idempotency_key,
-            timeout=o.timeout,
+            self._options,
+            queue=self.queue,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
         )
 
     def accepts(self, args: dict[str, Any]) -> bool:
@@ -269,7 +224,7 @@ class Task(Generic[P, R]):
         return self._spec(arguments)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> EnqueueResult:
-        return await self.app.enqueue_spec(self.job(*args, **kwargs), conn=self._options.conn)
+        return await self.app.enqueue_spec(self.job(*args, **kwargs), conn=self._conn)
 
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> EnqueueResult:
-        return self.app.enqueue_spec_sync(self.job(*args, **kwargs), conn=self._options.conn)
+        return self.app.enqueue_spec_sync(self.job(*args, **kwargs), conn=self._conn)

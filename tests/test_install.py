@@ -178,7 +178,29 @@ def test_a_bare_install_runs_a_worker_against_a_dsn(bare_venv, dsn):
     assert _selected(stderr)["source"] == "flag"
 
 
-@pytest.mark.parametrize("command", [["api"], ["dev"], ["keys", "list"]])
+def test_a_bare_install_manages_api_keys_through_the_library(bare_venv, dsn):
+    created = _run(
+        bare_venv,
+        "-m",
+        "pgqueue",
+        "keys",
+        "create",
+        "--name",
+        "bare",
+        "--scope",
+        "read",
+        "--dsn",
+        dsn,
+        env=_bare_env(),
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().startswith("pgq_")
+    listed = _run(bare_venv, "-m", "pgqueue", "keys", "list", "--dsn", dsn, env=_bare_env())
+    assert listed.returncode == 0, listed.stderr
+    assert "\tbare\tread\t" in listed.stdout
+
+
+@pytest.mark.parametrize("command", [["api"], ["dev"]])
 def test_a_service_command_without_the_extra_names_it(bare_venv, dsn, command):
     result = _run(bare_venv, "-m", "pgqueue", *command, "--dsn", dsn, env=_bare_env())
     assert result.returncode == 2, result.stderr

@@ -17,13 +17,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 import pgqueue
-from pgqueue.app import JobOptions
 from pgqueue.executors import PsycopgExecutor
-from pgqueue.jobs import COPY_FIELDS, INSERT_FIELDS, Job, JobSpec
+from pgqueue.jobs import COPY_FIELDS, INSERT_FIELDS, Job, JobOptions, JobSpec
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.schemas import JobIn
 from pgqueue.sql import query
-from pgqueue.tasks import EnqueueOptions
 
 RUN_AT = datetime(2031, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
 # A value unlike its default (and unlike any other field's) for every job option. A new
@@ -53,12 +51,32 @@ def test_every_field_has_a_sample_and_one_place_in_the_inserts():
 
 def test_every_options_face_names_the_same_options():
     options = set(OPTION_FIELDS)
+    # JobOptions is the library's one declaration of them: Queue.build/enqueue and
+    # Task.with_options take it as **options.
     assert set(JobOptions.__annotations__) == options
-    assert {f.name for f in dataclasses.fields(EnqueueOptions)} == {*options, "conn"}
-    with_options = inspect.signature(pgqueue.Task.with_options).parameters
-    assert set(with_options) - {"self"} == {*options, "conn"}
+    for method in (pgqueue.Task.with_options, pgqueue.Queue.build, pgqueue.Queue.enqueue):
+        params = inspect.signature(method).parameters
+        assert params["options"].kind is inspect.Parameter.VAR_KEYWORD
+        assert "Unpack[JobOptions]" in str(params["options"].annotation)
     api = {API_NAMES.get(name, name) for name in options}
     assert {f.name for f in msgspec.structs.fields(JobIn)} == {*api, "task", "args"}
+
+
+def test_a_misspelt_option_is_refused_everywhere_it_can_be_given(queue, echo):
+    with pytest.raises(TypeError, match="priorty"):
+        echo.with_options(priorty=5)
+    with pytest.raises(TypeError, match="priorty"):
+        queue.build("definition.echo", {"n": 1, "text": "x"}, priorty=5)
+    with pytest.raises(TypeError, match="delay_seconds"):
+        queue.enqueue_sync("definition.echo", {"n": 1, "text": "x"}, delay_seconds=5)
+
+
+def test_none_puts_an_option_back_to_the_tasks_default(echo):
+    moved = echo.with_options(queue="elsewhere", priority=3)
+    assert moved.job(n=1, text="x").queue == "elsewhere"
+    back = moved.with_options(queue=None)
+    spec = back.job(n=1, text="x")
+    assert (spec.queue, spec.priority) == (echo.queue, 3)
 
 
 @pytest.mark.parametrize("statement", ["get_job", "list_jobs"])

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
-import dataclasses
 import functools
 import importlib
 import multiprocessing
@@ -39,14 +38,15 @@ import psycopg_pool
 import structlog
 from pebble import ProcessPool
 
-from pgqueue import driver, driver_sync
+from pgqueue import driver
 from pgqueue.connect import asyncpg_pool, psycopg_connect_args
 from pgqueue.context import RunningJob, enter_job
 from pgqueue.dberrors import DATABASE_ERRORS, TRANSIENT_ERRORS, connection_failed
-from pgqueue.errors import InvalidJobError, JobTimeoutError, PermanentError
+from pgqueue.errors import JobTimeoutError
 from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
-from pgqueue.jobs import encode_json
 from pgqueue.pools import acquire
+from pgqueue.worker import transaction, transaction_sync
+from pgqueue.worker.outcome import CommitOutcomeUnknownError, Ran, encode_result
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -56,36 +56,6 @@ if TYPE_CHECKING:
 
     from pgqueue.jobs import ClaimedJob
     from pgqueue.tasks import Task
-
-
-class OwnershipLostError(Exception):
-    """A transactional task finished, but its job was no longer this worker's to
-    complete (rescued or cancelled meanwhile): its transaction was rolled back."""
-
-
-class CommitOutcomeUnknownError(Exception):
-    """A transactional task's connection was lost around its commit: the job may have
-    succeeded or may still be running in the database. The worker hands such a job
-    back (if it is still running under it) instead of writing an outcome."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Ran:
-    """A call that returned: its result as JSON, and whether the job was already marked
-    succeeded in the task's own transaction."""
-
-    result_json: str | None
-    committed: bool = False
-
-
-def encode_result(value: Any) -> str | None:
-    if value is None:
-        return None
-    # Running the task again would give the same value: fail for good, not retry.
-    try:
-        return encode_json(value, "task result")
-    except InvalidJobError as exc:
-        raise PermanentError(str(exc)) from exc
 
 
 def timeout_error(seconds: float) -> JobTimeoutError:
@@ -266,16 +236,13 @@ class TaskRunner:
             try:
                 async with conn.transaction():
                     value = await _with_deadline(task.fn(conn, **job.args), timeout)
-                    result_json = encode_result(value)
-                    done = await driver.complete_in_transaction(
+                    ran = await transaction.mark_succeeded(
                         AsyncpgExecutor(conn),
-                        job.id,
-                        job.attempt,
-                        result_json,
+                        job,
+                        value,
                         worker_id=worker_id,
                         idle_limit=self._lease,
                     )
-                    _check_owned(done, job)
             except BaseException as exc:
                 if not _connection_left_sound(exc) or conn.is_closed():
                     conn.terminate()  # mid-operation or gone: never back into the pool
@@ -284,30 +251,23 @@ class TaskRunner:
                 raise
         finally:
             await pool.release(conn)
-        return Ran(result_json, committed=True)
+        return ran
 
     def _run_transactional_sync(self, task: Task[Any, Any], job: ClaimedJob, worker_id: str) -> Ran:
         pool = self._transaction_pool_sync()
         try:
             with pool.connection() as conn, conn.transaction():
                 value = task.fn(conn, **job.args)
-                result_json = encode_result(value)
-                done = driver_sync.complete_in_transaction(
-                    PsycopgExecutor(conn),
-                    job.id,
-                    job.attempt,
-                    result_json,
-                    worker_id=worker_id,
-                    idle_limit=self._lease,
+                ran = transaction_sync.mark_succeeded(
+                    PsycopgExecutor(conn), job, value, worker_id=worker_id, idle_limit=self._lease
                 )
-                _check_owned(done, job)
         except psycopg.Error as exc:
             # The pool discards a broken connection by itself. A statement the server
             # refused (a deadlock) is the task's own failure, rolled back.
             if connection_failed(exc):
                 raise CommitOutcomeUnknownError(repr(exc)) from exc
             raise
-        return Ran(result_json, committed=True)
+        return ran
 
     async def _transaction_pool(self) -> asyncpg.Pool[Any]:
         async with self._async_pool_lock:
@@ -359,11 +319,6 @@ def _connection_left_sound(exc: BaseException) -> bool:
     # A task's own exception leaves its connection idle in the aborted transaction,
     # which the rollback ends. A cancellation or a deadline may have struck mid-query.
     return isinstance(exc, Exception) and not isinstance(exc, _MAY_STRIKE_MID_QUERY)
-
-
-def _check_owned(done: bool, job: ClaimedJob) -> None:
-    if not done:
-        raise OwnershipLostError(f"job {job.id} is no longer this worker's")
 
 
 async def _with_deadline(call: Awaitable[Any], timeout: float | None) -> Any:

@@ -20,7 +20,7 @@ import structlog
 from pgqueue.context import RunningJob
 from pgqueue.errors import PermanentError, Snooze
 from pgqueue.retry import RetryPolicy, retry_in
-from pgqueue.worker.execution import CommitOutcomeUnknownError, OwnershipLostError
+from pgqueue.worker.outcome import CommitOutcomeUnknownError, OwnershipLostError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from pgqueue.tasks import Task
     from pgqueue.worker.completer import Completer
     from pgqueue.worker.core import WorkerStats
-    from pgqueue.worker.execution import ProgressWriter, Ran, TaskRunner
+    from pgqueue.worker.execution import ProgressWriter, TaskRunner
+    from pgqueue.worker.outcome import Ran
 
 _DEFAULT_RETRY = RetryPolicy()
 
