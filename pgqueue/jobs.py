@@ -36,6 +36,7 @@ TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767  # smallint; higher runs first
 MAX_ATTEMPTS_LIMIT = 1000
 IDEMPOTENCY_KEY_MAX = 255
+CONCURRENCY_KEY_MAX = 255
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -56,6 +57,9 @@ class JobSpec(NamedTuple):
     delay: float = 0.0
     idempotency_key: str | None = None
     timeout: float | None = None
+    # Jobs sharing a concurrency key share its concurrency and rate limits and take
+    # turns with other keys (see pgqueue.limits' flow control).
+    concurrency_key: str | None = None
 
     @property
     def copyable(self) -> bool:
@@ -82,6 +86,7 @@ INSERT_FIELDS: tuple[str, ...] = (
     "run_at",
     "delay",
     "timeout",
+    "concurrency_key",
     "idempotency_key",
 )
 # The fields the bulk fast path's COPY writes (after the ids, in copy_jobs' column
@@ -137,6 +142,7 @@ class Job:
     finished_at: datetime | None
     timeout: float | None = None
     progress: Any = None  # what the running attempt last reported, if anything
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +329,7 @@ def build_job(
     delay: float | None = None,
     idempotency_key: str | None = None,
     timeout: float | None = None,
+    concurrency_key: str | None = None,
 ) -> JobSpec:
     """Check every field of a job and return it ready to insert: the one place where a
     job's fields are validated, so that the library, the API and the CLI refuse the same
@@ -347,6 +354,8 @@ def build_job(
         timeout = validate_timeout(timeout, "timeout")
     if idempotency_key is not None:
         validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_MAX)
+    if concurrency_key is not None:
+        validate_text(concurrency_key, "concurrency_key", CONCURRENCY_KEY_MAX)
     return CheckedJobSpec(
         task=task,
         args_json=args_json,
@@ -357,6 +366,7 @@ def build_job(
         delay=delay_seconds,
         idempotency_key=idempotency_key,
         timeout=timeout,
+        concurrency_key=concurrency_key,
     )
 
 
@@ -373,6 +383,7 @@ class JobOptions(TypedDict, total=False):
     delay: float | None
     idempotency_key: str | None
     timeout: float | None
+    concurrency_key: str | None
 
 
 JOB_OPTION_NAMES = frozenset(JobOptions.__annotations__)
@@ -416,6 +427,7 @@ def build_with_options(
         delay=options.get("delay"),
         idempotency_key=options.get("idempotency_key"),
         timeout=options.get("timeout"),
+        concurrency_key=options.get("concurrency_key"),
     )
 
 
@@ -449,6 +461,7 @@ def check_spec(spec: JobSpec) -> JobSpec:
         delay=spec.delay if spec.run_at is None or spec.delay else None,
         idempotency_key=spec.idempotency_key,
         timeout=spec.timeout,
+        concurrency_key=spec.concurrency_key,
     )
 
 
@@ -564,6 +577,7 @@ def job_from_row(row: Any) -> Job:
         finished_at=row["finished_at"],
         timeout=row["timeout"],
         progress=decode_json(row["progress"]),
+        concurrency_key=row["concurrency_key"],
     )
 
 
@@ -588,6 +602,7 @@ def new_job(spec: JobSpec, row: Any) -> Job:
         started_at=None,
         finished_at=None,
         timeout=spec.timeout,
+        concurrency_key=spec.concurrency_key,
     )
 
 

@@ -118,6 +118,7 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
         "delay": item.delay_seconds,
         "idempotency_key": key,
         "timeout": item.timeout_seconds,
+        "concurrency_key": item.concurrency_key,
     }
     return service.queue.build(
         item.task, item.args, **{k: v for k, v in options.items() if v is not None}

@@ -20,6 +20,7 @@ import msgspec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
 
 from pgqueue.jobs import (
+    CONCURRENCY_KEY_MAX,
     IDEMPOTENCY_KEY_MAX,
     MAX_ATTEMPTS_LIMIT,
     PRIORITY_MAX,
@@ -155,6 +156,18 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    concurrency_key: (
+        Annotated[
+            str,
+            documented(
+                "jobs sharing this key share its concurrency and rate limits",
+                minLength=1,
+                maxLength=CONCURRENCY_KEY_MAX,
+                pattern=NO_NUL_PATTERN,
+            ),
+        ]
+        | None
+    ) = None
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,6 +188,7 @@ class JobOut(msgspec.Struct):
     finished_at: datetime | None
     idempotency_key: str | None
     timeout_seconds: float | None
+    concurrency_key: str | None
     args: dict[str, Any]
     result: Any
     errors: list[dict[str, Any]]
@@ -196,6 +210,7 @@ class JobOut(msgspec.Struct):
             finished_at=job.finished_at,
             idempotency_key=job.idempotency_key,
             timeout_seconds=job.timeout,
+            concurrency_key=job.concurrency_key,
             args=job.args,
             result=job.result,
             errors=job.errors,

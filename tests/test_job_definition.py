@@ -34,6 +34,7 @@ SAMPLES: dict[str, Any] = {
     "run_at": RUN_AT,
     "idempotency_key": "definition-key",
     "timeout": 42.5,
+    "concurrency_key": "definition-tenant",
 }
 # delay excludes run_at: it is checked on its own (what it sets is run_at).
 DELAY = 3600.0

@@ -1,4 +1,5 @@
-"""Named SQL blocks, loaded once from the ``.sql`` files of this package.
+"""Named SQL blocks, loaded once from the ``.sql`` files of this package (all but
+``schema.sql``).
 
 A block starts with ``-- name: NAME`` and runs to the next such line. Python code asks
 for a statement by name (``query("claim_jobs")``) and never builds SQL from strings.
@@ -29,8 +30,17 @@ def parse_named_blocks(text: str) -> dict[str, str]:
 
 @cache
 def _queries() -> dict[str, str]:
-    text = resources.files(__name__).joinpath("queries.sql").read_text("utf-8")
-    return parse_named_blocks(text)
+    # Every .sql file but the schema holds named blocks (queries.sql the core's, one file
+    # per feature beside it); a name is defined once across them all.
+    blocks: dict[str, str] = {}
+    for file in sorted(resources.files(__name__).iterdir(), key=lambda f: f.name):
+        if not file.name.endswith(".sql") or file.name == "schema.sql":
+            continue
+        for name, body in parse_named_blocks(file.read_text("utf-8")).items():
+            if name in blocks:
+                raise ValueError(f"SQL block {name!r} is defined twice ({file.name})")
+            blocks[name] = body
+    return blocks
 
 
 def query(name: str) -> str:

@@ -7,9 +7,9 @@
 -- One job, no idempotency key: a plain INSERT, as cheap as the table allows. Also
 -- returns the two values the database decides (created_at, run_at), so that the new
 -- job can be described without reading it back.
-INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout)
+INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key)
 VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
-        make_interval(secs => $8::float8))
+        make_interval(secs => $8::float8), $9)
 RETURNING id, false AS duplicate, created_at, run_at;
 
 -- name: enqueue_idempotent
@@ -17,9 +17,10 @@ RETURNING id, false AS duplicate, created_at, run_at;
 -- holder was committed after this statement's snapshot was taken, the second branch
 -- sees nothing and the caller runs the statement again (a new snapshot sees it).
 WITH inserted AS (
-    INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, idempotency_key)
+    INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key,
+                              idempotency_key)
     VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
-            make_interval(secs => $8::float8), $9)
+            make_interval(secs => $8::float8), $9, $10)
     ON CONFLICT (idempotency_key)
         WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
         DO NOTHING
@@ -29,7 +30,7 @@ SELECT id, false AS duplicate, created_at, run_at FROM inserted
 UNION ALL
 SELECT j.id, true AS duplicate, j.created_at, j.run_at
 FROM pgqueue.jobs j
-WHERE j.idempotency_key = $9
+WHERE j.idempotency_key = $10
   AND j.state IN ('queued', 'running', 'succeeded')
   AND NOT EXISTS (SELECT FROM inserted);
 
@@ -40,13 +41,15 @@ SELECT array_agg(nextval('pgqueue.jobs_id_seq')) FROM generate_series(1, $1::int
 
 -- name: enqueue_many
 -- Many jobs in one statement; rows whose key is held are skipped and not returned.
-INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout, idempotency_key)
+INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key,
+                          idempotency_key)
 SELECT u.id, u.queue, u.task, u.args::jsonb, u.priority, u.max_attempts,
        COALESCE(u.run_at, now() + make_interval(secs => u.delay)),
-       make_interval(secs => u.timeout), u.idempotency_key
+       make_interval(secs => u.timeout), u.concurrency_key, u.idempotency_key
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::integer[],
-            $7::timestamptz[], $8::float8[], $9::float8[], $10::text[])
-     AS u(id, queue, task, args, priority, max_attempts, run_at, delay, timeout, idempotency_key)
+            $7::timestamptz[], $8::float8[], $9::float8[], $10::text[], $11::text[])
+     AS u(id, queue, task, args, priority, max_attempts, run_at, delay, timeout, concurrency_key,
+          idempotency_key)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
     DO NOTHING
@@ -272,7 +275,7 @@ FROM rescued r;
 SELECT id, queue, task, args::text AS args, state::text AS state, priority, attempts,
        max_attempts, run_at, idempotency_key, result::text AS result, errors::text AS errors,
        created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
-       progress::text AS progress
+       progress::text AS progress, concurrency_key
 FROM pgqueue.jobs
 WHERE id = $1;
 
@@ -300,7 +303,7 @@ ORDER BY queue;
 SELECT id, queue, task, args::text AS args, state::text AS state, priority, attempts,
        max_attempts, run_at, idempotency_key, result::text AS result, errors::text AS errors,
        created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
-       progress::text AS progress
+       progress::text AS progress, concurrency_key
 FROM pgqueue.jobs
 WHERE ($1::bigint IS NULL OR id < $1)
   AND ($2::text IS NULL OR queue = $2)

@@ -25,6 +25,8 @@ CREATE TABLE pgqueue.jobs (
     worker_id       uuid,
     timeout         interval,
     progress        jsonb,
+    -- Jobs sharing this key share its concurrency and rate limits (migration 0011).
+    concurrency_key text,
     -- Length apart from the pattern: a bounded repetition such as {0,63} costs the regex
     -- engine several times more, and every insert and update of a job pays for it.
     CONSTRAINT jobs_queue_name_check CHECK (length(queue) <= 64 AND queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]*$'),
@@ -34,6 +36,7 @@ CREATE TABLE pgqueue.jobs (
     CONSTRAINT jobs_attempts_check CHECK (attempts >= 0),
     CONSTRAINT jobs_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 1000),
     CONSTRAINT jobs_idempotency_key_check CHECK (length(idempotency_key) BETWEEN 1 AND 255),
+    CONSTRAINT jobs_concurrency_key_check CHECK (length(concurrency_key) BETWEEN 1 AND 255),
     CONSTRAINT jobs_timeout_check CHECK (timeout > interval '0'),
     -- pgqueue.limits: every row stays readable by Python (datetime ends at year 9999).
     CONSTRAINT jobs_run_at_check
