@@ -1,7 +1,7 @@
 """pgqueue's benchmark: enqueue rates, no-op processing rates and pickup latency, each
 beside its bound, the same SQL run bare on the same driver.
 
-    .venv/bin/python benchmarks/run.py            # ~75 s on 2 cores (also: make bench)
+    .venv/bin/python benchmarks/run.py            # ~110 s on 2 cores (also: make bench)
     .venv/bin/python benchmarks/run.py --quick    # a ~20 s smoke run
     .venv/bin/python benchmarks/run.py --dsn postgresql://user@host/postgres
 
@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/ on 
 
 from benchmarks import bench_app  # noqa: E402
 from benchmarks.database import psycopg_synchronous_commit, scratch_database  # noqa: E402
+from benchmarks.flow import flow_limits  # noqa: E402
 from benchmarks.report import Figure, Target, machine, print_machine, summary_table  # noqa: E402
 from pgqueue.embedded import DSN_ENV  # noqa: E402
 from pgqueue.logs import configure_logging  # noqa: E402
@@ -679,6 +680,7 @@ async def run(dsn: str, where: str, plan: Plan, log_dir: Path) -> dict[str, Any]
         await bench.bulk()
         await bench.processing()
         await bench.pickup_latency()
+        await flow_limits(bench)  # benchmarks/flow.py: limits beside the unlimited figure
         elapsed = time.perf_counter() - started
     finally:
         await bench.close()

@@ -6,21 +6,34 @@ Its parts: :mod:`pgqueue.queue_core` (configuration, connections, building jobs)
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+)
 
 import structlog
 
 from pgqueue.errors import InvalidJobError, UnknownTaskError
+from pgqueue.flow import FlowDeclarations
 from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, JobOptions, validate_task_name
 from pgqueue.queue_calls import QueueCalls
 from pgqueue.queue_calls_sync import QueueCallsSync
 from pgqueue.retry import RetryPolicy
-from pgqueue.tasks import Task
+from pgqueue.scheduling.specs import ScheduleSpec, build_schedule
+from pgqueue.tasks import Task, bind_arguments
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from datetime import timedelta
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,7 +41,19 @@ R = TypeVar("R")
 __all__ = ["JobOptions", "Queue", "importable_module_name"]
 
 
-class Queue(QueueCalls, QueueCallsSync):
+class PeriodicDecorator(Protocol):
+    """What ``@queue.periodic(...)`` applies to: a task, or a function it registers as
+    one with the default options."""
+
+    @overload
+    def __call__(self, target: Task[P, R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, target: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, target: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class Queue(FlowDeclarations, QueueCalls, QueueCallsSync):
     """A pgqueue application: its tasks, and the database that holds their jobs.
 
     ``dsn`` names the database; without one, ``PGQUEUE_DSN`` is used, and without that an
@@ -131,6 +156,66 @@ class Queue(QueueCalls, QueueCallsSync):
             return task
 
         return register(fn) if fn is not None else register
+
+    @functools.cached_property
+    def periodic_schedules(self) -> dict[str, ScheduleSpec]:
+        """The schedules declared with :meth:`periodic`, by name. Every worker that runs
+        the scheduler writes them to ``pgqueue.schedules`` as it starts."""
+        return {}
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        /,
+        *,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        name: str | None = None,
+        args: dict[str, Any] | None = None,
+        catch_up: bool = False,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> PeriodicDecorator:
+        """Run a task periodically: at the instants of a ``cron`` expression read in
+        ``timezone`` (``@queue.periodic("0 3 * * *", timezone="Europe/Paris")``), or
+        ``every`` so many seconds (or a timedelta; at least 1 s), counted from the Unix
+        epoch so that every worker agrees on the ticks. Put it above ``@queue.task``
+        (or straight on a function, which is then registered with the defaults).
+
+        Each tick enqueues one job of the task with ``args`` (checked against its
+        signature now), in the task's queue and priority unless given, however many
+        workers run. ``catch_up``: a tick missed while no worker ran the scheduler (see
+        :mod:`pgqueue.scheduling.ticks`) gets one job for all such ticks, instead of
+        none. The schedule is called ``name`` (default: the task's name) and stored in
+        ``pgqueue.schedules`` by every worker that starts with its scheduler on; a pause
+        set at runtime is kept, other changes are overwritten by the code's.
+        """
+
+        def declare(target: Any) -> Any:
+            task = target if isinstance(target, Task) else self.task(target)
+            arguments = bind_arguments(task.signature, task.name, (), dict(args or {}))
+            spec = build_schedule(
+                name or task.name,
+                task.name,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                args=arguments,
+                queue=task.queue if queue is None else queue,
+                priority=task.priority if priority is None else priority,
+                max_attempts=task.max_attempts,
+                catch_up=catch_up,
+            )
+            if spec.name in self.periodic_schedules:
+                raise ValueError(
+                    f"a schedule named {spec.name!r} is already declared; pass name= to "
+                    "@periodic to give this one another"
+                )
+            self.periodic_schedules[spec.name] = spec
+            return task
+
+        decorator: PeriodicDecorator = declare
+        return decorator
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

@@ -64,6 +64,8 @@ from pgqueue.embedded import (
 from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotReadyError
 from pgqueue.logs import configure_logging
 from pgqueue.retention import Retention, parse_duration
+from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_name
+from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.worker import Worker
 from pgqueue.worker.core import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_THREADS
 
@@ -258,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds between this worker's pruning rounds",
     )
+    work.add_argument(
+        "--no-scheduler",
+        dest="scheduler",
+        action="store_false",
+        help="do not run the scheduler of periodic jobs here (other workers do)",
+    )
 
     api = sub.add_parser("api", parents=[common], help="serve the HTTP API (API keys required)")
     api.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -297,6 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("id", type=_positive_int)
+    schedules = sub.add_parser("schedules", help="list and operate the periodic schedules")
+    schedules_sub = schedules.add_subparsers(dest="schedules_command", required=True)
+    schedules_sub.add_parser(
+        "list",
+        parents=[common],
+        help="one line per schedule, tab-separated: name, rule, time zone, paused, next "
+        "tick, last tick, last job id, its state",
+    )
+    for action, what in (
+        ("pause", "no job for its ticks until it is resumed"),
+        ("resume", "resume it from its next tick"),
+        ("trigger", "enqueue a job of it now and print the job's id"),
+    ):
+        one = schedules_sub.add_parser(action, parents=[common], help=what)
+        one.add_argument("name", help="the schedule's name")
     return parser
 
 
@@ -388,6 +411,8 @@ def _failed(log: Any, exc: BaseException) -> int:
 def _command_name(args: argparse.Namespace) -> str:
     if args.command == "keys":
         return f"keys {args.keys_command}"
+    if args.command == "schedules":
+        return f"schedules {args.schedules_command}"
     return str(args.command)
 
 
@@ -529,8 +554,8 @@ def _run(args: argparse.Namespace, app: Queue | None, database: Database, signal
     dsn = database.dsn
     if args.command == "migrate":
         return _migrate(dsn, signals, check=args.check)
-    if args.command == "keys":
-        return _keys(dsn, args, signals)
+    if args.command in _ADMIN_COMMANDS:  # keys, schedules
+        return _ADMIN_COMMANDS[args.command](dsn, args, signals)
     if args.command == "api":
         return _api(dsn, args, signals)
     if args.command == "dev":
@@ -609,6 +634,51 @@ def _keys(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
         raise UsageError(f"there is no live key with id {args.id}")
     log.info("api_key_revoked", key_id=args.id)
     return 0
+
+
+def _schedules(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
+    """``pgqueue schedules list|pause|resume|trigger``, through the Admin API."""
+    command = args.schedules_command
+    name = None
+    if command != "list":
+        try:
+            name = validate_schedule_name(args.name)  # before connecting
+        except InvalidScheduleError as exc:
+            raise UsageError(str(exc)) from exc
+    if not _schema_ready(dsn, signals):
+        return EXIT_FAILURE
+    if name is None:
+        schedules = signals.call(
+            _on_admin, dsn, lambda admin, conn: admin.list_schedules_sync(conn=conn)
+        )
+        for s in schedules:
+            rule = s.cron if s.every is None else f"every {s.every.total_seconds():g}s"
+            fields = [s.name, rule, s.timezone, s.paused, s.next_run_at, s.last_tick]
+            fields += [s.last_job_id, s.last_job_state]
+            print("\t".join("" if v is None else str(v) for v in fields))  # noqa: T201
+        return 0
+    calls: dict[str, Callable[[Admin, psycopg.Connection[Any]], Any]] = {
+        "pause": lambda admin, conn: admin.pause_schedule_sync(name, conn=conn),
+        "resume": lambda admin, conn: admin.resume_schedule_sync(name, conn=conn),
+        "trigger": lambda admin, conn: admin.trigger_schedule_sync(name, conn=conn),
+    }
+    try:
+        done = signals.call(_on_admin, dsn, calls[command])
+    except ScheduleNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    log = structlog.get_logger("pgqueue.cli")
+    if command == "trigger":
+        log.info("schedule_triggered", schedule=name, job_id=done.id)
+        print(done.id)  # noqa: T201 - the new job's id: stdout, for scripts
+    else:
+        log.info("schedule_paused" if command == "pause" else "schedule_resumed", schedule=name)
+    return 0
+
+
+_ADMIN_COMMANDS: dict[str, Callable[[str, argparse.Namespace, _Signals], int]] = {
+    "keys": _keys,
+    "schedules": _schedules,
+}
 
 
 def _on_admin(dsn: str, call: Callable[[Admin, psycopg.Connection[Any]], T]) -> T:
@@ -711,6 +781,7 @@ def _worker(app: Queue, dsn: str, args: argparse.Namespace, signals: _Signals) -
                 cancelled=args.keep_cancelled,
             ),
             prune_interval=args.prune_interval,
+            scheduler=args.scheduler,
         )
     except ValueError as exc:  # an invalid --queue name
         raise UsageError(str(exc)) from exc

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pgqueue.errors import IdempotencyConflictError, translate_db_error
+from pgqueue.errors import IdempotencyConflictError, primary_message, translate_db_error
+from pgqueue.flow import ClaimWait, LimitStatus, QueueLimit, limit_status_from_row, rate_params
 from pgqueue.jobs import (
     BulkPlan,
     ClaimedJob,
@@ -20,21 +21,35 @@ from pgqueue.jobs import (
     Job,
     JobSpec,
     QueueStats,
+    SequenceStatus,
     bulk_params,
     claimed_from_row,
     copy_records,
     job_from_row,
     new_job,
     queue_stats_from_row,
+    sequence_status_from_row,
 )
+from pgqueue.locks import FLOW
+from pgqueue.scheduling.specs import (
+    DueSchedule,
+    Schedule,
+    ScheduleNotFoundError,
+    due_schedule_from_row,
+    schedule_from_row,
+)
+from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.sql import query
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime
 
     from pgqueue.executors import AsyncExecutor
     from pgqueue.retention import PruneParams
+    from pgqueue.scheduling.specs import ScheduleSource, ScheduleSpec
+    from pgqueue.scheduling.ticks import TickPlan
 
 # A keyed enqueue whose key's holder committed after the statement's snapshot sees
 # neither its own row nor the holder; a new statement (a new snapshot under READ
@@ -42,15 +57,15 @@ if TYPE_CHECKING:
 IDEMPOTENT_ROUNDS = 5
 
 
-def _enqueue_statement(spec: JobSpec) -> str:
-    return query("enqueue") if spec.idempotency_key is None else query("enqueue_idempotent")
-
-
 def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
+    key = (
+        f"unique key {spec.unique_key!r}"
+        if spec.unique_key is not None
+        else f"idempotency key {spec.idempotency_key!r}"
+    )
     return IdempotencyConflictError(
-        f"idempotency key {spec.idempotency_key!r} is held by a job this transaction cannot "
-        "see (REPEATABLE READ or SERIALIZABLE snapshot?): enqueue keyed jobs under READ "
-        "COMMITTED"
+        f"{key} is held by a job this transaction cannot see (REPEATABLE READ or "
+        "SERIALIZABLE snapshot?): enqueue keyed jobs under READ COMMITTED"
     )
 
 
@@ -68,7 +83,7 @@ async def enqueue_described(ex: AsyncExecutor, spec: JobSpec) -> tuple[EnqueueRe
 
 
 async def _enqueue_row(ex: AsyncExecutor, spec: JobSpec) -> Any:
-    sql, params = _enqueue_statement(spec), spec.insert_params()
+    sql, params = query(spec.enqueue_statement), spec.insert_params()
     for _ in range(IDEMPOTENT_ROUNDS):
         rows = await ex.fetch(sql, params)
         if rows:
@@ -86,6 +101,11 @@ async def enqueue_many(ex: AsyncExecutor, specs: Sequence[JobSpec]) -> list[Enqu
         return [EnqueueResult(job_id) for job_id in ids]
     plan = BulkPlan.for_specs(specs)
     async with ex.atomic():
+        for row in plan.solo_rows():
+            # Unique windows, debouncing and sequences decide job by job, in input order:
+            # a later row of a debounced key gives the job its args, and a sequence runs
+            # in the batch's order.
+            plan.results[row] = await enqueue(ex, plan.specs[row])
         for _ in range(IDEMPOTENT_ROUNDS):
             rows = plan.pending()
             if not rows:
@@ -102,11 +122,16 @@ async def enqueue_many(ex: AsyncExecutor, specs: Sequence[JobSpec]) -> list[Enqu
     return plan.finish()
 
 
+async def sequence_status(ex: AsyncExecutor, limit: int) -> list[SequenceStatus]:
+    rows = await ex.fetch(query("sequence_status"), (limit,))
+    return [sequence_status_from_row(r) for r in rows]
+
+
 async def claim(
     ex: AsyncExecutor, queues: Sequence[str], limit: int, worker_id: str
 ) -> list[ClaimedJob]:
-    rows = await ex.fetch(query("claim_jobs"), (list(queues), limit, worker_id))
-    return [claimed_from_row(r) for r in rows]
+    jobs, _ = await claim_flow(ex, queues, limit, worker_id, limited=False)
+    return jobs
 
 
 async def complete_succeeded(
@@ -300,3 +325,151 @@ async def metrics_job_rows(ex: AsyncExecutor, bounds_us: Sequence[int]) -> list[
 
 async def metrics_queue_rows(ex: AsyncExecutor) -> list[Any]:
     return await ex.fetch(query("metrics_queues"), ())
+
+
+# --- schedules (pgqueue.scheduling): their management, and the scheduler's rounds ------
+# Statements in sql/schedules.sql. The SQL functions raise no_data_found for an unknown
+# schedule name: ScheduleNotFoundError here.
+
+
+def _schedule_error(exc: Exception) -> Exception:
+    sqlstate = getattr(exc, "sqlstate", None)
+    message = primary_message(exc).removeprefix("pgqueue: ")
+    if sqlstate == "P0002":  # no_data_found
+        return ScheduleNotFoundError(message)
+    if sqlstate == "22023":  # invalid_parameter_value: a time zone PostgreSQL lacks
+        return InvalidScheduleError(message, field="timezone")
+    return exc
+
+
+async def _schedule_call(ex: AsyncExecutor, name: str, args: Sequence[Any]) -> list[Any]:
+    try:
+        return await ex.fetch(query(name), args)
+    except Exception as exc:
+        error = _schedule_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+async def set_schedule(ex: AsyncExecutor, spec: ScheduleSpec, source: ScheduleSource) -> None:
+    """Add the schedule, or change the one of that name (its pause is kept)."""
+    await _schedule_call(ex, "set_schedule", spec.params(source))
+
+
+async def pause_schedule(ex: AsyncExecutor, name: str) -> None:
+    await _schedule_call(ex, "pause_schedule", (name,))
+
+
+async def resume_schedule(ex: AsyncExecutor, name: str) -> None:
+    await _schedule_call(ex, "resume_schedule", (name,))
+
+
+async def remove_schedule(ex: AsyncExecutor, name: str) -> bool:
+    rows = await _schedule_call(ex, "remove_schedule", (name,))
+    return bool(rows[0][0])
+
+
+async def trigger_schedule(ex: AsyncExecutor, name: str) -> int:
+    """Enqueue a job of the schedule now; its id."""
+    rows = await _schedule_call(ex, "trigger_schedule", (name,))
+    return int(rows[0][0])
+
+
+async def list_schedules(ex: AsyncExecutor, name: str | None = None) -> list[Schedule]:
+    """Every schedule by name, or only the one called ``name``."""
+    return [schedule_from_row(r) for r in await ex.fetch(query("list_schedules"), (name,))]
+
+
+async def scheduler_schedules(ex: AsyncExecutor) -> tuple[datetime, list[DueSchedule]]:
+    """The database's clock, and every schedule that is not paused."""
+    rows = await ex.fetch(query("scheduler_schedules"), ())
+    return rows[0]["db_now"], [due_schedule_from_row(r) for r in rows if r["name"] is not None]
+
+
+async def scheduler_advance(
+    ex: AsyncExecutor, schedule: DueSchedule, plan: TickPlan
+) -> list[tuple[datetime, int]] | None:
+    """Carry out ``plan`` for ``schedule`` as a round read it, in one statement: the
+    (tick, job id) of each job enqueued, or None when the schedule was no longer as read
+    (another worker moved it first, or it was changed or paused meanwhile)."""
+    rows = await ex.fetch(
+        query("scheduler_advance"),
+        (
+            schedule.name,
+            schedule.next_run_at,
+            schedule.cron,
+            schedule.every_us,
+            schedule.timezone,
+            schedule.catch_up,
+            list(plan.ticks),
+            list(plan.run_ats),
+            plan.next_run_at,
+        ),
+    )
+    if not any(r[0] is None for r in rows):
+        return None
+    return [(r[0], int(r[1])) for r in rows if r[0] is not None]
+
+
+# --- flow control: concurrency and rate limits (pgqueue/flow.py, sql/flow.sql) ----------
+
+
+async def claim_flow(
+    ex: AsyncExecutor, queues: Sequence[str], limit: int, worker_id: str, *, limited: bool
+) -> tuple[list[ClaimedJob], bool]:
+    """Claim up to ``limit`` jobs; and whether any of the queues is limited now.
+    ``limited``: whether one was at the last claim, which picks the statement:
+    claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them."""
+    if limited:
+        params: tuple[Any, ...] = (list(queues), limit, worker_id, FLOW.key)
+        rows = await ex.fetch(query("claim_jobs_limited"), params)
+    else:
+        rows = await ex.fetch(query("claim_jobs"), (list(queues), limit, worker_id))
+    jobs = [claimed_from_row(r) for r in rows if r["id"] is not None]
+    now_limited = len(jobs) < len(rows)  # the marker row
+    if now_limited and not limited and len(jobs) < limit:
+        # Queues became limited since the last claim: claim them the way that holds.
+        more, now_limited = await claim_flow(ex, queues, limit - len(jobs), worker_id, limited=True)
+        jobs += more
+    return jobs, now_limited
+
+
+async def next_claim_wait(ex: AsyncExecutor, queues: Sequence[str]) -> ClaimWait:
+    """What an idle worker of these queues waits for (see ``seconds_until_next_job``)."""
+    row = (await ex.fetch(query("seconds_until_next_job"), (list(queues),)))[0]
+    return ClaimWait(due_in=row[0], limited=bool(row[1]))
+
+
+async def set_queue_limit(ex: AsyncExecutor, limit: QueueLimit) -> None:
+    """Write a queue's limits (all replaced) and its declared key overrides."""
+    rate, key_rate = rate_params(limit.rate), rate_params(limit.key_rate)
+    async with ex.atomic():
+        await ex.fetch(
+            query("set_queue_limit"),
+            (limit.queue, limit.concurrency, *rate, limit.key_concurrency, *key_rate),
+        )
+        for key, key_limit in limit.keys.items():
+            await ex.fetch(
+                query("set_key_limit"),
+                (limit.queue, key, key_limit.concurrency, *rate_params(key_limit.rate)),
+            )
+
+
+async def clear_queue_limit(ex: AsyncExecutor, queue: str) -> bool:
+    return bool((await ex.fetch(query("clear_queue_limit"), (queue,)))[0][0])
+
+
+async def set_key_limit(
+    ex: AsyncExecutor, queue: str, key: str, concurrency: int | None, rate: tuple[Any, Any]
+) -> None:
+    await ex.fetch(query("set_key_limit"), (queue, key, concurrency, *rate))
+
+
+async def clear_key_limit(ex: AsyncExecutor, queue: str, key: str) -> bool:
+    return bool((await ex.fetch(query("clear_key_limit"), (queue, key)))[0][0])
+
+
+async def limit_status(ex: AsyncExecutor, queue: str | None = None) -> list[LimitStatus]:
+    rows = await ex.fetch(query("limit_status"), (queue,))
+    return [limit_status_from_row(r) for r in rows]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pgqueue.errors import IdempotencyConflictError, translate_db_error
+from pgqueue.errors import IdempotencyConflictError, primary_message, translate_db_error
+from pgqueue.flow import ClaimWait, LimitStatus, QueueLimit, limit_status_from_row, rate_params
 from pgqueue.jobs import (
     BulkPlan,
     ClaimedJob,
@@ -15,31 +16,46 @@ from pgqueue.jobs import (
     Job,
     JobSpec,
     QueueStats,
+    SequenceStatus,
     bulk_params,
     claimed_from_row,
     copy_records,
     job_from_row,
     new_job,
     queue_stats_from_row,
+    sequence_status_from_row,
 )
+from pgqueue.locks import FLOW
+from pgqueue.scheduling.specs import (
+    DueSchedule,
+    Schedule,
+    ScheduleNotFoundError,
+    due_schedule_from_row,
+    schedule_from_row,
+)
+from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.sql import query
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime
 
     from pgqueue.executors import SyncExecutor
     from pgqueue.retention import PruneParams
+    from pgqueue.scheduling.specs import ScheduleSource, ScheduleSpec
+    from pgqueue.scheduling.ticks import TickPlan
 IDEMPOTENT_ROUNDS = 5
 
 
-def _enqueue_statement(spec: JobSpec) -> str:
-    return query("enqueue") if spec.idempotency_key is None else query("enqueue_idempotent")
-
-
 def _unresolved_key(spec: JobSpec) -> IdempotencyConflictError:
+    key = (
+        f"unique key {spec.unique_key!r}"
+        if spec.unique_key is not None
+        else f"idempotency key {spec.idempotency_key!r}"
+    )
     return IdempotencyConflictError(
-        f"idempotency key {spec.idempotency_key!r} is held by a job this transaction cannot see (REPEATABLE READ or SERIALIZABLE snapshot?): enqueue keyed jobs under READ COMMITTED"
+        f"{key} is held by a job this transaction cannot see (REPEATABLE READ or SERIALIZABLE snapshot?): enqueue keyed jobs under READ COMMITTED"
     )
 
 
@@ -57,7 +73,7 @@ def enqueue_described(ex: SyncExecutor, spec: JobSpec) -> tuple[EnqueueResult, J
 
 
 def _enqueue_row(ex: SyncExecutor, spec: JobSpec) -> Any:
-    sql, params = (_enqueue_statement(spec), spec.insert_params())
+    sql, params = (query(spec.enqueue_statement), spec.insert_params())
     for _ in range(IDEMPOTENT_ROUNDS):
         rows = ex.fetch(sql, params)
         if rows:
@@ -73,6 +89,8 @@ def enqueue_many(ex: SyncExecutor, specs: Sequence[JobSpec]) -> list[EnqueueResu
         return [EnqueueResult(job_id) for job_id in ids]
     plan = BulkPlan.for_specs(specs)
     with ex.atomic():
+        for row in plan.solo_rows():
+            plan.results[row] = enqueue(ex, plan.specs[row])
         for _ in range(IDEMPOTENT_ROUNDS):
             rows = plan.pending()
             if not rows:
@@ -87,9 +105,14 @@ def enqueue_many(ex: SyncExecutor, specs: Sequence[JobSpec]) -> list[EnqueueResu
     return plan.finish()
 
 
+def sequence_status(ex: SyncExecutor, limit: int) -> list[SequenceStatus]:
+    rows = ex.fetch(query("sequence_status"), (limit,))
+    return [sequence_status_from_row(r) for r in rows]
+
+
 def claim(ex: SyncExecutor, queues: Sequence[str], limit: int, worker_id: str) -> list[ClaimedJob]:
-    rows = ex.fetch(query("claim_jobs"), (list(queues), limit, worker_id))
-    return [claimed_from_row(r) for r in rows]
+    jobs, _ = claim_flow(ex, queues, limit, worker_id, limited=False)
+    return jobs
 
 
 def complete_succeeded(
@@ -274,3 +297,142 @@ def metrics_job_rows(ex: SyncExecutor, bounds_us: Sequence[int]) -> list[Any]:
 
 def metrics_queue_rows(ex: SyncExecutor) -> list[Any]:
     return ex.fetch(query("metrics_queues"), ())
+
+
+def _schedule_error(exc: Exception) -> Exception:
+    sqlstate = getattr(exc, "sqlstate", None)
+    message = primary_message(exc).removeprefix("pgqueue: ")
+    if sqlstate == "P0002":
+        return ScheduleNotFoundError(message)
+    if sqlstate == "22023":
+        return InvalidScheduleError(message, field="timezone")
+    return exc
+
+
+def _schedule_call(ex: SyncExecutor, name: str, args: Sequence[Any]) -> list[Any]:
+    try:
+        return ex.fetch(query(name), args)
+    except Exception as exc:
+        error = _schedule_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def set_schedule(ex: SyncExecutor, spec: ScheduleSpec, source: ScheduleSource) -> None:
+    """Add the schedule, or change the one of that name (its pause is kept)."""
+    _schedule_call(ex, "set_schedule", spec.params(source))
+
+
+def pause_schedule(ex: SyncExecutor, name: str) -> None:
+    _schedule_call(ex, "pause_schedule", (name,))
+
+
+def resume_schedule(ex: SyncExecutor, name: str) -> None:
+    _schedule_call(ex, "resume_schedule", (name,))
+
+
+def remove_schedule(ex: SyncExecutor, name: str) -> bool:
+    rows = _schedule_call(ex, "remove_schedule", (name,))
+    return bool(rows[0][0])
+
+
+def trigger_schedule(ex: SyncExecutor, name: str) -> int:
+    """Enqueue a job of the schedule now; its id."""
+    rows = _schedule_call(ex, "trigger_schedule", (name,))
+    return int(rows[0][0])
+
+
+def list_schedules(ex: SyncExecutor, name: str | None = None) -> list[Schedule]:
+    """Every schedule by name, or only the one called ``name``."""
+    return [schedule_from_row(r) for r in ex.fetch(query("list_schedules"), (name,))]
+
+
+def scheduler_schedules(ex: SyncExecutor) -> tuple[datetime, list[DueSchedule]]:
+    """The database's clock, and every schedule that is not paused."""
+    rows = ex.fetch(query("scheduler_schedules"), ())
+    return (rows[0]["db_now"], [due_schedule_from_row(r) for r in rows if r["name"] is not None])
+
+
+def scheduler_advance(
+    ex: SyncExecutor, schedule: DueSchedule, plan: TickPlan
+) -> list[tuple[datetime, int]] | None:
+    """Carry out ``plan`` for ``schedule`` as a round read it, in one statement: the
+    (tick, job id) of each job enqueued, or None when the schedule was no longer as read
+    (another worker moved it first, or it was changed or paused meanwhile)."""
+    rows = ex.fetch(
+        query("scheduler_advance"),
+        (
+            schedule.name,
+            schedule.next_run_at,
+            schedule.cron,
+            schedule.every_us,
+            schedule.timezone,
+            schedule.catch_up,
+            list(plan.ticks),
+            list(plan.run_ats),
+            plan.next_run_at,
+        ),
+    )
+    if not any(r[0] is None for r in rows):
+        return None
+    return [(r[0], int(r[1])) for r in rows if r[0] is not None]
+
+
+def claim_flow(
+    ex: SyncExecutor, queues: Sequence[str], limit: int, worker_id: str, *, limited: bool
+) -> tuple[list[ClaimedJob], bool]:
+    """Claim up to ``limit`` jobs; and whether any of the queues is limited now.
+    ``limited``: whether one was at the last claim, which picks the statement:
+    claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them."""
+    if limited:
+        params: tuple[Any, ...] = (list(queues), limit, worker_id, FLOW.key)
+        rows = ex.fetch(query("claim_jobs_limited"), params)
+    else:
+        rows = ex.fetch(query("claim_jobs"), (list(queues), limit, worker_id))
+    jobs = [claimed_from_row(r) for r in rows if r["id"] is not None]
+    now_limited = len(jobs) < len(rows)
+    if now_limited and (not limited) and (len(jobs) < limit):
+        more, now_limited = claim_flow(ex, queues, limit - len(jobs), worker_id, limited=True)
+        jobs += more
+    return (jobs, now_limited)
+
+
+def next_claim_wait(ex: SyncExecutor, queues: Sequence[str]) -> ClaimWait:
+    """What an idle worker of these queues waits for (see ``seconds_until_next_job``)."""
+    row = ex.fetch(query("seconds_until_next_job"), (list(queues),))[0]
+    return ClaimWait(due_in=row[0], limited=bool(row[1]))
+
+
+def set_queue_limit(ex: SyncExecutor, limit: QueueLimit) -> None:
+    """Write a queue's limits (all replaced) and its declared key overrides."""
+    rate, key_rate = (rate_params(limit.rate), rate_params(limit.key_rate))
+    with ex.atomic():
+        ex.fetch(
+            query("set_queue_limit"),
+            (limit.queue, limit.concurrency, *rate, limit.key_concurrency, *key_rate),
+        )
+        for key, key_limit in limit.keys.items():
+            ex.fetch(
+                query("set_key_limit"),
+                (limit.queue, key, key_limit.concurrency, *rate_params(key_limit.rate)),
+            )
+
+
+def clear_queue_limit(ex: SyncExecutor, queue: str) -> bool:
+    return bool(ex.fetch(query("clear_queue_limit"), (queue,))[0][0])
+
+
+def set_key_limit(
+    ex: SyncExecutor, queue: str, key: str, concurrency: int | None, rate: tuple[Any, Any]
+) -> None:
+    ex.fetch(query("set_key_limit"), (queue, key, concurrency, *rate))
+
+
+def clear_key_limit(ex: SyncExecutor, queue: str, key: str) -> bool:
+    return bool(ex.fetch(query("clear_key_limit"), (queue, key))[0][0])
+
+
+def limit_status(ex: SyncExecutor, queue: str | None = None) -> list[LimitStatus]:
+    rows = ex.fetch(query("limit_status"), (queue,))
+    return [limit_status_from_row(r) for r in rows]

@@ -4,14 +4,15 @@ back. Pure functions shared by the sync and async faces; no I/O here."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import operator
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict, TypeVar
 
 from pgqueue.errors import InvalidJobError
 from pgqueue.limits import (
@@ -37,6 +38,15 @@ PRIORITY_MIN, PRIORITY_MAX = -32768, 32767  # smallint; higher runs first
 MAX_ATTEMPTS_LIMIT = 1000
 IDEMPOTENCY_KEY_MAX = 255
 CONCURRENCY_KEY_MAX = 255
+UNIQUE_KEY_MAX = 255
+SEQUENCE_KEY_MAX = 255
+# What a job of a sequence that fails for good does to the jobs behind it: holds them
+# (until it is retried and succeeds, or deleted) or lets them go on.
+SequenceOnFailure = Literal["hold", "continue"]
+SEQUENCE_ON_FAILURE: tuple[SequenceOnFailure, ...] = ("hold", "continue")
+# How many hex digits of the SHA-256 of (task, args) a default unique key keeps: 192
+# bits, and a task name of 200 characters plus the digest still fits UNIQUE_KEY_MAX.
+_ARGS_DIGEST_CHARS = 48
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -60,6 +70,28 @@ class JobSpec(NamedTuple):
     # Jobs sharing a concurrency key share its concurrency and rate limits and take
     # turns with other keys (see pgqueue.limits' flow control).
     concurrency_key: str | None = None
+    # The key of a unique window or of debouncing (see pgqueue/sql/uniqueness.sql): set,
+    # by build_job when not given, exactly when unique_for or debounce is.
+    unique_key: str | None = None
+    # Seconds during which another enqueue of unique_key returns this job.
+    unique_for: float | None = None
+    # Seconds a newer enqueue of unique_key pushes this job back, while it waits.
+    debounce: float | None = None
+    # Jobs sharing a sequence key run one at a time, in enqueue order (see
+    # pgqueue/sql/sequences.sql); set by build_job exactly when sequence_key is.
+    sequence_key: str | None = None
+    sequence_on_failure: SequenceOnFailure | None = None
+
+    @property
+    def enqueue_statement(self) -> str:
+        """The name of the statement that writes this job alone (its key decides)."""
+        if self.sequence_key is not None:
+            return "enqueue_sequenced"
+        if self.debounce is not None:
+            return "enqueue_debounced"
+        if self.unique_for is not None:
+            return "enqueue_unique"
+        return "enqueue" if self.idempotency_key is None else "enqueue_idempotent"
 
     @property
     def copyable(self) -> bool:
@@ -67,16 +99,24 @@ class JobSpec(NamedTuple):
         return self[_COPIED:] == _COPY_DEFAULTS
 
     def insert_params(self) -> tuple[Any, ...]:
-        """Parameters of the ``enqueue`` / ``enqueue_idempotent`` statements."""
+        """Parameters of :attr:`enqueue_statement`: a prefix of INSERT_FIELDS' values
+        (``enqueue`` takes none of the keys, ``enqueue_idempotent`` the idempotency key,
+        ``enqueue_unique`` and ``enqueue_debounced`` the unique ones too, and
+        ``enqueue_sequenced`` all of them)."""
         params: tuple[Any, ...] = _insert_values(self)
-        return params if self.idempotency_key is not None else params[:-1]
+        if self.sequence_key is not None:
+            return params
+        if self.unique_key is not None:
+            return params[:_UNIQUE]
+        return params[:_BULK] if self.idempotency_key is not None else params[: _BULK - 1]
 
 
 # The one list of what an enqueue writes, in the order of the parameters of the enqueue
-# statements ($1, $2, ...; the key, last, only in enqueue_idempotent) and of
-# enqueue_many's arrays (after the ids). Every JobSpec field is in it: a new job option
-# is a JobSpec field, its place here, its column in those statements and a migration
-# (tests/test_job_definition.py fails until every path carries it).
+# statements ($1, $2, ...: see JobSpec.insert_params for which prefix each takes) and of
+# enqueue_many's arrays (after the ids; up to idempotency_key, see _BULK). Every JobSpec
+# field is in it: a new job option is a JobSpec field, its place here, its column in
+# those statements and a migration (tests/test_job_definition.py fails until every path
+# carries it).
 INSERT_FIELDS: tuple[str, ...] = (
     "queue",
     "task",
@@ -88,7 +128,17 @@ INSERT_FIELDS: tuple[str, ...] = (
     "timeout",
     "concurrency_key",
     "idempotency_key",
+    "unique_key",
+    "unique_for",
+    "debounce",
+    "sequence_key",
+    "sequence_on_failure",
 )
+# enqueue_many writes the fields up to idempotency_key: a job with a unique or sequence
+# key needs its own statement (pgqueue/sql/uniqueness.sql, sequences.sql), which a bulk
+# enqueue runs per job.
+_BULK = INSERT_FIELDS.index("idempotency_key") + 1
+_UNIQUE = INSERT_FIELDS.index("debounce") + 1  # the unique statements' parameters
 # The fields the bulk fast path's COPY writes (after the ids, in copy_jobs' column
 # order): JobSpec's leading fields, so that a job's COPY row is a slice of it. Every
 # later field must be at its default for a job to go by COPY.
@@ -98,7 +148,7 @@ if JobSpec._fields[:_COPIED] != COPY_FIELDS or set(INSERT_FIELDS) != set(JobSpec
     raise AssertionError("JobSpec, INSERT_FIELDS and COPY_FIELDS disagree")
 _COPY_DEFAULTS = tuple(JobSpec._field_defaults[f] for f in JobSpec._fields[_COPIED:])
 _insert_values = operator.attrgetter(*INSERT_FIELDS)
-_field_values = [operator.attrgetter(field) for field in INSERT_FIELDS]
+_field_values = [operator.attrgetter(field) for field in INSERT_FIELDS[:_BULK]]
 
 
 class CheckedJobSpec(JobSpec):
@@ -143,6 +193,11 @@ class Job:
     timeout: float | None = None
     progress: Any = None  # what the running attempt last reported, if anything
     concurrency_key: str | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None  # seconds
+    debounce: float | None = None  # seconds
+    sequence_key: str | None = None
+    sequence_on_failure: SequenceOnFailure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +308,10 @@ def validate_job_id(value: object) -> int:
 
 
 def validate_seconds(value: object, what: str, *, allow_zero: bool) -> float:
-    """A number of seconds: finite, at least MIN_TIMEOUT_SECONDS (or zero) and at most
-    MAX_SECONDS."""
+    """A number of seconds (or a timedelta): finite, at least MIN_TIMEOUT_SECONDS (or
+    zero) and at most MAX_SECONDS."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -326,10 +383,15 @@ def build_job(
     priority: int = 0,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     run_at: datetime | None = None,
-    delay: float | None = None,
+    delay: float | timedelta | None = None,
     idempotency_key: str | None = None,
-    timeout: float | None = None,
+    timeout: float | timedelta | None = None,
     concurrency_key: str | None = None,
+    unique_key: str | None = None,
+    unique_for: float | timedelta | None = None,
+    debounce: float | timedelta | None = None,
+    sequence_key: str | None = None,
+    sequence_on_failure: SequenceOnFailure | None = None,
 ) -> JobSpec:
     """Check every field of a job and return it ready to insert: the one place where a
     job's fields are validated, so that the library, the API and the CLI refuse the same
@@ -350,12 +412,31 @@ def build_job(
     if run_at is not None:
         validate_run_at(run_at)
     delay_seconds = 0.0 if delay is None else validate_seconds(delay, "delay", allow_zero=True)
-    if timeout is not None:
-        timeout = validate_timeout(timeout, "timeout")
+    timeout_seconds = None if timeout is None else validate_timeout(timeout, "timeout")
     if idempotency_key is not None:
         validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_MAX)
     if concurrency_key is not None:
         validate_text(concurrency_key, "concurrency_key", CONCURRENCY_KEY_MAX)
+    unique_for_seconds = (
+        None if unique_for is None else validate_seconds(unique_for, "unique_for", allow_zero=False)
+    )
+    debounce_seconds = (
+        None if debounce is None else validate_seconds(debounce, "debounce", allow_zero=True)
+    )
+    _check_one_mode(
+        idempotency_key=idempotency_key,
+        unique_for=unique_for_seconds,
+        debounce=debounce_seconds,
+        sequence_key=sequence_key,
+    )
+    unique_key = _unique_key(
+        task,
+        args_json,
+        unique_key=unique_key,
+        unique_for=unique_for_seconds,
+        debounce=debounce_seconds,
+    )
+    sequence_on_failure = _sequence_on_failure(sequence_key, sequence_on_failure)
     return CheckedJobSpec(
         task=task,
         args_json=args_json,
@@ -365,9 +446,76 @@ def build_job(
         run_at=run_at,
         delay=delay_seconds,
         idempotency_key=idempotency_key,
-        timeout=timeout,
+        timeout=timeout_seconds,
         concurrency_key=concurrency_key,
+        unique_key=unique_key,
+        unique_for=unique_for_seconds,
+        debounce=debounce_seconds,
+        sequence_key=sequence_key,
+        sequence_on_failure=sequence_on_failure,
     )
+
+
+def _check_one_mode(**modes: object) -> None:
+    """At most one of the options each enforced by its own index and statement."""
+    given = [name for name, value in modes.items() if value is not None]
+    if len(given) > 1:
+        raise InvalidJobError(
+            f"give one of {', '.join(modes)}, not {' and '.join(given)}", field=given[1]
+        )
+
+
+def _sequence_on_failure(sequence_key: str | None, on_failure: object) -> SequenceOnFailure | None:
+    if sequence_key is None:
+        if on_failure is not None:
+            raise InvalidJobError(
+                "sequence_on_failure needs a sequence_key", field="sequence_on_failure"
+            )
+        return None
+    validate_text(sequence_key, "sequence_key", SEQUENCE_KEY_MAX)
+    if on_failure is None:
+        return "hold"
+    for choice in SEQUENCE_ON_FAILURE:
+        if on_failure == choice:
+            return choice
+    raise InvalidJobError(
+        f"sequence_on_failure must be 'hold' or 'continue', got {_short(on_failure)}",
+        field="sequence_on_failure",
+    )
+
+
+def _unique_key(
+    task: str,
+    args_json: str,
+    *,
+    unique_key: str | None,
+    unique_for: float | None,
+    debounce: float | None,
+) -> str | None:
+    """The job's unique key, checked: the one given, else its mode's default (see
+    pgqueue/sql/uniqueness.sql); None when the job has neither unique_for nor debounce."""
+    if unique_key is not None:
+        validate_text(unique_key, "unique_key", UNIQUE_KEY_MAX)
+        if unique_for is None and debounce is None:
+            raise InvalidJobError(
+                "unique_key is the key of unique_for or debounce: give one of them too",
+                field="unique_key",
+            )
+        return unique_key
+    if unique_for is not None:
+        return default_unique_key(task, args_json)
+    if debounce is not None:
+        return task  # a debounced job's args change: the task alone is the default key
+    return None
+
+
+def default_unique_key(task: str, args_json: str) -> str:
+    """The key of a unique window given without unique_key: the task and a digest of its
+    arguments in canonical JSON (keys sorted), so that the same call gives the same key
+    whatever the order its keyword arguments were written in."""
+    canonical = json.dumps(json.loads(args_json), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(f"{task}\x00{canonical}".encode()).hexdigest()
+    return f"{task}:{digest[:_ARGS_DIGEST_CHARS]}"
 
 
 class JobOptions(TypedDict, total=False):
@@ -380,10 +528,15 @@ class JobOptions(TypedDict, total=False):
     priority: int | None
     max_attempts: int | None
     run_at: datetime | None
-    delay: float | None
+    delay: float | timedelta | None
     idempotency_key: str | None
-    timeout: float | None
+    timeout: float | timedelta | None
     concurrency_key: str | None
+    unique_key: str | None
+    unique_for: float | timedelta | None
+    debounce: float | timedelta | None
+    sequence_key: str | None
+    sequence_on_failure: SequenceOnFailure | None
 
 
 JOB_OPTION_NAMES = frozenset(JobOptions.__annotations__)
@@ -428,6 +581,11 @@ def build_with_options(
         idempotency_key=options.get("idempotency_key"),
         timeout=options.get("timeout"),
         concurrency_key=options.get("concurrency_key"),
+        unique_key=options.get("unique_key"),
+        unique_for=options.get("unique_for"),
+        debounce=options.get("debounce"),
+        sequence_key=options.get("sequence_key"),
+        sequence_on_failure=options.get("sequence_on_failure"),
     )
 
 
@@ -462,6 +620,11 @@ def check_spec(spec: JobSpec) -> JobSpec:
         idempotency_key=spec.idempotency_key,
         timeout=spec.timeout,
         concurrency_key=spec.concurrency_key,
+        unique_key=spec.unique_key,
+        unique_for=spec.unique_for,
+        debounce=spec.debounce,
+        sequence_key=spec.sequence_key,
+        sequence_on_failure=spec.sequence_on_failure,
     )
 
 
@@ -499,6 +662,15 @@ class BulkPlan:
             if spec.idempotency_key is not None:
                 first.setdefault(spec.idempotency_key, index)
         return cls(specs=specs, results=[None] * len(specs), first_with_key=first)
+
+    def solo_rows(self) -> list[int]:
+        """Input rows with a unique or sequence key, which the bulk statement cannot
+        write: each goes by its own statement."""
+        return [
+            i
+            for i, spec in enumerate(self.specs)
+            if spec.unique_key is not None or spec.sequence_key is not None
+        ]
 
     def pending(self) -> list[int]:
         """Input rows still to insert (the first row of each key, and keyless rows)."""
@@ -578,6 +750,11 @@ def job_from_row(row: Any) -> Job:
         timeout=row["timeout"],
         progress=decode_json(row["progress"]),
         concurrency_key=row["concurrency_key"],
+        unique_key=row["unique_key"],
+        unique_for=row["unique_for"],
+        debounce=row["debounce"],
+        sequence_key=row["sequence_key"],
+        sequence_on_failure=row["sequence_on_failure"],
     )
 
 
@@ -590,7 +767,8 @@ def new_job(spec: JobSpec, row: Any) -> Job:
         queue=spec.queue,
         task=spec.task,
         args=json.loads(spec.args_json),
-        state=JobState.QUEUED,
+        # A job of a sequence waits blocked behind an unfinished one.
+        state=JobState.QUEUED if spec.sequence_key is None else JobState(row["state"]),
         priority=spec.priority,
         attempts=0,
         max_attempts=spec.max_attempts,
@@ -603,6 +781,11 @@ def new_job(spec: JobSpec, row: Any) -> Job:
         finished_at=None,
         timeout=spec.timeout,
         concurrency_key=spec.concurrency_key,
+        unique_key=spec.unique_key,
+        unique_for=spec.unique_for,
+        debounce=spec.debounce,
+        sequence_key=spec.sequence_key,
+        sequence_on_failure=spec.sequence_on_failure,
     )
 
 
@@ -636,6 +819,29 @@ class QueueStats:
 
 
 _QUEUE_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(QueueStats))
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceStatus:
+    """One sequence with unfinished jobs (a row of ``pgqueue.sequence_status``)."""
+
+    sequence_key: str
+    unfinished: int  # blocked, queued, running, or failed and holding the rest
+    head_job_id: int | None  # the job the rest wait for
+    head_state: JobState | None
+    head_queue: str | None
+
+
+def sequence_status_from_row(row: Any) -> SequenceStatus:
+    """A ``sequence_status`` row as SequenceStatus, by column name."""
+    state = row["head_state"]
+    return SequenceStatus(
+        sequence_key=row["sequence_key"],
+        unfinished=row["unfinished"],
+        head_job_id=row["head_job_id"],
+        head_state=None if state is None else JobState(state),
+        head_queue=row["head_queue"],
+    )
 
 
 def queue_stats_from_row(row: Any) -> QueueStats:

@@ -31,4 +31,10 @@ PRUNE = AdvisoryLock("prune", 7215408337251730691, owner="pgqueue.worker.pruning
 # big-endian integer. Fixed for good: changing it would let old and new migrators race.
 MIGRATION = AdvisoryLock("migration", 0x70677175657565, owner="pgqueue.migrate")
 
-ALL: tuple[AdvisoryLock, ...] = (RESCUE, PRUNE, MIGRATION)
+# The lock space of the claims of limited queues (pgqueue.claim_limited_queues): the two-key form
+# pg_advisory_xact_lock(FLOW.key, hashtext(queue)), held by each claim of a queue with
+# limits until it commits, so that claims of that queue count and claim one at a time.
+# A 32-bit key ("pgqf"): the two-key form takes two integers.
+FLOW = AdvisoryLock("flow", 0x70677166, owner="pgqueue.worker.claiming.Claimer")
+
+ALL: tuple[AdvisoryLock, ...] = (RESCUE, PRUNE, MIGRATION, FLOW)

@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from pgqueue import driver
 from pgqueue.executors import async_executor_for
+from pgqueue.flow import (
+    KeyLimit,
+    LimitStatus,
+    QueueLimit,
+    Rate,
+    build_key_limit,
+    build_limit,
+    rate_params,
+    validate_key,
+)
 from pgqueue.jobs import (
+    DEFAULT_MAX_ATTEMPTS,
     EnqueueResult,
     JobOptions,
     all_keyed,
@@ -19,9 +30,16 @@ from pgqueue.jobs import (
 )
 from pgqueue.queue_core import QueueCore
 from pgqueue.retention import PRUNE_BATCH, Retention
+from pgqueue.scheduling.specs import (
+    Schedule,
+    ScheduleNotFoundError,
+    build_schedule,
+    validate_schedule_name,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from datetime import timedelta
 
     from pgqueue.executors import AsyncExecutor
     from pgqueue.jobs import Job, JobSpec, QueueStats
@@ -121,6 +139,71 @@ class QueueCalls(QueueCore):
         name = validate_queue_name(queue)
         await self._call(lambda ex: driver.resume_queue(ex, name), conn, idempotent=True)
 
+    # --- flow control: concurrency and rate limits (pgqueue.flow) -------------------------
+
+    async def set_limit(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | str | None = None,
+        key_concurrency: int | None = None,
+        key_rate: Rate | str | None = None,
+        keys: Mapping[str, KeyLimit] | None = None,
+        conn: Any = None,
+    ) -> QueueLimit:
+        """Set ``queue``'s limits now, for every worker (all of them replaced; see
+        :meth:`limit` for each argument). A worker that declares limits for the queue in
+        code writes those again as it starts. Same as ``SELECT pgqueue.set_queue_limit(...)``."""
+        limit = build_limit(
+            queue,
+            concurrency=concurrency,
+            rate=rate,
+            key_concurrency=key_concurrency,
+            key_rate=key_rate,
+            keys=keys,
+        )
+        await self._call(lambda ex: driver.set_queue_limit(ex, limit), conn, idempotent=True)
+        return limit
+
+    async def clear_limit(self, queue: str, *, conn: Any = None) -> bool:
+        """Remove ``queue``'s limits and key overrides (its claims are plain again);
+        False if it had none."""
+        name = validate_queue_name(queue)
+        return await self._call(lambda ex: driver.clear_queue_limit(ex, name), conn)
+
+    async def set_key_limit(
+        self,
+        queue: str,
+        key: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | str | None = None,
+        conn: Any = None,
+    ) -> KeyLimit:
+        """Give one concurrency key of ``queue`` limits of its own, instead of the
+        queue's key defaults."""
+        name, key = validate_queue_name(queue), validate_key(key)
+        own = build_key_limit(concurrency=concurrency, rate=rate)
+        params = rate_params(own.rate)
+        await self._call(
+            lambda ex: driver.set_key_limit(ex, name, key, own.concurrency, params),
+            conn,
+            idempotent=True,
+        )
+        return own
+
+    async def clear_key_limit(self, queue: str, key: str, *, conn: Any = None) -> bool:
+        """Remove a key's own limits (it takes the queue's key defaults again)."""
+        name, key = validate_queue_name(queue), validate_key(key)
+        return await self._call(lambda ex: driver.clear_key_limit(ex, name, key), conn)
+
+    async def limits(self, queue: str | None = None, *, conn: Any = None) -> list[LimitStatus]:
+        """Every limited queue (or just ``queue``) and its keys with an override or jobs
+        running, running against their limits (the ``pgqueue.limit_status`` view)."""
+        name = None if queue is None else validate_queue_name(queue)
+        return await self._call(lambda ex: driver.limit_status(ex, name), conn, idempotent=True)
+
     # --- inspection --------------------------------------------------------------------
 
     async def get_job(self, job_id: int, *, conn: Any = None) -> Job | None:
@@ -131,3 +214,96 @@ class QueueCalls(QueueCore):
     async def queue_stats(self, *, conn: Any = None) -> list[QueueStats]:
         """Per queue: jobs in each state, the oldest claimable job's age, paused or not."""
         return await self._call(driver.queue_stats, conn, idempotent=True)
+
+    # --- periodic schedules (pgqueue.scheduling) -----------------------------------------
+
+    async def set_schedule(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        args: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        catch_up: bool = False,
+        conn: Any = None,
+    ) -> Schedule:
+        """Add a periodic schedule at runtime, or change the one called ``name``: a job
+        of ``task`` with ``args`` at each tick of ``cron`` (read in ``timezone``) or
+        ``every`` seconds (see :meth:`periodic` and :mod:`pgqueue.scheduling.ticks`).
+        Queue, priority and max_attempts default to the task's when it is registered
+        here. A pause is kept; a new rule or time zone counts its ticks again from the
+        first after a worker's scheduler sees it (within its interval, 5 s by
+        default). Returns the schedule as stored. Same as ``SELECT pgqueue.set_schedule(...)``."""
+        registered = self.tasks.get(task)
+        spec = build_schedule(
+            name,
+            task,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            args=args,
+            queue=queue
+            if queue is not None
+            else (registered.queue if registered else self.default_queue),
+            priority=priority
+            if priority is not None
+            else (registered.priority if registered else 0),
+            max_attempts=max_attempts
+            if max_attempts is not None
+            else (registered.max_attempts if registered else DEFAULT_MAX_ATTEMPTS),
+            timeout=timeout,
+            catch_up=catch_up,
+        )
+
+        async def op(ex: AsyncExecutor) -> Schedule:
+            async with ex.atomic():
+                await driver.set_schedule(ex, spec, "runtime")
+                return (await driver.list_schedules(ex, spec.name))[0]
+
+        return await self._call(op, conn, idempotent=True)
+
+    async def pause_schedule(self, name: str, *, conn: Any = None) -> None:
+        """No job for the schedule's ticks until :meth:`resume_schedule` (those ticks are
+        skipped, whatever its catch_up). ``ScheduleNotFoundError`` for an unknown name.
+        Same as ``SELECT pgqueue.pause_schedule(name)``."""
+        name = validate_schedule_name(name)
+        await self._call(lambda ex: driver.pause_schedule(ex, name), conn, idempotent=True)
+
+    async def resume_schedule(self, name: str, *, conn: Any = None) -> None:
+        """Resume a paused schedule from its first tick after a worker's scheduler sees
+        it. Same as ``SELECT pgqueue.resume_schedule(name)``."""
+        name = validate_schedule_name(name)
+        await self._call(lambda ex: driver.resume_schedule(ex, name), conn, idempotent=True)
+
+    async def remove_schedule(self, name: str, *, conn: Any = None) -> bool:
+        """Remove a schedule (its jobs stay); whether there was one. One declared in
+        code comes back when a worker of that code starts: pause it to stop it for good.
+        Same as ``SELECT pgqueue.remove_schedule(name)``."""
+        name = validate_schedule_name(name)
+        return await self._call(lambda ex: driver.remove_schedule(ex, name), conn)
+
+    async def trigger_schedule(self, name: str, *, conn: Any = None) -> int:
+        """Enqueue a job of the schedule now, paused or not, without moving its ticks;
+        the job's id. Same as ``SELECT pgqueue.trigger_schedule(name)``."""
+        name = validate_schedule_name(name)
+        return await self._call(lambda ex: driver.trigger_schedule(ex, name), conn)
+
+    async def get_schedule(self, name: str, *, conn: Any = None) -> Schedule:
+        """The schedule called ``name``, with its next and last runs;
+        ``ScheduleNotFoundError`` if there is none."""
+        name = validate_schedule_name(name)
+        found = await self._call(lambda ex: driver.list_schedules(ex, name), conn, idempotent=True)
+        if not found:
+            raise ScheduleNotFoundError(f"there is no schedule {name}")
+        return found[0]
+
+    async def list_schedules(self, *, conn: Any = None) -> list[Schedule]:
+        """Every schedule by name, with its next and last runs (the
+        ``pgqueue.schedule_status`` view)."""
+        return await self._call(driver.list_schedules, conn, idempotent=True)

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from pgqueue import driver_sync
 from pgqueue.executors import sync_executor_for
+from pgqueue.flow import (
+    KeyLimit,
+    LimitStatus,
+    QueueLimit,
+    Rate,
+    build_key_limit,
+    build_limit,
+    rate_params,
+    validate_key,
+)
 from pgqueue.jobs import (
+    DEFAULT_MAX_ATTEMPTS,
     EnqueueResult,
     JobOptions,
     all_keyed,
@@ -20,9 +31,16 @@ from pgqueue.jobs import (
 )
 from pgqueue.queue_core import QueueCore
 from pgqueue.retention import PRUNE_BATCH, Retention
+from pgqueue.scheduling.specs import (
+    Schedule,
+    ScheduleNotFoundError,
+    build_schedule,
+    validate_schedule_name,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
+    from datetime import timedelta
 
     from pgqueue.executors import SyncExecutor
     from pgqueue.jobs import Job, JobSpec, QueueStats
@@ -113,6 +131,69 @@ class QueueCallsSync(QueueCore):
         name = validate_queue_name(queue)
         self._call_sync(lambda ex: driver_sync.resume_queue(ex, name), conn, idempotent=True)
 
+    def set_limit_sync(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | str | None = None,
+        key_concurrency: int | None = None,
+        key_rate: Rate | str | None = None,
+        keys: Mapping[str, KeyLimit] | None = None,
+        conn: Any = None,
+    ) -> QueueLimit:
+        """Set ``queue``'s limits now, for every worker (all of them replaced; see
+        :meth:`limit` for each argument). A worker that declares limits for the queue in
+        code writes those again as it starts. Same as ``SELECT pgqueue.set_queue_limit(...)``."""
+        limit = build_limit(
+            queue,
+            concurrency=concurrency,
+            rate=rate,
+            key_concurrency=key_concurrency,
+            key_rate=key_rate,
+            keys=keys,
+        )
+        self._call_sync(lambda ex: driver_sync.set_queue_limit(ex, limit), conn, idempotent=True)
+        return limit
+
+    def clear_limit_sync(self, queue: str, *, conn: Any = None) -> bool:
+        """Remove ``queue``'s limits and key overrides (its claims are plain again);
+        False if it had none."""
+        name = validate_queue_name(queue)
+        return self._call_sync(lambda ex: driver_sync.clear_queue_limit(ex, name), conn)
+
+    def set_key_limit_sync(
+        self,
+        queue: str,
+        key: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | str | None = None,
+        conn: Any = None,
+    ) -> KeyLimit:
+        """Give one concurrency key of ``queue`` limits of its own, instead of the
+        queue's key defaults."""
+        name, key = (validate_queue_name(queue), validate_key(key))
+        own = build_key_limit(concurrency=concurrency, rate=rate)
+        params = rate_params(own.rate)
+        self._call_sync(
+            lambda ex: driver_sync.set_key_limit(ex, name, key, own.concurrency, params),
+            conn,
+            idempotent=True,
+        )
+        return own
+
+    def clear_key_limit_sync(self, queue: str, key: str, *, conn: Any = None) -> bool:
+        """Remove a key's own limits (it takes the queue's key defaults again)."""
+        name, key = (validate_queue_name(queue), validate_key(key))
+        return self._call_sync(lambda ex: driver_sync.clear_key_limit(ex, name, key), conn)
+
+    def limits_sync(self, queue: str | None = None, *, conn: Any = None) -> list[LimitStatus]:
+        """Every limited queue (or just ``queue``) and its keys with an override or jobs
+        running, running against their limits (the ``pgqueue.limit_status`` view)."""
+        name = None if queue is None else validate_queue_name(queue)
+        return self._call_sync(lambda ex: driver_sync.limit_status(ex, name), conn, idempotent=True)
+
     def get_job_sync(self, job_id: int, *, conn: Any = None) -> Job | None:
         """The job with this id, or None."""
         job_id = validate_job_id(job_id)
@@ -121,3 +202,98 @@ class QueueCallsSync(QueueCore):
     def queue_stats_sync(self, *, conn: Any = None) -> list[QueueStats]:
         """Per queue: jobs in each state, the oldest claimable job's age, paused or not."""
         return self._call_sync(driver_sync.queue_stats, conn, idempotent=True)
+
+    def set_schedule_sync(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        args: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        catch_up: bool = False,
+        conn: Any = None,
+    ) -> Schedule:
+        """Add a periodic schedule at runtime, or change the one called ``name``: a job
+        of ``task`` with ``args`` at each tick of ``cron`` (read in ``timezone``) or
+        ``every`` seconds (see :meth:`periodic` and :mod:`pgqueue.scheduling.ticks`).
+        Queue, priority and max_attempts default to the task's when it is registered
+        here. A pause is kept; a new rule or time zone counts its ticks again from the
+        first after a worker's scheduler sees it (within its interval, 5 s by
+        default). Returns the schedule as stored. Same as ``SELECT pgqueue.set_schedule(...)``."""
+        registered = self.tasks.get(task)
+        spec = build_schedule(
+            name,
+            task,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            args=args,
+            queue=queue
+            if queue is not None
+            else registered.queue
+            if registered
+            else self.default_queue,
+            priority=priority if priority is not None else registered.priority if registered else 0,
+            max_attempts=max_attempts
+            if max_attempts is not None
+            else registered.max_attempts
+            if registered
+            else DEFAULT_MAX_ATTEMPTS,
+            timeout=timeout,
+            catch_up=catch_up,
+        )
+
+        def op(ex: SyncExecutor) -> Schedule:
+            with ex.atomic():
+                driver_sync.set_schedule(ex, spec, "runtime")
+                return driver_sync.list_schedules(ex, spec.name)[0]
+
+        return self._call_sync(op, conn, idempotent=True)
+
+    def pause_schedule_sync(self, name: str, *, conn: Any = None) -> None:
+        """No job for the schedule's ticks until :meth:`resume_schedule` (those ticks are
+        skipped, whatever its catch_up). ``ScheduleNotFoundError`` for an unknown name.
+        Same as ``SELECT pgqueue.pause_schedule(name)``."""
+        name = validate_schedule_name(name)
+        self._call_sync(lambda ex: driver_sync.pause_schedule(ex, name), conn, idempotent=True)
+
+    def resume_schedule_sync(self, name: str, *, conn: Any = None) -> None:
+        """Resume a paused schedule from its first tick after a worker's scheduler sees
+        it. Same as ``SELECT pgqueue.resume_schedule(name)``."""
+        name = validate_schedule_name(name)
+        self._call_sync(lambda ex: driver_sync.resume_schedule(ex, name), conn, idempotent=True)
+
+    def remove_schedule_sync(self, name: str, *, conn: Any = None) -> bool:
+        """Remove a schedule (its jobs stay); whether there was one. One declared in
+        code comes back when a worker of that code starts: pause it to stop it for good.
+        Same as ``SELECT pgqueue.remove_schedule(name)``."""
+        name = validate_schedule_name(name)
+        return self._call_sync(lambda ex: driver_sync.remove_schedule(ex, name), conn)
+
+    def trigger_schedule_sync(self, name: str, *, conn: Any = None) -> int:
+        """Enqueue a job of the schedule now, paused or not, without moving its ticks;
+        the job's id. Same as ``SELECT pgqueue.trigger_schedule(name)``."""
+        name = validate_schedule_name(name)
+        return self._call_sync(lambda ex: driver_sync.trigger_schedule(ex, name), conn)
+
+    def get_schedule_sync(self, name: str, *, conn: Any = None) -> Schedule:
+        """The schedule called ``name``, with its next and last runs;
+        ``ScheduleNotFoundError`` if there is none."""
+        name = validate_schedule_name(name)
+        found = self._call_sync(
+            lambda ex: driver_sync.list_schedules(ex, name), conn, idempotent=True
+        )
+        if not found:
+            raise ScheduleNotFoundError(f"there is no schedule {name}")
+        return found[0]
+
+    def list_schedules_sync(self, *, conn: Any = None) -> list[Schedule]:
+        """Every schedule by name, with its next and last runs (the
+        ``pgqueue.schedule_status`` view)."""
+        return self._call_sync(driver_sync.list_schedules, conn, idempotent=True)

@@ -29,6 +29,11 @@ class JobState(StrEnum):
     FAILED = "failed"
     # CANCELLED: cancelled before it finished. Out only by a manual retry.
     CANCELLED = "cancelled"
+    # BLOCKED: waiting for its turn, and no candidate of any claim: a job of a sequence
+    # (sequence_key) behind an unfinished one. In: enqueue behind an unfinished job of
+    # its sequence; a manual retry while its sequence is busy. Out: the job ahead
+    # finishes (-> queued), or it is cancelled. See pgqueue/sql/sequences.sql.
+    BLOCKED = "blocked"
 
 
 TERMINAL_STATES: frozenset[JobState] = frozenset(
@@ -45,6 +50,11 @@ ALLOWED_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.RUNNING, JobState.CANCELLED),
         (JobState.FAILED, JobState.QUEUED),
         (JobState.CANCELLED, JobState.QUEUED),
+        (JobState.BLOCKED, JobState.QUEUED),
+        (JobState.BLOCKED, JobState.CANCELLED),
+        # A manual retry of a job whose sequence has another job unfinished.
+        (JobState.FAILED, JobState.BLOCKED),
+        (JobState.CANCELLED, JobState.BLOCKED),
     }
 )
 

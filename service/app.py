@@ -13,14 +13,18 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from .auth import OPEN_PATHS, ApiKeyMiddleware
 from .dashboard import DASHBOARD_HANDLERS, template_config
+from .dashboard_schedules import DashboardSchedulesController
 from .health import healthz, readyz
 from .http_limits import JsonBodyMiddleware, RequestLimits
 from .jobs import JobsController
+from .limits import LimitsController
 from .logs import RequestObserver
 from .metrics import Metrics, metrics_endpoint
 from .problems import EXCEPTION_HANDLERS
 from .queues import QueuesController
-from .schemas import document
+from .schedules import SchedulesController
+from .schemas import document, document_limits, document_schedules
+from .sequences import SequencesController
 from .state import ServiceState
 
 if TYPE_CHECKING:
@@ -47,10 +51,14 @@ def create_app(settings: ServiceSettings) -> Litestar:
         route_handlers=[
             JobsController,
             QueuesController,
+            SchedulesController,
+            LimitsController,
+            SequencesController,
             healthz,
             readyz,
             metrics_endpoint,
             *DASHBOARD_HANDLERS,
+            DashboardSchedulesController,
         ],
         template_config=template_config(),
         middleware=[
@@ -72,6 +80,8 @@ def create_app(settings: ServiceSettings) -> Litestar:
     )
     # This server's limits into its OpenAPI description (built here, once).
     document(app.openapi_schema, settings)
+    document_schedules(app.openapi_schema)
+    document_limits(app.openapi_schema)
     # Around everything, 404s included: access log, request id, request metrics.
     app.asgi_handler = RequestObserver(RequestLimits(app.asgi_handler, settings.http), metrics)
     return app

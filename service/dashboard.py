@@ -370,10 +370,11 @@ async def _overview(
     async with service.connection() as conn:
         stats = await admin.queue_stats(conn=conn)
         throughput = await admin.throughput(THROUGHPUT_MINUTES, conn=conn)
+        limits = await admin.list_limits(conn=conn)
         recent = []
         if jobs:
             recent = (await admin.list_jobs(limit=RECENT_JOBS, conn=conn)).jobs
-    return queue_rows(stats, throughput, THROUGHPUT_MINUTES), recent
+    return queue_rows(stats, throughput, THROUGHPUT_MINUTES, limits), recent
 
 
 async def _job_page(
@@ -403,7 +404,7 @@ def _job_context(job: Job) -> dict[str, Any]:
         "job": job,
         "final": job.state in TERMINAL_STATES,
         "can_retry": job.state in {JobState.FAILED, JobState.CANCELLED},
-        "can_cancel": job.state in {JobState.QUEUED, JobState.RUNNING},
+        "can_cancel": job.state in {JobState.QUEUED, JobState.RUNNING, JobState.BLOCKED},
         "errors": attempt_errors(job.errors),
     }
 

@@ -17,6 +17,7 @@ from pgqueue.states import JobState
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from pgqueue.flow import LimitStatus
     from pgqueue.jobs import QueueStats
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -64,11 +65,17 @@ class QueueRow:
     failed: int  # ... of which failed
     spark: str  # one character per minute, oldest first
     spark_title: str
+    # The queue's own limits and what runs against them (pgqueue.flow); None: unlimited.
+    limit: LimitStatus | None = None
 
 
 def queue_rows(
-    stats: list[QueueStats], throughput: Iterable[tuple[str, int, int, int]], minutes: int
+    stats: list[QueueStats],
+    throughput: Iterable[tuple[str, int, int, int]],
+    minutes: int,
+    limits: Iterable[LimitStatus] = (),
 ) -> list[QueueRow]:
+    limited = {lim.queue: lim for lim in limits if lim.concurrency_key is None}
     per_minute: dict[str, list[int]] = {}
     failed: dict[str, int] = {}
     for queue, minutes_ago, count, failures in throughput:
@@ -93,6 +100,7 @@ def queue_rows(
                     f"jobs finished per minute over the last {minutes} minutes, oldest first: "
                     + ", ".join(map(str, counts))
                 ),
+                limit=limited.get(stat.queue),
             )
         )
     return rows

@@ -109,6 +109,15 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
                 "the Idempotency-Key header and the body's idempotency_key differ: give one key",
                 field="idempotency_key",
             )
+        others = (item.unique_for_seconds, item.debounce_seconds, item.sequence_key)
+        if any(other is not None for other in others):
+            # 409 as above: the header cannot be described beside the body's options.
+            raise ProblemError(
+                409,
+                "the Idempotency-Key header excludes unique_for_seconds, debounce_seconds "
+                "and sequence_key: give one",
+                field="idempotency_key",
+            )
         key = header_key
     options: dict[str, Any] = {
         "queue": item.queue,
@@ -119,6 +128,11 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
         "idempotency_key": key,
         "timeout": item.timeout_seconds,
         "concurrency_key": item.concurrency_key,
+        "unique_key": item.unique_key,
+        "unique_for": item.unique_for_seconds,
+        "debounce": item.debounce_seconds,
+        "sequence_key": item.sequence_key,
+        "sequence_on_failure": item.sequence_on_failure,
     }
     return service.queue.build(
         item.task, item.args, **{k: v for k, v in options.items() if v is not None}
@@ -152,7 +166,9 @@ class JobsController(Controller):
         status_code=202,
         summary="Enqueue a job",
         responses={
-            200: ResponseSpec(JobOut, description="The job already holding the idempotency key"),
+            200: ResponseSpec(
+                JobOut, description="The job already holding the idempotency or unique key"
+            ),
             **problem_responses(400, 401, 403, 409, 413, 422, 503),
         },
     )
@@ -169,7 +185,9 @@ class JobsController(Controller):
     ) -> Response[JobOut]:
         """202 with the new job and its Location. With an idempotency key (in the body or
         the Idempotency-Key header) that a job already holds: 200 with that job when the
-        request is the same, 409 when it differs."""
+        request is the same, 409 when it differs. 200 too with the job that holds the
+        unique key (unique_for_seconds: the window's first job, as it stands;
+        debounce_seconds: the pending job, which took this request's args)."""
         service = _state(request)
         await check_json_types(request, JobIn)
         spec = build_spec(service, data, header_key=idempotency_key)
@@ -182,7 +200,9 @@ class JobsController(Controller):
         location = {"Location": f"/v1/jobs/{job.id}"}
         if not result.duplicate:
             return Response(JobOut.of(job), status_code=202, headers=location)
-        if not _same_request(job, spec):
+        # A unique window returns its first job whatever was asked now, and a debounced
+        # job has just taken this request's args: only an idempotency key must match.
+        if spec.idempotency_key is not None and not _same_request(job, spec):
             raise ProblemError(
                 409,
                 f"idempotency key {spec.idempotency_key!r} is held by job {job.id}, which was "

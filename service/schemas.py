@@ -10,11 +10,12 @@ nothing the server refuses (see ``document``). See problems.py for why."""
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import types
 import typing
 from datetime import datetime  # noqa: TC003 - msgspec needs it at runtime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
@@ -26,7 +27,9 @@ from pgqueue.jobs import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     QUEUE_NAME_RE,
+    SEQUENCE_KEY_MAX,
     TASK_NAME_RE,
+    UNIQUE_KEY_MAX,
 )
 from pgqueue.limits import (
     JOB_ID_MAX,
@@ -36,12 +39,14 @@ from pgqueue.limits import (
     RUN_AT_MAX,
     RUN_AT_MIN,
 )
+from pgqueue.scheduling.ticks import EVERY_MAX_SECONDS, time_zone_names
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
     from litestar.openapi.spec import OpenAPI
 
-    from pgqueue.jobs import Job, QueueStats
+    from pgqueue.flow import LimitStatus
+    from pgqueue.jobs import Job, QueueStats, SequenceStatus
 
     from .settings import ServiceSettings
 
@@ -168,6 +173,66 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    unique_key: (
+        Annotated[
+            str,
+            documented(
+                "the key of unique_for_seconds or debounce_seconds (default: the task and "
+                "its args for the first, the task for the second)",
+                minLength=1,
+                maxLength=UNIQUE_KEY_MAX,
+                pattern=NO_NUL_PATTERN,
+            ),
+        ]
+        | None
+    ) = None
+    unique_for_seconds: (
+        Annotated[
+            float,
+            documented(
+                "another enqueue of the unique key within this many seconds returns this "
+                "job (excludes idempotency_key and debounce_seconds)",
+                minimum=MIN_TIMEOUT_SECONDS,
+                maximum=MAX_SECONDS,
+            ),
+        ]
+        | None
+    ) = None
+    debounce_seconds: (
+        Annotated[
+            float,
+            documented(
+                "a pending job of the unique key takes these args and runs this many seconds "
+                "from now instead (excludes idempotency_key and unique_for_seconds)",
+                minimum=0,
+                maximum=MAX_SECONDS,
+            ),
+        ]
+        | None
+    ) = None
+    sequence_key: (
+        Annotated[
+            str,
+            documented(
+                "jobs sharing this key run one at a time, in enqueue order (excludes "
+                "idempotency_key, unique_for_seconds and debounce_seconds)",
+                minLength=1,
+                maxLength=SEQUENCE_KEY_MAX,
+                pattern=NO_NUL_PATTERN,
+            ),
+        ]
+        | None
+    ) = None
+    sequence_on_failure: (
+        Annotated[
+            Literal["hold", "continue"],
+            documented(
+                "when this job fails for good, hold the rest of its sequence (the default) "
+                "or let them go on; needs sequence_key"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -189,6 +254,11 @@ class JobOut(msgspec.Struct):
     idempotency_key: str | None
     timeout_seconds: float | None
     concurrency_key: str | None
+    unique_key: str | None
+    unique_for_seconds: float | None
+    debounce_seconds: float | None
+    sequence_key: str | None
+    sequence_on_failure: str | None
     args: dict[str, Any]
     result: Any
     errors: list[dict[str, Any]]
@@ -211,6 +281,11 @@ class JobOut(msgspec.Struct):
             idempotency_key=job.idempotency_key,
             timeout_seconds=job.timeout,
             concurrency_key=job.concurrency_key,
+            unique_key=job.unique_key,
+            unique_for_seconds=job.unique_for,
+            debounce_seconds=job.debounce,
+            sequence_key=job.sequence_key,
+            sequence_on_failure=job.sequence_on_failure,
             args=job.args,
             result=job.result,
             errors=job.errors,
@@ -267,6 +342,31 @@ class QueueList(msgspec.Struct):
     queues: list[QueueOut]
 
 
+class SequenceOut(msgspec.Struct):
+    """A sequence with unfinished jobs: how many (blocked, queued, running, or failed
+    and holding the rest), and the job the rest wait for."""
+
+    sequence_key: str
+    unfinished: int
+    head_job_id: int | None
+    head_state: str | None
+    head_queue: str | None
+
+    @classmethod
+    def of(cls, status: SequenceStatus) -> SequenceOut:
+        return cls(
+            sequence_key=status.sequence_key,
+            unfinished=status.unfinished,
+            head_job_id=status.head_job_id,
+            head_state=None if status.head_state is None else status.head_state.value,
+            head_queue=status.head_queue,
+        )
+
+
+class SequenceList(msgspec.Struct):
+    sequences: list[SequenceOut]
+
+
 class Problem(msgspec.Struct):
     """An error (RFC 9457 problem details, ``application/problem+json``): ``detail``
     says what was wrong in this case. Some errors add fields: ``errors`` (what did not
@@ -294,6 +394,51 @@ def _json_object() -> Schema:
     )
 
 
+def _unique_modes() -> list[Schema | Reference]:
+    """idempotency_key, unique_for_seconds, debounce_seconds and sequence_key exclude
+    each other (at most one given, not null); unique_key needs unique_for_seconds or
+    debounce_seconds, and sequence_on_failure needs sequence_key."""
+    modes = {
+        "idempotency_key": OpenAPIType.STRING,
+        "unique_for_seconds": OpenAPIType.NUMBER,
+        "debounce_seconds": OpenAPIType.NUMBER,
+        "sequence_key": OpenAPIType.STRING,
+    }
+    rules: list[Schema | Reference] = [
+        Schema(
+            schema_not=Schema(
+                required=[a, b], properties={a: Schema(type=modes[a]), b: Schema(type=modes[b])}
+            )
+        )
+        for a, b in itertools.combinations(modes, 2)
+    ]
+    not_a_number = Schema(schema_not=Schema(type=OpenAPIType.NUMBER))
+    rules.append(
+        Schema(
+            schema_not=Schema(
+                required=["sequence_on_failure"],
+                properties={
+                    "sequence_on_failure": Schema(type=OpenAPIType.STRING),
+                    "sequence_key": Schema(schema_not=Schema(type=OpenAPIType.STRING)),
+                },
+            )
+        )
+    )
+    rules.append(
+        Schema(
+            schema_not=Schema(
+                required=["unique_key"],
+                properties={
+                    "unique_key": Schema(type=OpenAPIType.STRING),
+                    "unique_for_seconds": not_a_number,
+                    "debounce_seconds": not_a_number,
+                },
+            )
+        )
+    )
+    return rules
+
+
 def document(openapi: OpenAPI, settings: ServiceSettings) -> None:
     """Complete the description Litestar generated with what it cannot say by itself:
     this server's limits (its settings), that the bodies take no other members, and
@@ -309,6 +454,7 @@ def document(openapi: OpenAPI, settings: ServiceSettings) -> None:
             "delay_seconds": Schema(type=OpenAPIType.NUMBER),
         },
     )
+    job_in.all_of = _unique_modes()
     # args: any JSON without NUL characters (jsonb refuses them), in keys or strings.
     schemas["JsonValue"] = Schema(
         description="any JSON value without NUL characters",
@@ -375,3 +521,283 @@ def _json_type(hint: Any) -> Any:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return functools.reduce(operator.or_, map(_json_type, args))
     return hint
+
+
+# --- periodic schedules (service/schedules.py) ------------------------------------------
+
+if TYPE_CHECKING:
+    from pgqueue.scheduling.specs import Schedule
+
+SCHEDULE_NAME_RULES: dict[str, Any] = {
+    "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$",
+    "minLength": 1,
+    "maxLength": 200,
+}
+_CRON_DOC = (
+    "a cron expression (five fields, or six with seconds first), read in timezone; "
+    "exactly one of cron and every_seconds"
+)
+
+
+def _cron_field(number: str) -> str:
+    step = r"(/([1-9]|[1-5][0-9]))?"
+    return rf"(\*{step}|({number})(,({number}))*)"
+
+
+# The description's cron is the common subset (numbers, lists and steps of stars; five
+# fields, or six with seconds first), all of which the server takes. The server takes
+# more of cronsim's syntax (ranges, names, L and W), which the description leaves out, as
+# a pattern cannot tell which of those name no instant at all (Feb 31): days go to 28.
+_SIXTIETHS = r"[0-9]|[1-5][0-9]"
+_CRON_PATTERN = "^({sec} )?{fields}$".format(
+    sec=_cron_field(_SIXTIETHS),
+    fields=" ".join(
+        _cron_field(n)
+        for n in (
+            _SIXTIETHS,
+            r"[0-9]|1[0-9]|2[0-3]",
+            r"[1-9]|1[0-9]|2[0-8]",
+            r"[1-9]|1[0-2]",
+            "[0-7]",
+        )
+    ),
+)
+_CRON_RULES: dict[str, Any] = {
+    "description": _CRON_DOC,
+    "pattern": _CRON_PATTERN,
+    "minLength": 9,
+    "maxLength": 200,
+}
+_TIMEZONE_RULES: dict[str, Any] = {
+    "description": "an IANA time zone, such as Europe/Paris",
+    "pattern": r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$",
+    "minLength": 1,
+    "maxLength": 64,
+}
+_EVERY_DOC = (
+    "seconds between ticks, counted from the Unix epoch (UTC); at least 1; exactly one "
+    "of cron and every_seconds"
+)
+
+
+class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A schedule to add, or to put in place of the one with this name (its pause is
+    kept). Options left out take the task's defaults where the service knows the task,
+    else queue ``default``, priority 0, three attempts."""
+
+    name: Annotated[str, documented(**SCHEDULE_NAME_RULES)]
+    task: Annotated[str, documented(**TASK_NAME_RULES)]
+    cron: Annotated[str, documented(**_CRON_RULES)] | None = None
+    every_seconds: (
+        Annotated[float, documented(_EVERY_DOC, minimum=1, maximum=EVERY_MAX_SECONDS)] | None
+    ) = None
+    timezone: Annotated[str, documented(**_TIMEZONE_RULES)] = "UTC"
+    args: Annotated[
+        dict[str, Any], documented("the task's keyword arguments, for every tick's job")
+    ] = msgspec.field(default_factory=dict)
+    queue: Annotated[str, documented(**QUEUE_NAME_RULES)] | None = None
+    priority: (
+        Annotated[int, documented("higher runs first", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX)]
+        | None
+    ) = None
+    max_attempts: Annotated[int, documented(minimum=1, maximum=MAX_ATTEMPTS_LIMIT)] | None = None
+    timeout_seconds: (
+        Annotated[float, documented(minimum=MIN_TIMEOUT_SECONDS, maximum=MAX_SECONDS)] | None
+    ) = None
+    catch_up: Annotated[
+        bool, documented("ticks missed while no worker ran: one job for them all, or none")
+    ] = False
+
+
+class SchedulePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """What to change in a schedule; members left out (or null) stay as they are. A
+    cron replaces an every_seconds, and the other way round."""
+
+    task: Annotated[str, documented(**TASK_NAME_RULES)] | None = None
+    cron: Annotated[str, documented(**_CRON_RULES)] | None = None
+    every_seconds: (
+        Annotated[float, documented(_EVERY_DOC, minimum=1, maximum=EVERY_MAX_SECONDS)] | None
+    ) = None
+    timezone: Annotated[str, documented(**_TIMEZONE_RULES)] | None = None
+    args: dict[str, Any] | None = None
+    queue: Annotated[str, documented(**QUEUE_NAME_RULES)] | None = None
+    priority: Annotated[int, documented(minimum=PRIORITY_MIN, maximum=PRIORITY_MAX)] | None = None
+    max_attempts: Annotated[int, documented(minimum=1, maximum=MAX_ATTEMPTS_LIMIT)] | None = None
+    timeout_seconds: (
+        Annotated[float, documented(minimum=MIN_TIMEOUT_SECONDS, maximum=MAX_SECONDS)] | None
+    ) = None
+    catch_up: bool | None = None
+
+
+class ScheduleOut(msgspec.Struct):
+    name: str
+    task: str
+    queue: str
+    cron: str | None
+    every_seconds: float | None
+    timezone: str
+    catch_up: bool
+    paused: bool
+    source: str
+    next_run_at: datetime | None
+    last_tick: datetime | None
+    last_enqueued_at: datetime | None
+    last_manual: bool | None
+    last_job_id: int | None
+    last_job_state: str | None
+    args: dict[str, Any]
+    priority: int
+    max_attempts: int
+    timeout_seconds: float | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> ScheduleOut:
+        return cls(
+            name=schedule.name,
+            task=schedule.task,
+            queue=schedule.queue,
+            cron=schedule.cron,
+            every_seconds=None if schedule.every is None else schedule.every.total_seconds(),
+            timezone=schedule.timezone,
+            catch_up=schedule.catch_up,
+            paused=schedule.paused,
+            source=schedule.source,
+            next_run_at=schedule.next_run_at,
+            last_tick=schedule.last_tick,
+            last_enqueued_at=schedule.last_enqueued_at,
+            last_manual=schedule.last_manual,
+            last_job_id=schedule.last_job_id,
+            last_job_state=schedule.last_job_state,
+            args=schedule.args,
+            priority=schedule.priority,
+            max_attempts=schedule.max_attempts,
+            timeout_seconds=schedule.timeout,
+            created_at=schedule.created_at,
+            updated_at=schedule.updated_at,
+        )
+
+
+class ScheduleList(msgspec.Struct):
+    schedules: list[ScheduleOut]
+
+
+def document_schedules(openapi: OpenAPI) -> None:
+    """What Litestar cannot say of the schedules' bodies by itself: they take no other
+    members, and their args are JSON objects as a job's are (see :func:`document`)."""
+    schemas = openapi.components.schemas if openapi.components else {}
+    schemas["TimeZone"] = Schema(
+        type=OpenAPIType.STRING,
+        description="an IANA time zone, such as Europe/Paris",
+        enum=sorted(time_zone_names()),
+    )
+    for struct in ("ScheduleIn", "SchedulePatch"):
+        schema = schemas[struct]
+        schema.additional_properties = False
+        # Not both rules (null is as good as left out).
+        schema.schema_not = Schema(
+            required=["cron", "every_seconds"],
+            properties={
+                "cron": Schema(type=OpenAPIType.STRING),
+                "every_seconds": Schema(type=OpenAPIType.NUMBER),
+            },
+        )
+        # Time zones: the names the server knows (Python's tz database), a component.
+        zone = Reference(ref="#/components/schemas/TimeZone")
+        properties = schema.properties or {}
+        properties["timezone"] = (
+            zone if struct == "ScheduleIn" else Schema(one_of=[zone, Schema(type=OpenAPIType.NULL)])
+        )
+        if struct == "ScheduleIn":  # and a new schedule needs one
+            schema.any_of = [
+                Schema(required=[rule], properties={rule: Schema(type=kind)})
+                for rule, kind in (
+                    ("cron", OpenAPIType.STRING),
+                    ("every_seconds", OpenAPIType.NUMBER),
+                )
+            ]
+        args = (schema.properties or {})["args"]
+        for variant in [args, *(getattr(args, "one_of", None) or [])]:
+            if isinstance(variant, Schema) and variant.type == OpenAPIType.OBJECT:
+                variant.additional_properties = _JSON_VALUE
+                variant.property_names = Schema(pattern=NO_NUL_PATTERN)
+
+
+# --- flow control: /v1/limits ------------------------------------------------------------
+
+# What the HTTP API documents of a rate: the count within its bounds, the period a
+# whole number of one unit within 1 ms to 366 days (pgqueue.flow.Rate.parse also takes
+# spaces and decimals, which the description leaves out).
+RATE_RULES: dict[str, Any] = {
+    "pattern": r"^(1000000|[1-9][0-9]{0,5})/"
+    r"((([1-9][0-9]{0,2})?(ms|s|m|h))|(([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])?d))$",
+}
+RATE_TEXT = (
+    "COUNT/PERIOD: at most COUNT job starts in any window of PERIOD, such as 100/m, 5/s, "
+    "10/30s, 1000/h; "
+)
+LIMIT_RULES: dict[str, Any] = {"minimum": 1, "maximum": 1_000_000}
+
+
+class QueueLimitIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A queue's limits, all replaced; left out or null: no limit of that kind. With
+    none at all the queue is still limited: its concurrency keys take turns."""
+
+    concurrency: Annotated[int | None, documented("running jobs of the queue", **LIMIT_RULES)] = (
+        None
+    )
+    rate: Annotated[str | None, documented(RATE_TEXT + "job starts of the queue", **RATE_RULES)] = (
+        None
+    )
+    key_concurrency: Annotated[
+        int | None, documented("running jobs of each concurrency key", **LIMIT_RULES)
+    ] = None
+    key_rate: Annotated[
+        str | None, documented(RATE_TEXT + "job starts of each key", **RATE_RULES)
+    ] = None
+
+
+class KeyLimitIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One concurrency key's own limits, instead of its queue's key defaults."""
+
+    concurrency: Annotated[int | None, documented("running jobs of the key", **LIMIT_RULES)] = None
+    rate: Annotated[str | None, documented(RATE_TEXT + "job starts of the key", **RATE_RULES)] = (
+        None
+    )
+
+
+class LimitOut(msgspec.Struct):
+    """A limited queue (``concurrency_key`` null) or one of its keys: running against
+    its concurrency limit, starts in the current window against its rate."""
+
+    queue: str
+    concurrency_key: str | None
+    concurrency: int | None
+    running: int
+    rate: str | None
+    recent_starts: int
+    queued: int
+
+    @classmethod
+    def of(cls, status: LimitStatus) -> LimitOut:
+        return cls(
+            queue=status.queue,
+            concurrency_key=status.concurrency_key,
+            concurrency=status.concurrency,
+            running=status.running,
+            rate=None if status.rate is None else str(status.rate),
+            recent_starts=status.recent_starts,
+            queued=status.queued,
+        )
+
+
+class LimitList(msgspec.Struct):
+    limits: list[LimitOut]
+
+
+def document_limits(openapi: OpenAPI) -> None:
+    """What Litestar cannot say of the limits' bodies by itself: no other members."""
+    schemas = openapi.components.schemas if openapi.components else {}
+    for struct in ("QueueLimitIn", "KeyLimitIn"):
+        schemas[struct].additional_properties = False

@@ -35,11 +35,30 @@ SAMPLES: dict[str, Any] = {
     "idempotency_key": "definition-key",
     "timeout": 42.5,
     "concurrency_key": "definition-tenant",
+    "unique_key": "definition-unique",
+    "unique_for": 600.0,
+    "debounce": 7.5,
+    "sequence_key": "definition-sequence",
+    "sequence_on_failure": "continue",
 }
 # delay excludes run_at: it is checked on its own (what it sets is run_at).
 DELAY = 3600.0
+# idempotency_key, unique_for, debounce and sequence_key exclude each other; unique_key
+# goes with unique_for or debounce, sequence_on_failure with sequence_key. Each variant
+# below takes one of them.
+MODES = (
+    {"idempotency_key"},
+    {"unique_key", "unique_for"},
+    {"unique_key", "debounce"},
+    {"sequence_key", "sequence_on_failure"},
+)
 # What each option is called where it is not called the same.
-API_NAMES = {"delay": "delay_seconds", "timeout": "timeout_seconds"}
+API_NAMES = {
+    "delay": "delay_seconds",
+    "timeout": "timeout_seconds",
+    "unique_for": "unique_for_seconds",
+    "debounce": "debounce_seconds",
+}
 OPTION_FIELDS = tuple(f for f in JobSpec._fields if f not in {"task", "args_json"})
 ARGS = {"n": 5, "text": "ünï"}
 
@@ -111,13 +130,23 @@ def assert_carried(job: Job | None, options: dict[str, Any], path: str) -> None:
 
 
 def variants() -> list[dict[str, Any]]:
-    without_run_at = {k: v for k, v in SAMPLES.items() if k != "run_at"}
-    return [dict(SAMPLES), {**without_run_at, "delay": DELAY}]
+    """Every option in at least one variant: each mode with run_at, and with delay."""
+    out = []
+    for mode in MODES:
+        options = {k: v for k, v in SAMPLES.items() if k in mode or k not in set().union(*MODES)}
+        without_run_at = {k: v for k, v in options.items() if k != "run_at"}
+        out += [options, {**without_run_at, "delay": DELAY}]
+    return out
+
+
+def _key_field(options: dict[str, Any]) -> str:
+    """The variant's key: suffixed per path, so that each path writes a job of its own."""
+    return next(k for k in ("idempotency_key", "unique_key", "sequence_key") if k in options)
 
 
 async def test_one_at_a_time_by_name_and_by_task(dsn, queue, echo):
     for n, options in enumerate(variants()):
-        keyed = {**options, "idempotency_key": f"{options['idempotency_key']}-{n}"}
+        keyed = options | _key(options, str(n))
         paths = {
             "enqueue": await queue.enqueue("definition.echo", ARGS, **keyed | _key(keyed, "a")),
             "enqueue_sync": queue.enqueue_sync("definition.echo", ARGS, **keyed | _key(keyed, "b")),
@@ -135,20 +164,20 @@ async def test_one_at_a_time_by_name_and_by_task(dsn, queue, echo):
 
 async def test_in_bulk_by_insert_and_by_copy(queue, echo):
     for n, options in enumerate(variants()):
+        field = _key_field(options)
         specs = [
-            echo.with_options(**options | {"idempotency_key": f"bulk-{n}-{i}"}).job(**ARGS)
-            for i in range(3)
+            echo.with_options(**options | {field: f"bulk-{n}-{i}"}).job(**ARGS) for i in range(3)
         ]
         for enqueue_many in (queue.enqueue_many, queue.enqueue_many_sync):
             fresh = [
-                s._replace(idempotency_key=f"{s.idempotency_key}-{enqueue_many.__name__}")
-                for s in specs
+                s._replace(**{field: f"{getattr(s, field)}-{enqueue_many.__name__}"}) for s in specs
             ]
             results = enqueue_many(fresh)
             if inspect.isawaitable(results):
                 results = await results
+            assert len({r.id for r in results}) == len(fresh)
             for spec, result in zip(fresh, results, strict=True):
-                expected = options | {"idempotency_key": spec.idempotency_key}
+                expected = options | {field: getattr(spec, field)}
                 assert_carried(await queue.get_job(result.id), expected, "enqueue_many")
     # COPY carries the leading fields; make each of them unlike its default.
     copied = echo.with_options(queue="copied_q", priority=-3, max_attempts=7).job(**ARGS)
@@ -157,15 +186,16 @@ async def test_in_bulk_by_insert_and_by_copy(queue, echo):
         job = await queue.get_job(result.id)
         assert_carried(job, {"queue": "copied_q", "priority": -3, "max_attempts": 7}, "COPY")
         assert job is not None
-        assert (job.timeout, job.idempotency_key) == (None, None)
+        assert (job.timeout, job.idempotency_key, job.unique_key) == (None, None, None)
 
 
 async def test_over_http(dsn, queue):
     async with AsyncTestClient(create_app(ServiceSettings(dsn=dsn, auth=False))) as client:
         for n, options in enumerate(variants()):
             body: dict[str, Any] = {"task": "definition.echo", "args": ARGS}
+            field = _key_field(options)
             for name, value in options.items():
-                sent = f"{value}-http-{n}" if name == "idempotency_key" else value
+                sent = f"{value}-http-{n}" if name == field else value
                 body[API_NAMES.get(name, name)] = (
                     sent.isoformat() if isinstance(sent, datetime) else sent
                 )
@@ -173,7 +203,7 @@ async def test_over_http(dsn, queue):
             assert posted.status_code == 202, posted.text
             got = await client.get(f"/v1/jobs/{posted.json()['id']}")
             assert got.json() == posted.json()  # the 202 says what a read says
-            expected = options | {"idempotency_key": f"{options['idempotency_key']}-http-{n}"}
+            expected = options | {field: f"{options[field]}-http-{n}"}
             assert_carried(await queue.get_job(posted.json()["id"]), expected, "POST /v1/jobs")
             read = got.json()
             for name, value in expected.items():
@@ -193,7 +223,8 @@ def test_psycopg_rows_are_read_by_name_like_asyncpg_records(dsn):
 
 
 def _key(options: dict[str, Any], suffix: str) -> dict[str, Any]:
-    return {"idempotency_key": f"{options['idempotency_key']}-{suffix}"}
+    field = _key_field(options)
+    return {field: f"{options[field]}-{suffix}"}
 
 
 _SUFFIXES = {

@@ -30,10 +30,13 @@ from pgqueue.jobs import check_spec, validate_job_id, validate_queue_name, valid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import timedelta
 
     from pgqueue.app import Queue
     from pgqueue.executors import AsyncExecutor
-    from pgqueue.jobs import Job, JobSpec, QueueStats
+    from pgqueue.flow import LimitStatus
+    from pgqueue.jobs import Job, JobSpec, QueueStats, SequenceStatus
+    from pgqueue.scheduling.specs import Schedule
     from pgqueue.states import JobState
 
 
@@ -128,6 +131,19 @@ class AdminCalls:
         paused or not."""
         return await self.queue._call(driver.queue_stats, conn, idempotent=True)
 
+    async def list_sequences(self, *, limit: int = 100, conn: Any = None) -> list[SequenceStatus]:
+        """The sequences with unfinished jobs (see ``sequence_key``), by key, at most
+        ``limit``: how many jobs each has unfinished and the job the rest wait for."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidJobError(
+                f"limit must be an integer from 1 to 10000, got {limit!r}", field="limit"
+            )
+
+        async def op(ex: AsyncExecutor) -> list[SequenceStatus]:
+            return await driver.sequence_status(ex, limit)
+
+        return await self.queue._call(op, conn, idempotent=True)
+
     async def pause_queue(self, name: str, *, conn: Any = None) -> None:
         """Workers claim nothing more from the queue (running jobs finish) until
         :meth:`resume_queue`. Pausing a paused queue changes nothing."""
@@ -204,3 +220,114 @@ class AdminCalls:
         return await self.queue._call(
             lambda ex: driver.revoke_api_key(ex, key_id), conn, idempotent=False
         )
+
+    # --- periodic schedules: the Queue's calls (see Queue.set_schedule) ----------------
+
+    async def list_schedules(self, *, conn: Any = None) -> list[Schedule]:
+        """Every schedule by name, with its next and last runs."""
+        return await self.queue.list_schedules(conn=conn)
+
+    async def get_schedule(self, name: str, *, conn: Any = None) -> Schedule:
+        """The schedule called ``name``; ``ScheduleNotFoundError`` if there is none."""
+        return await self.queue.get_schedule(name, conn=conn)
+
+    async def set_schedule(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        args: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        catch_up: bool = False,
+        conn: Any = None,
+    ) -> Schedule:
+        """Add or change a schedule (see :meth:`Queue.set_schedule`); it as stored."""
+        return await self.queue.set_schedule(
+            name,
+            task,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            args=args,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            catch_up=catch_up,
+            conn=conn,
+        )
+
+    async def pause_schedule(self, name: str, *, conn: Any = None) -> Schedule:
+        """Pause a schedule and return it as it now stands."""
+        await self.queue.pause_schedule(name, conn=conn)
+        return await self.queue.get_schedule(name, conn=conn)
+
+    async def resume_schedule(self, name: str, *, conn: Any = None) -> Schedule:
+        """Resume a schedule and return it as it now stands."""
+        await self.queue.resume_schedule(name, conn=conn)
+        return await self.queue.get_schedule(name, conn=conn)
+
+    async def remove_schedule(self, name: str, *, conn: Any = None) -> bool:
+        """Remove a schedule; whether there was one."""
+        return await self.queue.remove_schedule(name, conn=conn)
+
+    async def trigger_schedule(self, name: str, *, conn: Any = None) -> Job:
+        """Enqueue a job of the schedule now; the job as written."""
+        job_id = await self.queue.trigger_schedule(name, conn=conn)
+        return found_job(await self.queue.get_job(job_id, conn=conn), job_id)
+
+    # --- flow control: the Queue's calls (see Queue.set_limit) ----------------------------
+
+    async def list_limits(self, queue: str | None = None, *, conn: Any = None) -> list[LimitStatus]:
+        """Every limited queue (or only ``queue``) and its keys with an override or jobs
+        running, running against their limits."""
+        return await self.queue.limits(queue, conn=conn)
+
+    async def set_limit(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        key_concurrency: int | None = None,
+        key_rate: str | None = None,
+        conn: Any = None,
+    ) -> list[LimitStatus]:
+        """Set a queue's limits (all replaced); the queue and its keys as they now stand."""
+        await self.queue.set_limit(
+            queue,
+            concurrency=concurrency,
+            rate=rate,
+            key_concurrency=key_concurrency,
+            key_rate=key_rate,
+            conn=conn,
+        )
+        return await self.queue.limits(queue, conn=conn)
+
+    async def clear_limit(self, queue: str, *, conn: Any = None) -> bool:
+        """Remove a queue's limits; whether it had any."""
+        return await self.queue.clear_limit(queue, conn=conn)
+
+    async def set_key_limit(
+        self,
+        queue: str,
+        key: str,
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        conn: Any = None,
+    ) -> list[LimitStatus]:
+        """Give one key of a queue limits of its own; the queue and its keys as they
+        now stand."""
+        await self.queue.set_key_limit(queue, key, concurrency=concurrency, rate=rate, conn=conn)
+        return await self.queue.limits(queue, conn=conn)
+
+    async def clear_key_limit(self, queue: str, key: str, *, conn: Any = None) -> bool:
+        """Remove a key's own limits; whether it had any."""
+        return await self.queue.clear_key_limit(queue, key, conn=conn)

@@ -31,10 +31,13 @@ from pgqueue.jobs import check_spec, validate_job_id, validate_queue_name, valid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import timedelta
 
     from pgqueue.app import Queue
     from pgqueue.executors import SyncExecutor
-    from pgqueue.jobs import Job, JobSpec, QueueStats
+    from pgqueue.flow import LimitStatus
+    from pgqueue.jobs import Job, JobSpec, QueueStats, SequenceStatus
+    from pgqueue.scheduling.specs import Schedule
     from pgqueue.states import JobState
 
 
@@ -124,6 +127,19 @@ class AdminCallsSync:
         paused or not."""
         return self.queue._call_sync(driver_sync.queue_stats, conn, idempotent=True)
 
+    def list_sequences_sync(self, *, limit: int = 100, conn: Any = None) -> list[SequenceStatus]:
+        """The sequences with unfinished jobs (see ``sequence_key``), by key, at most
+        ``limit``: how many jobs each has unfinished and the job the rest wait for."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or (not 1 <= limit <= 10000):
+            raise InvalidJobError(
+                f"limit must be an integer from 1 to 10000, got {limit!r}", field="limit"
+            )
+
+        def op(ex: SyncExecutor) -> list[SequenceStatus]:
+            return driver_sync.sequence_status(ex, limit)
+
+        return self.queue._call_sync(op, conn, idempotent=True)
+
     def pause_queue_sync(self, name: str, *, conn: Any = None) -> None:
         """Workers claim nothing more from the queue (running jobs finish) until
         :meth:`resume_queue`. Pausing a paused queue changes nothing."""
@@ -195,3 +211,110 @@ class AdminCallsSync:
         return self.queue._call_sync(
             lambda ex: driver_sync.revoke_api_key(ex, key_id), conn, idempotent=False
         )
+
+    def list_schedules_sync(self, *, conn: Any = None) -> list[Schedule]:
+        """Every schedule by name, with its next and last runs."""
+        return self.queue.list_schedules_sync(conn=conn)
+
+    def get_schedule_sync(self, name: str, *, conn: Any = None) -> Schedule:
+        """The schedule called ``name``; ``ScheduleNotFoundError`` if there is none."""
+        return self.queue.get_schedule_sync(name, conn=conn)
+
+    def set_schedule_sync(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        args: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        catch_up: bool = False,
+        conn: Any = None,
+    ) -> Schedule:
+        """Add or change a schedule (see :meth:`Queue.set_schedule`); it as stored."""
+        return self.queue.set_schedule_sync(
+            name,
+            task,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            args=args,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            catch_up=catch_up,
+            conn=conn,
+        )
+
+    def pause_schedule_sync(self, name: str, *, conn: Any = None) -> Schedule:
+        """Pause a schedule and return it as it now stands."""
+        self.queue.pause_schedule_sync(name, conn=conn)
+        return self.queue.get_schedule_sync(name, conn=conn)
+
+    def resume_schedule_sync(self, name: str, *, conn: Any = None) -> Schedule:
+        """Resume a schedule and return it as it now stands."""
+        self.queue.resume_schedule_sync(name, conn=conn)
+        return self.queue.get_schedule_sync(name, conn=conn)
+
+    def remove_schedule_sync(self, name: str, *, conn: Any = None) -> bool:
+        """Remove a schedule; whether there was one."""
+        return self.queue.remove_schedule_sync(name, conn=conn)
+
+    def trigger_schedule_sync(self, name: str, *, conn: Any = None) -> Job:
+        """Enqueue a job of the schedule now; the job as written."""
+        job_id = self.queue.trigger_schedule_sync(name, conn=conn)
+        return found_job(self.queue.get_job_sync(job_id, conn=conn), job_id)
+
+    def list_limits_sync(self, queue: str | None = None, *, conn: Any = None) -> list[LimitStatus]:
+        """Every limited queue (or only ``queue``) and its keys with an override or jobs
+        running, running against their limits."""
+        return self.queue.limits_sync(queue, conn=conn)
+
+    def set_limit_sync(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        key_concurrency: int | None = None,
+        key_rate: str | None = None,
+        conn: Any = None,
+    ) -> list[LimitStatus]:
+        """Set a queue's limits (all replaced); the queue and its keys as they now stand."""
+        self.queue.set_limit_sync(
+            queue,
+            concurrency=concurrency,
+            rate=rate,
+            key_concurrency=key_concurrency,
+            key_rate=key_rate,
+            conn=conn,
+        )
+        return self.queue.limits_sync(queue, conn=conn)
+
+    def clear_limit_sync(self, queue: str, *, conn: Any = None) -> bool:
+        """Remove a queue's limits; whether it had any."""
+        return self.queue.clear_limit_sync(queue, conn=conn)
+
+    def set_key_limit_sync(
+        self,
+        queue: str,
+        key: str,
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        conn: Any = None,
+    ) -> list[LimitStatus]:
+        """Give one key of a queue limits of its own; the queue and its keys as they
+        now stand."""
+        self.queue.set_key_limit_sync(queue, key, concurrency=concurrency, rate=rate, conn=conn)
+        return self.queue.limits_sync(queue, conn=conn)
+
+    def clear_key_limit_sync(self, queue: str, key: str, *, conn: Any = None) -> bool:
+        """Remove a key's own limits; whether it had any."""
+        return self.queue.clear_key_limit_sync(queue, key, conn=conn)

@@ -67,41 +67,66 @@ WHERE idempotency_key = ANY($1::text[])
   AND state IN ('queued', 'running', 'succeeded');
 
 -- name: claim_jobs
--- One statement per batch: lock up to $2 claimable jobs from the queues in $1 without
--- waiting on rows other workers hold, and mark them running, held by worker $3. Each
--- queue is scanned on its own (the partial index jobs_claim_idx is ordered within a queue), the candidates
--- are merged in claim order, and the batch is cut to $2.
+-- One statement per batch: up to $2 claimable jobs of the queues in $1 for worker $3,
+-- paused queues skipped. Queues take turns (round robin by rank within the queue).
+-- Limited queues (pgqueue.queue_limits) are left to claim_jobs_limited (flow.sql): a
+-- marker row (id NULL) says there are some. (Kept short: pg_stat_activity shows the
+-- first 1 kB of a statement, and tests look for its FOR UPDATE SKIP LOCKED there.)
 WITH candidates AS (
-    SELECT c.id, c.priority, c.run_at
-    -- A paused queue is skipped from the next claim on (pgqueue.pause_queue), before
-    -- any of its rows is locked.
+    SELECT c.id, c.priority, c.run_at, c.turn
     FROM (SELECT u.name FROM unnest($1::text[]) AS u(name)
-          WHERE NOT EXISTS (SELECT FROM pgqueue.queues p WHERE p.name = u.name AND p.paused)) AS q
+          WHERE NOT EXISTS (SELECT FROM pgqueue.queues p WHERE p.name = u.name AND p.paused)
+            AND NOT EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = u.name)) AS q
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at
-        FROM pgqueue.jobs j
-        WHERE j.state = 'queued' AND j.queue = q.name AND j.run_at <= now()
-        ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
+        -- Each queue on its own, in claim order (the partial index jobs_claim_idx),
+        -- never waiting on rows another claim holds.
+        SELECT x.id, x.priority, x.run_at, row_number() OVER () AS turn
+        FROM (
+            SELECT j.id, j.priority, j.run_at
+            FROM pgqueue.jobs j
+            WHERE j.state = 'queued' AND j.queue = q.name AND j.run_at <= now()
+            ORDER BY j.priority DESC, j.run_at, j.id
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ) AS x
     ) AS c
-    ORDER BY c.priority DESC, c.run_at, c.id
+    ORDER BY c.turn, c.priority DESC, c.run_at, c.id
     LIMIT $2
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3::uuid,
+        progress = NULL
+    -- An array, not a join: a generic plan cannot know how few candidates there are,
+    -- and would hash the whole table to join them.
+    WHERE j.id = ANY (ARRAY(SELECT c.id FROM candidates c))
+    RETURNING j.id, j.queue, j.task, j.args::text AS args, j.priority, j.attempts AS attempt,
+              j.max_attempts, EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout
 )
-UPDATE pgqueue.jobs AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3::uuid,
-    progress = NULL
-FROM candidates
-WHERE j.id = candidates.id
-RETURNING j.id, j.queue, j.task, j.args::text AS args, j.priority, j.attempts AS attempt,
-          j.max_attempts, EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout;
+SELECT * FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = ANY ($1::text[]));
 
 -- name: seconds_until_next_job
 -- How long until the next queued job of these queues is due, by the database's clock
--- (an idle worker's alarm for delayed jobs and retries); NULL when none is queued.
-SELECT EXTRACT(EPOCH FROM min(run_at) - now())::float8
-FROM pgqueue.jobs
-WHERE state = 'queued' AND queue = ANY($1::text[]);
+-- (an idle worker's alarm for delayed jobs, retries and rate limits); NULL when none
+-- is known. For a limited queue, a job already due that the claim left is waiting for a
+-- slot, so only its delayed jobs and its rate windows count (pgqueue.limited_queue_due).
+-- Also whether any of the queues is limited: its worker then claims again whenever
+-- one of its own jobs finishes.
+WITH served AS (
+    SELECT u.name, EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = u.name) AS limited
+    FROM unnest($1::text[]) AS u(name)
+), due AS (
+    SELECT min(j.run_at) AS at
+    FROM pgqueue.jobs j
+    WHERE j.state = 'queued' AND j.queue = ANY(ARRAY(SELECT name FROM served WHERE NOT limited))
+    UNION ALL
+    SELECT pgqueue.limited_queue_due(s.name) FROM served s WHERE s.limited
+)
+SELECT EXTRACT(EPOCH FROM min(at) - clock_timestamp())::float8 AS due_in,
+       COALESCE((SELECT bool_or(limited) FROM served), false) AS limited
+FROM due;
 
 -- name: complete_succeeded
 -- A batch of finished jobs: ids, their results (JSON text, NULL for None) and the
@@ -275,7 +300,9 @@ FROM rescued r;
 SELECT id, queue, task, args::text AS args, state::text AS state, priority, attempts,
        max_attempts, run_at, idempotency_key, result::text AS result, errors::text AS errors,
        created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
-       progress::text AS progress, concurrency_key
+       progress::text AS progress, concurrency_key, unique_key,
+       EXTRACT(EPOCH FROM unique_for)::float8 AS unique_for,
+       EXTRACT(EPOCH FROM debounce)::float8 AS debounce, sequence_key, sequence_on_failure
 FROM pgqueue.jobs
 WHERE id = $1;
 
@@ -303,7 +330,9 @@ ORDER BY queue;
 SELECT id, queue, task, args::text AS args, state::text AS state, priority, attempts,
        max_attempts, run_at, idempotency_key, result::text AS result, errors::text AS errors,
        created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
-       progress::text AS progress, concurrency_key
+       progress::text AS progress, concurrency_key, unique_key,
+       EXTRACT(EPOCH FROM unique_for)::float8 AS unique_for,
+       EXTRACT(EPOCH FROM debounce)::float8 AS debounce, sequence_key, sequence_on_failure
 FROM pgqueue.jobs
 WHERE ($1::bigint IS NULL OR id < $1)
   AND ($2::text IS NULL OR queue = $2)

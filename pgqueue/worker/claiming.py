@@ -5,8 +5,10 @@ At most ``concurrency`` jobs are in flight (fewer for an app without async tasks
 process, so that a worker never holds jobs it cannot start that another could run.
 An idle worker sleeps until the listener's
 wake-up (an enqueue's NOTIFY), the next delayed job's time, or the poll interval,
-whichever comes first. Before a claim it hands back the jobs it holds in the database
-without knowing it (:class:`HandBack`).
+whichever comes first; a worker serving a limited queue (pgqueue/flow.py) also wakes
+when outcomes of its own jobs have been written (which frees their slots), and sleeps
+until a rate limit's next slot rather than polling. Before a claim it hands back the
+jobs it holds in the database without knowing it (:class:`HandBack`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pgqueue.pools import acquire
 from pgqueue.worker.listener import first_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     import asyncpg
 
+    from pgqueue.flow import QueueLimit
     from pgqueue.tasks import Task
     from pgqueue.worker.core import WorkerStats
     from pgqueue.worker.execution import TaskRunner
@@ -62,6 +65,34 @@ def in_flight_limit(
     if any(t.process for t in mine):
         limit += processes
     return max(1, min(concurrency, limit))
+
+
+async def apply_declared_limits(
+    pool: asyncpg.Pool[Any], limits: Mapping[str, QueueLimit], queues: Iterable[str]
+) -> None:
+    """Write the limits the app declares (``queue.limit(...)``) for the queues this
+    worker serves, as it starts: the code's limits replace any set at runtime. A
+    failure is logged and the worker goes on with the limits the database has."""
+    log = structlog.get_logger("pgqueue.worker")
+    for queue in queues:
+        declared = limits.get(queue)
+        if declared is None:
+            continue
+        try:
+            async with acquire(pool) as conn:
+                await driver.set_queue_limit(AsyncpgExecutor(conn), declared)
+        except CLAIM_RETRY_ERRORS as exc:
+            log.warning("queue_limit_not_applied", queue=queue, error=repr(exc))
+            continue
+        log.info(
+            "queue_limit_applied",
+            queue=queue,
+            concurrency=declared.concurrency,
+            rate=None if declared.rate is None else str(declared.rate),
+            key_concurrency=declared.key_concurrency,
+            key_rate=None if declared.key_rate is None else str(declared.key_rate),
+            keys=sorted(declared.keys),
+        )
 
 
 class HandBack:
@@ -126,6 +157,7 @@ class Claimer:
         stop: asyncio.Event,
         wake: asyncio.Event,
         registered: asyncio.Event,
+        written: asyncio.Event | None = None,
     ) -> None:
         self._pool = pool
         self._jobs = jobs
@@ -140,6 +172,17 @@ class Claimer:
         self._stop = stop
         self._wake = wake
         self._registered = registered
+        # Set when outcomes of ours were written (Completer.written): what frees a slot of
+        # a limited queue in the database, where the claim counts them.
+        self._written = written or asyncio.Event()
+        # Whether any of our queues was limited, when the database last said.
+        self._limited = False
+        # Whether the last claim got all it asked for (a backlog waits).
+        self._full = False
+        # A limited queue's claims take their turns under its lock, each paying a fixed
+        # cost (and a commit) while the others wait: with a backlog, a worker claims for
+        # a quarter of a batch at least, rather than for each slot as it frees.
+        self._min_claim = max(1, min(batch_size, concurrency) // 4)
         self._log = structlog.get_logger("pgqueue.worker")
         # Set while the worker is idle: its last claim found less than it could take.
         self.idle = asyncio.Event()
@@ -156,21 +199,23 @@ class Claimer:
             if self._runner.waiting:  # jobs claimed but not started: take no more
                 await first_of(self._runner.unblocked, stop, timeout=None)
                 continue
-            free = self._concurrency - len(running)
-            if free <= 0:
+            want = self._want(len(running))
+            if want <= 0:
                 slot_freed.clear()
                 await first_of(slot_freed, stop, timeout=None)
                 continue
-            want = min(free, self._batch_size)
             # Clear before claiming: a NOTIFY that lands during the claim must not be lost.
             wake.clear()
+            self._written.clear()
             worker_id = self._worker_id()
             try:
                 async with acquire(self._pool) as conn:
                     ex = AsyncpgExecutor(conn)
                     if self._hand_back.due():
                         await self._hand_back.run(ex, worker_id, self._jobs.known_ids)
-                    jobs = await driver.claim(ex, self._queues, want, worker_id)
+                    jobs, self._limited = await driver.claim_flow(
+                        ex, self._queues, want, worker_id, limited=self._limited
+                    )
                 failures = 0
             except CLAIM_RETRY_ERRORS as exc:
                 # A lost connection, or an error of the server's (a statement timeout, a
@@ -185,25 +230,50 @@ class Claimer:
             if stop.is_set():
                 await self.release([j.id for j in jobs], worker_id)
                 return
+            self._full = len(jobs) == want
             self._stats.claimed += len(jobs)
             for job in jobs:
                 self._jobs.start(job)
             if len(jobs) < want:
-                idle_for = await self._idle_timeout()
-                self.idle.set()
-                await first_of(wake, stop, timeout=idle_for)
-                self.idle.clear()
+                await self._sleep(claimed=len(jobs))
 
-    async def _idle_timeout(self) -> float:
-        """Sleep until the poll comes round, or until the next delayed job is due."""
+    def _want(self, running: int) -> int:
+        """How many jobs to claim now; 0: wait for a slot to free first."""
+        free = self._concurrency - running
+        if self._limited and self._full and free < self._min_claim:
+            return 0
+        return min(free, self._batch_size)
+
+    async def _sleep(self, claimed: int) -> None:
+        """Idle: until a wake-up, the next job or rate slot due, or the poll."""
+        if claimed and self._limited:
+            # A limited queue's claim that took some jobs: the next chance is when their
+            # outcomes are written, which is sooner than anything the database could say
+            # (and asking would cost a round trip per cycle of the limit's slots).
+            idle_for, limited = self._poll_interval, True
+        else:
+            idle_for, limited = await self._idle_timeout()
+            self._limited = limited
+        self.idle.set()
+        if limited:
+            # A limited queue's due jobs wait for a slot: one of ours frees one once its
+            # outcome is written (another worker's is seen at an enqueue or the poll).
+            await first_of(self._wake, self._stop, self._written, timeout=idle_for)
+        else:
+            await first_of(self._wake, self._stop, timeout=idle_for)
+        self.idle.clear()
+
+    async def _idle_timeout(self) -> tuple[float, bool]:
+        """How long to sleep: until the poll comes round, or until the next delayed job
+        or rate-limit slot is due; and whether any of the queues is limited."""
         try:
             async with acquire(self._pool) as conn:
-                due_in = await driver.seconds_until_next_job(AsyncpgExecutor(conn), self._queues)
+                wait = await driver.next_claim_wait(AsyncpgExecutor(conn), self._queues)
         except CLAIM_RETRY_ERRORS:
-            return self._poll_interval  # the next claim will say what is wrong
-        if due_in is None:
-            return self._poll_interval
-        return min(max(due_in, 0.005), self._poll_interval)
+            return self._poll_interval, False  # the next claim will say what is wrong
+        if wait.due_in is None:
+            return self._poll_interval, wait.limited
+        return min(max(wait.due_in, 0.005), self._poll_interval), wait.limited
 
     async def release(self, ids: list[int], worker_id: str | None = None) -> None:
         """Claimed but never started (the stop came during the claim, or while they

@@ -48,6 +48,9 @@ class Completer:
         self._on_dropped = on_dropped
         self._log = structlog.get_logger("pgqueue.worker")
         self.batches = 0
+        # Set after each batch is written: a slot of a limited queue (pgqueue.flow) is
+        # free for the claim only once its job's outcome is in the database.
+        self.written = asyncio.Event()
 
     def succeeded(self, job_id: int, attempt: int, result_json: str | None) -> None:
         self._succeeded_ids.append(job_id)
@@ -169,5 +172,6 @@ class Completer:
         finally:
             self._writing = []
         self.batches += 1
+        self.written.set()
         if requeued and self._on_requeued is not None:
             self._on_requeued()

@@ -5,7 +5,7 @@ One asyncio loop per process. :class:`Worker` holds the settings and the control
 :class:`_Started`, the parts that exist only while it runs: the claim loop
 (``claiming.py``), the jobs in flight and their outcomes (``lifecycle.py``,
 ``execution.py``, ``completer.py``), the listener (``listener.py``) and the maintenance
-services (``maintenance.py``: heartbeat and rescue, pruning).
+services (``maintenance.py``: heartbeat and rescue, pruning, the scheduler).
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from pgqueue.executors import AsyncpgExecutor
 from pgqueue.jobs import validate_queue_name
 from pgqueue.pools import acquire
 from pgqueue.retention import Retention
-from pgqueue.worker.claiming import CLAIM_RETRY_ERRORS, Claimer, HandBack, in_flight_limit
+from pgqueue.worker.claiming import (
+    CLAIM_RETRY_ERRORS,
+    Claimer,
+    HandBack,
+    apply_declared_limits,
+    in_flight_limit,
+)
 from pgqueue.worker.completer import Completer
 from pgqueue.worker.execution import ProgressWriter, TaskRunner
 from pgqueue.worker.heartbeat import Heartbeat
@@ -82,6 +88,7 @@ class Worker:
         processes: int | None = None,
         retention: Retention | None = _DEFAULT_RETENTION,
         prune_interval: float = 60.0,
+        scheduler: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -122,6 +129,9 @@ class Worker:
         # prune_interval seconds; None (or Retention.forever()) leaves it to others.
         self.retention = retention if retention is not None and retention.prunes else None
         self.prune_interval = prune_interval
+        # Every worker runs the scheduler of periodic jobs (pgqueue.worker.scheduler)
+        # unless told not to; one that runs it writes its app's @queue.periodic schedules.
+        self.scheduler = scheduler
         self.stats = WorkerStats()
         # Set when a sync task outlived the stop: its thread is still running.
         self.abandoned_threads = False
@@ -202,6 +212,7 @@ class Worker:
         if pool is None:  # stopped before the database ever answered
             return self.stats
         started = self._started = _Started(self, self._membership, pool, stop)
+        await apply_declared_limits(pool, self.app.declared_limits, self.queues)
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -296,6 +307,7 @@ class _Started:
             stop=stop,
             wake=wake,
             registered=self.registered,
+            written=self.completer.written,
         )
         context = ServiceContext(
             worker,

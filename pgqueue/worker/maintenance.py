@@ -1,8 +1,8 @@
 """Which maintenance services a worker runs: :data:`MAINTENANCE`, one factory each.
 
 A factory gets the :class:`ServiceContext` of a worker that has just joined and returns
-its service, or None when the worker's settings turn it off. A new duty (the scheduler,
-next) is one service class and one entry here.
+its service, or None when the worker's settings turn it off. A new duty is one service
+class and one entry here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgqueue.worker.heartbeat import Heartbeat
 from pgqueue.worker.pruning import Pruner
+from pgqueue.worker.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,7 +57,20 @@ def pruner(ctx: ServiceContext) -> PeriodicService | None:
     )
 
 
-MAINTENANCE: tuple[Callable[[ServiceContext], PeriodicService | None], ...] = (heartbeat, pruner)
+def scheduler(ctx: ServiceContext) -> PeriodicService | None:
+    worker = ctx.worker
+    if not worker.scheduler:  # leaves the schedules to other workers
+        return None
+    return Scheduler(
+        ctx.pool, declared=list(worker.app.periodic_schedules.values()), stopping=ctx.stopping
+    )
+
+
+MAINTENANCE: tuple[Callable[[ServiceContext], PeriodicService | None], ...] = (
+    heartbeat,
+    pruner,
+    scheduler,
+)
 
 
 def build_services(ctx: ServiceContext) -> list[PeriodicService]:

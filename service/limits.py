@@ -1,0 +1,185 @@
+"""``/v1/limits``: concurrency and rate limits of queues and of their concurrency keys,
+each beside what runs against it (read scope), set and cleared (admin scope). Through
+:class:`pgqueue.Admin`, like every other endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Annotated, Any
+
+from litestar import Controller, HttpMethod, Request, Response, delete, get, put, route
+from litestar.params import JSONBody, PathParameter
+
+from pgqueue.flow import MAX_KEY_LENGTH, InvalidLimitError
+
+from .auth import requires
+from .jobs import check_json_types
+from .problems import ProblemError, problem_responses
+from .schemas import QUEUE_NAME_RULES, KeyLimitIn, LimitList, LimitOut, QueueLimitIn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .state import ServiceState
+
+QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]
+KeyPath = Annotated[str, PathParameter(schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH})]
+
+
+def _state(request: Request[Any, Any, Any]) -> ServiceState:
+    service: ServiceState = request.app.state.pgqueue
+    return service
+
+
+@contextlib.contextmanager
+def _valid() -> Iterator[None]:
+    """A limit that cannot be (a bad rate, a count out of range) as a 422."""
+    try:
+        yield
+    except InvalidLimitError as exc:
+        raise ProblemError(422, str(exc)) from exc
+
+
+class LimitsController(Controller):
+    path = "/v1/limits"
+    tags = ["limits"]  # noqa: RUF012 - Litestar's own class attribute
+
+    # Litestar's automatic OPTIONS answer of a path keeps the methods of its first
+    # handler only (see JobsController.allow): these, first by name, stand in for it.
+    @route(
+        "/",
+        http_method=HttpMethod.OPTIONS,
+        status_code=204,
+        include_in_schema=False,
+        sync_to_thread=False,
+    )
+    def allow(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS"})
+
+    @route(
+        "/{queue:str}",
+        http_method=HttpMethod.OPTIONS,
+        status_code=204,
+        include_in_schema=False,
+        sync_to_thread=False,
+    )
+    def allow_queue(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS, PUT"})
+
+    @route(
+        "/{queue:str}/keys/{key:str}",
+        http_method=HttpMethod.OPTIONS,
+        status_code=204,
+        include_in_schema=False,
+        sync_to_thread=False,
+    )
+    def allow_key(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "DELETE, OPTIONS, PUT"})
+
+    @get(
+        "/",
+        guards=[requires("read")],
+        summary="Limited queues and keys, running against their limits",
+        responses=problem_responses(401, 403, 503),
+    )
+    async def list_limits(self, request: Request[Any, Any, Any]) -> LimitList:
+        service = _state(request)
+        async with service.connection() as conn:
+            found = await service.admin.list_limits(conn=conn)
+        return LimitList(limits=[LimitOut.of(s) for s in found])
+
+    @get(
+        "/{queue:str}",
+        guards=[requires("read")],
+        summary="One queue's limits and its keys'",
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+    )
+    async def get_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> LimitList:
+        service = _state(request)
+        with _valid():
+            async with service.connection() as conn:
+                found = await service.admin.list_limits(queue, conn=conn)
+        if not found:
+            raise ProblemError(404, f"queue {queue} has no limits")
+        return LimitList(limits=[LimitOut.of(s) for s in found])
+
+    @put(
+        "/{queue:str}",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Set a queue's limits",
+        responses=problem_responses(400, 401, 403, 422, 503),
+    )
+    async def set_limit(
+        self, request: Request[Any, Any, Any], queue: QueueNamePath, data: JSONBody[QueueLimitIn]
+    ) -> LimitList:
+        """All of the queue's limits are replaced; a worker that declares limits for
+        the queue in code writes those again as it starts."""
+        await check_json_types(request, QueueLimitIn)
+        service = _state(request)
+        with _valid():
+            async with service.connection() as conn:
+                found = await service.admin.set_limit(
+                    queue,
+                    concurrency=data.concurrency,
+                    rate=data.rate,
+                    key_concurrency=data.key_concurrency,
+                    key_rate=data.key_rate,
+                    conn=conn,
+                )
+        return LimitList(limits=[LimitOut.of(s) for s in found])
+
+    @delete(
+        "/{queue:str}",
+        guards=[requires("admin")],
+        status_code=204,
+        summary="Clear a queue's limits",
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+    )
+    async def clear_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> None:
+        service = _state(request)
+        with _valid():
+            async with service.connection() as conn:
+                gone = await service.admin.clear_limit(queue, conn=conn)
+        if not gone:
+            raise ProblemError(404, f"queue {queue} has no limits")
+
+    @put(
+        "/{queue:str}/keys/{key:str}",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Set one concurrency key's own limits",
+        responses=problem_responses(400, 401, 403, 422, 503),
+    )
+    async def set_key_limit(
+        self,
+        request: Request[Any, Any, Any],
+        queue: QueueNamePath,
+        key: KeyPath,
+        data: JSONBody[KeyLimitIn],
+    ) -> LimitList:
+        await check_json_types(request, KeyLimitIn)
+        service = _state(request)
+        with _valid():
+            async with service.connection() as conn:
+                found = await service.admin.set_key_limit(
+                    queue, key, concurrency=data.concurrency, rate=data.rate, conn=conn
+                )
+        return LimitList(limits=[LimitOut.of(s) for s in found])
+
+    @delete(
+        "/{queue:str}/keys/{key:str}",
+        guards=[requires("admin")],
+        status_code=204,
+        summary="Clear one key's own limits",
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+    )
+    async def clear_key_limit(
+        self, request: Request[Any, Any, Any], queue: QueueNamePath, key: KeyPath
+    ) -> None:
+        service = _state(request)
+        with _valid():
+            async with service.connection() as conn:
+                gone = await service.admin.clear_key_limit(queue, key, conn=conn)
+        if not gone:
+            raise ProblemError(404, f"key {key} of queue {queue} has no limits of its own")
