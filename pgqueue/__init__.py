@@ -29,9 +29,11 @@ from pgqueue.errors import (
     UnknownTaskError,
     UnsupportedConnectionError,
 )
-from pgqueue.jobs import EnqueueResult, Job, JobSpec, QueueStats
+from pgqueue.flow import InvalidLimitError, KeyLimit, LimitStatus, QueueLimit, Rate
+from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec, QueueStats, SequenceStatus
 from pgqueue.retention import Retention
 from pgqueue.retry import RetryPolicy
+from pgqueue.scheduling import InvalidScheduleError, Schedule, ScheduleNotFoundError
 from pgqueue.states import JobState
 from pgqueue.tasks import Task
 from pgqueue.worker import Worker
@@ -46,22 +48,32 @@ __all__ = [
     "EnqueueResult",
     "IdempotencyConflictError",
     "InvalidJobError",
+    "InvalidLimitError",
+    "InvalidScheduleError",
     "Job",
     "JobNotFoundError",
+    "JobOptions",
     "JobSpec",
     "JobState",
     "JobStateError",
     "JobTimeoutError",
+    "KeyLimit",
+    "LimitStatus",
     "OutcomeUnknownError",
     "PermanentError",
     "PgQueueError",
     "PoolTimeoutError",
     "Queue",
+    "QueueLimit",
     "QueueStats",
+    "Rate",
     "Retention",
     "RetryPolicy",
     "RunningJob",
+    "Schedule",
+    "ScheduleNotFoundError",
     "SchemaNotReadyError",
+    "SequenceStatus",
     "Snooze",
     "Task",
     "UnknownTaskError",

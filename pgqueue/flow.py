@@ -1,7 +1,8 @@
 """Flow control: concurrency and rate limits per queue and per ``concurrency_key``, and
 turns between keys. Plain values and checks, shared by every face (library, CLI, HTTP);
-the enforcement is the claim itself (``claim_jobs`` in sql/queries.sql, with
-``pgqueue.claim_limited_queues`` in sql/schema.sql).
+the enforcement is the claim itself (``claim_jobs`` in sql/queries.sql, then
+``claim_jobs_limited`` in sql/flow.sql, a call of ``pgqueue.claim_jobs_limited`` in
+sql/schema.sql, whose statements are planned once per session).
 
 How it holds, across every worker on every machine:
 

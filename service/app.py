@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from .auth import OPEN_PATHS, ApiKeyMiddleware
 from .dashboard import DASHBOARD_HANDLERS, template_config
+from .dashboard_flow import DashboardFlowController
 from .dashboard_schedules import DashboardSchedulesController
 from .health import healthz, readyz
 from .http_limits import JsonBodyMiddleware, RequestLimits
@@ -59,6 +60,7 @@ def create_app(settings: ServiceSettings) -> Litestar:
             metrics_endpoint,
             *DASHBOARD_HANDLERS,
             DashboardSchedulesController,
+            DashboardFlowController,
         ],
         template_config=template_config(),
         middleware=[

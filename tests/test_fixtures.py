@@ -31,7 +31,20 @@ def _pgqueue_tables(dsn: str) -> set[str]:
 
 
 def test_dsn_fixture_is_a_migrated_database_of_its_own(dsn: str, pg_server: PgServer) -> None:
-    assert _pgqueue_tables(dsn) == {"jobs", "workers", "queues", "api_keys", "alembic_version"}
+    assert _pgqueue_tables(dsn) == {
+        "jobs",
+        "workers",
+        "queues",
+        "api_keys",
+        "alembic_version",
+        "schedules",
+        "schedule_ticks",
+        "queue_limits",
+        "key_limits",
+        "job_starts",
+        "unique_windows",
+        "sequences",
+    }
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
         dbname = conn.info.dbname

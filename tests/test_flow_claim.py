@@ -263,3 +263,20 @@ def test_the_sql_functions_set_and_clear_limits(conn):
         conn.execute("SELECT pgqueue.set_queue_limit('sq', concurrency => 0)")
     assert conn.execute("SELECT pgqueue.clear_queue_limit('sq')").fetchone()[0] is True
     assert conn.execute("SELECT count(*) FROM pgqueue.key_limits").fetchone()[0] == 0
+
+
+# --- cost --------------------------------------------------------------------------------
+
+
+def test_the_flow_claim_functions_are_planned_once_per_session(conn):
+    # With the custom plans the server picked, each limited claim planned its statements
+    # afresh: about as long as running them, while the claims of a queue take turns under
+    # its lock. Generic plans are made once per session. (The cost is measured by
+    # benchmarks/flow.py in make bench, never timed here.)
+    names = ["claim_jobs_limited", "claim_limited", "limited_queue_due"]
+    rows = conn.execute(
+        "SELECT proname, proconfig FROM pg_proc"
+        " WHERE pronamespace = 'pgqueue'::regnamespace AND proname = ANY(%s)",
+        (names,),
+    ).fetchall()
+    assert dict(rows) == {name: ["plan_cache_mode=force_generic_plan"] for name in names}

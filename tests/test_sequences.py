@@ -250,8 +250,10 @@ def test_three_workers_run_each_sequence_one_at_a_time_in_order(dsn):
         WorkerProcess(
             "sequence_app:queue",
             dsn,
+            # Two slots each for six sequences at a time: no one worker can hold them all,
+            # so the work is shared between the processes.
             "--concurrency",
-            "10",
+            "2",
             "--log-level",
             "warning",
             env={"LEDGER_DSN": dsn},
