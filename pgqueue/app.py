@@ -24,12 +24,13 @@ import structlog
 
 from pgqueue.errors import InvalidJobError, UnknownTaskError
 from pgqueue.flow import FlowDeclarations
-from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, JobOptions, validate_task_name
+from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, JobOptions
 from pgqueue.queue_calls import QueueCalls
 from pgqueue.queue_calls_sync import QueueCallsSync
 from pgqueue.retry import RetryPolicy
 from pgqueue.scheduling.specs import ScheduleSpec, build_schedule
 from pgqueue.tasks import Task, bind_arguments
+from pgqueue.validation import validate_task_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

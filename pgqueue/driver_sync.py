@@ -18,14 +18,16 @@ from pgqueue.jobs import (
     QueueStats,
     SequenceStatus,
     bulk_params,
-    claimed_from_row,
     copy_records,
+)
+from pgqueue.locks import FLOW
+from pgqueue.rows import (
+    claimed_from_row,
     job_from_row,
     new_job,
     queue_stats_from_row,
     sequence_status_from_row,
 )
-from pgqueue.locks import FLOW
 from pgqueue.scheduling.specs import (
     DueSchedule,
     Schedule,

@@ -8,6 +8,7 @@ the worker, the API, the dashboard).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 # run_at: Python's datetime ends at year 9999 (PostgreSQL's timestamptz goes on to
@@ -27,3 +28,14 @@ MIN_TIMEOUT_SECONDS = 1e-6
 # inside what Python's json and msgspec decode (about 1,000 levels) and jsonb stores.
 MAX_JSON_DEPTH = 100
 JOB_ID_MAX = 2**63 - 1  # bigint
+
+# The same patterns as the CHECK constraints on pgqueue.jobs: checked here first so the
+# caller gets a clear error instead of a constraint violation.
+QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767  # smallint; higher runs first
+MAX_ATTEMPTS_LIMIT = 1000
+IDEMPOTENCY_KEY_MAX = 255
+CONCURRENCY_KEY_MAX = 255
+UNIQUE_KEY_MAX = 255
+SEQUENCE_KEY_MAX = 255

@@ -18,16 +18,7 @@ from pgqueue.flow import (
     rate_params,
     validate_key,
 )
-from pgqueue.jobs import (
-    DEFAULT_MAX_ATTEMPTS,
-    EnqueueResult,
-    JobOptions,
-    all_keyed,
-    check_spec,
-    check_specs,
-    validate_job_id,
-    validate_queue_name,
-)
+from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, EnqueueResult, JobOptions
 from pgqueue.queue_core import QueueCore
 from pgqueue.retention import PRUNE_BATCH, Retention
 from pgqueue.scheduling.specs import (
@@ -35,6 +26,13 @@ from pgqueue.scheduling.specs import (
     ScheduleNotFoundError,
     build_schedule,
     validate_schedule_name,
+)
+from pgqueue.validation import (
+    all_keyed,
+    check_spec,
+    check_specs,
+    validate_job_id,
+    validate_queue_name,
 )
 
 if TYPE_CHECKING:

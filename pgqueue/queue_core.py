@@ -9,15 +9,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
-from pgqueue.jobs import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_QUEUE,
-    JobOptions,
-    JobSpec,
-    build_with_options,
-    validate_queue_name,
-)
+from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobOptions, JobSpec
 from pgqueue.pools import AsyncConnections, SyncConnections
+from pgqueue.validation import build_with_options, validate_queue_name
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -7,11 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from pgqueue.errors import InvalidJobError
-from pgqueue.jobs import (
-    CheckedJobSpec,
-    EnqueueResult,
-    JobOptions,
-    JobSpec,
+from pgqueue.jobs import CheckedJobSpec, EnqueueResult, JobOptions, JobSpec
+from pgqueue.validation import (
     build_with_options,
     check_option_names,
     encode_json,

@@ -35,8 +35,8 @@ from pgqueue.errors import (
     JobNotFoundError,
     JobStateError,
 )
-from pgqueue.jobs import validate_queue_name
 from pgqueue.states import TERMINAL_STATES, JobState
+from pgqueue.validation import validate_queue_name
 
 from .auth import DASHBOARD_COOKIE, DASHBOARD_PATH, ApiUser, requires
 from .dashboard_session import (

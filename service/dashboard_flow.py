@@ -14,7 +14,7 @@ from litestar.response import Redirect, Template
 
 from pgqueue.errors import InvalidJobError
 from pgqueue.flow import InvalidLimitError
-from pgqueue.jobs import validate_queue_name
+from pgqueue.validation import validate_queue_name
 
 from .auth import DASHBOARD_PATH, ApiUser, requires
 from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, render

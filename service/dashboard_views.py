@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from pgqueue.errors import InvalidJobError
-from pgqueue.jobs import validate_queue_name, validate_task_name
 from pgqueue.states import JobState
+from pgqueue.validation import validate_queue_name, validate_task_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

@@ -15,9 +15,9 @@ from litestar.openapi.spec import OpenAPIType
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from pgqueue.errors import InvalidJobError, JobNotFoundError
-from pgqueue.jobs import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.limits import JOB_ID_MAX
 from pgqueue.states import TERMINAL_STATES, JobState
+from pgqueue.validation import validate_job_id, validate_queue_name, validate_task_name
 
 from .auth import requires
 from .problems import ProblemError, nested_too_deeply, problem_responses

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.params import PathParameter
 
-from pgqueue.jobs import validate_queue_name
+from pgqueue.validation import validate_queue_name
 
 from .auth import requires
 from .problems import problem_responses

@@ -3,7 +3,7 @@ publishes them in the OpenAPI schema.
 
 Decoding checks types only (a string where a number goes is a 400). The rules on the
 values (names, ranges, lengths) are pgqueue's own, checked once where a job is built
-(``pgqueue.jobs.build_job``: a 422 naming the field); the description documents the
+(``pgqueue.validation.build_job``: a 422 naming the field); the description documents the
 same rules, built from the same constants, so that a client generated from it sends
 nothing the server refuses (see ``document``). See problems.py for why."""
 
@@ -20,24 +20,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
 
-from pgqueue.jobs import (
+from pgqueue.limits import (
     CONCURRENCY_KEY_MAX,
     IDEMPOTENCY_KEY_MAX,
-    MAX_ATTEMPTS_LIMIT,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    QUEUE_NAME_RE,
-    SEQUENCE_KEY_MAX,
-    TASK_NAME_RE,
-    UNIQUE_KEY_MAX,
-)
-from pgqueue.limits import (
     JOB_ID_MAX,
+    MAX_ATTEMPTS_LIMIT,
     MAX_JSON_DEPTH,
     MAX_SECONDS,
     MIN_TIMEOUT_SECONDS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    QUEUE_NAME_RE,
     RUN_AT_MAX,
     RUN_AT_MIN,
+    SEQUENCE_KEY_MAX,
+    TASK_NAME_RE,
+    UNIQUE_KEY_MAX,
 )
 from pgqueue.scheduling.ticks import EVERY_MAX_SECONDS, time_zone_names
 from pgqueue.states import JobState

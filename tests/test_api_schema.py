@@ -14,8 +14,7 @@ from pathlib import Path
 from litestar.testing import AsyncTestClient
 from servekit import serving
 
-from pgqueue.jobs import QUEUE_NAME_RE, TASK_NAME_RE
-from pgqueue.limits import JOB_ID_MAX, MAX_SECONDS
+from pgqueue.limits import JOB_ID_MAX, MAX_SECONDS, QUEUE_NAME_RE, TASK_NAME_RE
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.auth import create_key
 

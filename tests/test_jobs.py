@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 import pytest
 
 from pgqueue import InvalidJobError, Queue, RetryPolicy
-from pgqueue.jobs import BulkPlan, build_job
+from pgqueue.jobs import BulkPlan
 from pgqueue.retry import retry_in
 from pgqueue.sql import parse_named_blocks, query
+from pgqueue.validation import build_job
 
 
 @pytest.mark.parametrize(

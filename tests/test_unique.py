@@ -20,9 +20,9 @@ from litestar.testing import AsyncTestClient
 
 import pgqueue
 from pgqueue import InvalidJobError
-from pgqueue.jobs import default_unique_key
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.auth import create_key
+from pgqueue.validation import default_unique_key
 
 WAIT_S = 30  # the bound of every wait; nothing here takes near it
 

@@ -27,7 +27,7 @@ from pgqueue.admin.records import (
     new_api_key,
 )
 from pgqueue.errors import InvalidJobError
-from pgqueue.jobs import check_spec, validate_job_id, validate_queue_name, validate_task_name
+from pgqueue.validation import check_spec, validate_job_id, validate_queue_name, validate_task_name
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -9,8 +9,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pgqueue.errors import PgQueueError
-from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, build_job, decode_json
+from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
+from pgqueue.rows import decode_json
 from pgqueue.scheduling.ticks import Cron, Every, InvalidScheduleError, Rule, rule_of
+from pgqueue.validation import build_job
 
 if TYPE_CHECKING:
     from datetime import datetime

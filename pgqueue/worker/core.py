@@ -22,9 +22,9 @@ import structlog
 
 from pgqueue import driver
 from pgqueue.executors import AsyncpgExecutor
-from pgqueue.jobs import validate_queue_name
 from pgqueue.pools import acquire
 from pgqueue.retention import Retention
+from pgqueue.validation import validate_queue_name
 from pgqueue.worker.claiming import (
     CLAIM_RETRY_ERRORS,
     Claimer,

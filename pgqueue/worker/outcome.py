@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from pgqueue.errors import InvalidJobError, PermanentError
-from pgqueue.jobs import encode_json
+from pgqueue.validation import encode_json
 
 
 class OwnershipLostError(Exception):

@@ -1,0 +1,119 @@
+"""Jobs read back: a row of either driver, decoded by column name, as a :class:`Job`,
+:class:`ClaimedJob`, :class:`QueueStats` or :class:`SequenceStatus`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from pgqueue.jobs import ClaimedJob, Job, JobSpec, QueueStats, SequenceStatus
+from pgqueue.states import JobState
+
+
+def decode_json(text: str | None) -> Any:
+    """A JSON column as read back. Whatever a row holds must stay readable (a job with
+    args nested deeper than Python's decoder goes, written from psql, must not break
+    every listing): such a value reads as a dict saying so instead of failing."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return {"pgqueue_undecodable": f"JSON nested too deeply to decode ({len(text)} characters)"}
+
+
+def job_from_row(row: Any) -> Job:
+    """A ``get_job`` / ``list_jobs`` row (either driver's) as a Job, by column name."""
+    args = decode_json(row["args"])
+    errors = decode_json(row["errors"])
+    return Job(
+        id=row["id"],
+        queue=row["queue"],
+        task=row["task"],
+        args=args if isinstance(args, dict) else {"pgqueue_undecodable": args},
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        run_at=row["run_at"],
+        idempotency_key=row["idempotency_key"],
+        result=decode_json(row["result"]),
+        errors=errors if isinstance(errors, list) else [errors],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        timeout=row["timeout"],
+        progress=decode_json(row["progress"]),
+        concurrency_key=row["concurrency_key"],
+        unique_key=row["unique_key"],
+        unique_for=row["unique_for"],
+        debounce=row["debounce"],
+        sequence_key=row["sequence_key"],
+        sequence_on_failure=row["sequence_on_failure"],
+    )
+
+
+def new_job(spec: JobSpec, row: Any) -> Job:
+    """The job an enqueue of ``spec`` has just written, as it stands: queued, never
+    tried; ``row`` is the enqueue's, with the values the database decided (``id``,
+    ``created_at``, ``run_at``)."""
+    return Job(
+        id=row["id"],
+        queue=spec.queue,
+        task=spec.task,
+        args=json.loads(spec.args_json),
+        # A job of a sequence waits blocked behind an unfinished one.
+        state=JobState.QUEUED if spec.sequence_key is None else JobState(row["state"]),
+        priority=spec.priority,
+        attempts=0,
+        max_attempts=spec.max_attempts,
+        run_at=row["run_at"],
+        idempotency_key=spec.idempotency_key,
+        result=None,
+        errors=[],
+        created_at=row["created_at"],
+        started_at=None,
+        finished_at=None,
+        timeout=spec.timeout,
+        concurrency_key=spec.concurrency_key,
+        unique_key=spec.unique_key,
+        unique_for=spec.unique_for,
+        debounce=spec.debounce,
+        sequence_key=spec.sequence_key,
+        sequence_on_failure=spec.sequence_on_failure,
+    )
+
+
+def claimed_from_row(row: Any) -> ClaimedJob:
+    """A ``claim_jobs`` row as a ClaimedJob."""
+    return ClaimedJob(
+        id=row["id"],
+        queue=row["queue"],
+        task=row["task"],
+        args=decode_json(row["args"]),
+        priority=row["priority"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        timeout=row["timeout"],
+    )
+
+
+_QUEUE_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(QueueStats))
+
+
+def sequence_status_from_row(row: Any) -> SequenceStatus:
+    """A ``sequence_status`` row as SequenceStatus, by column name."""
+    state = row["head_state"]
+    return SequenceStatus(
+        sequence_key=row["sequence_key"],
+        unfinished=row["unfinished"],
+        head_job_id=row["head_job_id"],
+        head_state=None if state is None else JobState(state),
+        head_queue=row["head_queue"],
+    )
+
+
+def queue_stats_from_row(row: Any) -> QueueStats:
+    """A ``queue_stats`` row as QueueStats, by column name."""
+    return QueueStats(**{name: row[name] for name in _QUEUE_STATS_FIELDS})
