@@ -18,13 +18,15 @@ from .dashboard_schedules import DashboardSchedulesController
 from .health import healthz, readyz
 from .http_limits import JsonBodyMiddleware, RequestLimits
 from .jobs import JobsController
+from .limit_schemas import document_limits
 from .limits import LimitsController
 from .logs import RequestObserver
 from .metrics import Metrics, metrics_endpoint
 from .problems import EXCEPTION_HANDLERS
 from .queues import QueuesController
+from .schedule_schemas import document_schedules
 from .schedules import SchedulesController
-from .schemas import document, document_limits, document_schedules
+from .schemas import document
 from .sequences import SequencesController
 from .state import ServiceState
 

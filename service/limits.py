@@ -14,8 +14,9 @@ from pgqueue.flow import MAX_KEY_LENGTH, InvalidLimitError
 
 from .auth import requires
 from .jobs import check_json_types
+from .limit_schemas import KeyLimitIn, LimitList, LimitOut, QueueLimitIn
 from .problems import ProblemError, problem_responses
-from .schemas import QUEUE_NAME_RULES, KeyLimitIn, LimitList, LimitOut, QueueLimitIn
+from .schemas import QUEUE_NAME_RULES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

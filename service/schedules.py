@@ -15,14 +15,14 @@ from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_na
 from .auth import requires
 from .jobs import check_json_types
 from .problems import ProblemError, problem_responses
-from .schemas import (
+from .schedule_schemas import (
     SCHEDULE_NAME_RULES,
-    JobOut,
     ScheduleIn,
     ScheduleList,
     ScheduleOut,
     SchedulePatch,
 )
+from .schemas import JobOut
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
