@@ -47,6 +47,7 @@ from benchmarks.database import psycopg_synchronous_commit, scratch_database  # 
 from benchmarks.flow import flow_limits  # noqa: E402
 from benchmarks.report import Figure, Target, machine, print_machine, summary_table  # noqa: E402
 from pgqueue.embedded import DSN_ENV  # noqa: E402
+from pgqueue.jobs import JobSpec  # noqa: E402
 from pgqueue.logs import configure_logging  # noqa: E402
 from pgqueue.sql import query  # noqa: E402
 from pgqueue.worker.core import DEFAULT_BATCH_SIZE  # noqa: E402
@@ -277,14 +278,19 @@ class Bench:
         )
         cursor = psycopg.RawCursor(bare_sync)
 
+        # The enqueue statement's parameters as the job's one definition orders them (so a
+        # new job option cannot break the bare loop), built without any checking.
+        def bare_params(i: int) -> tuple[Any, ...]:
+            return JobSpec("noop", f'{{"i":{i}}}', QUEUE).insert_params()
+
         async def bare_async_op(i: int) -> None:
-            await bare.fetch(enqueue_sql, QUEUE, "noop", f'{{"i":{i}}}', 0, 3, None, 0.0, None)
+            await bare.fetch(enqueue_sql, *bare_params(i))
 
         async def library_async_op(i: int) -> None:
             await noop.enqueue(i=i)
 
         def bare_sync_op(i: int) -> None:
-            cursor.execute(enqueue_sql, (QUEUE, "noop", f'{{"i":{i}}}', 0, 3, None, 0.0, None))
+            cursor.execute(enqueue_sql, bare_params(i))
             cursor.fetchone()
 
         def library_sync_op(i: int) -> None:

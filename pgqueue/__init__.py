@@ -17,6 +17,7 @@ from pgqueue.errors import (
     DatabaseUnavailableError,
     IdempotencyConflictError,
     InvalidJobError,
+    JobFailedError,
     JobNotFoundError,
     JobStateError,
     JobTimeoutError,
@@ -28,6 +29,7 @@ from pgqueue.errors import (
     Snooze,
     UnknownTaskError,
     UnsupportedConnectionError,
+    WaitTimeoutError,
 )
 from pgqueue.flow import InvalidLimitError, KeyLimit, LimitStatus, QueueLimit, Rate
 from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec, QueueStats, SequenceStatus
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidLimitError",
     "InvalidScheduleError",
     "Job",
+    "JobFailedError",
     "JobNotFoundError",
     "JobOptions",
     "JobSpec",
@@ -78,6 +81,7 @@ __all__ = [
     "Task",
     "UnknownTaskError",
     "UnsupportedConnectionError",
+    "WaitTimeoutError",
     "Worker",
     "current_job",
 ]

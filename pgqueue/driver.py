@@ -475,3 +475,19 @@ async def clear_key_limit(ex: AsyncExecutor, queue: str, key: str) -> bool:
 async def limit_status(ex: AsyncExecutor, queue: str | None = None) -> list[LimitStatus]:
     rows = await ex.fetch(query("limit_status"), (queue,))
     return [limit_status_from_row(r) for r in rows]
+
+
+# --- waiting for jobs to finish (pgqueue.results) --------------------------------------
+
+
+async def listen_finished(ex: AsyncExecutor) -> None:
+    """LISTEN on pgqueue_finished (psycopg; asyncpg listens with ``add_listener``)."""
+    await ex.fetch(query("listen_finished"), ())
+
+
+async def wait_jobs(ex: AsyncExecutor, ids: Sequence[int]) -> tuple[list[Job], list[int]]:
+    """Of the jobs ``ids``: those that have finished, and the ids that match no job
+    (the rest are unfinished)."""
+    rows = await ex.fetch(query("wait_jobs"), (list(ids),))
+    finished = [job_from_row(r) for r in rows if r["id"] is not None]
+    return finished, [r["waited_id"] for r in rows if r["id"] is None]

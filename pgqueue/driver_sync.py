@@ -438,3 +438,16 @@ def clear_key_limit(ex: SyncExecutor, queue: str, key: str) -> bool:
 def limit_status(ex: SyncExecutor, queue: str | None = None) -> list[LimitStatus]:
     rows = ex.fetch(query("limit_status"), (queue,))
     return [limit_status_from_row(r) for r in rows]
+
+
+def listen_finished(ex: SyncExecutor) -> None:
+    """LISTEN on pgqueue_finished (psycopg; asyncpg listens with ``add_listener``)."""
+    ex.fetch(query("listen_finished"), ())
+
+
+def wait_jobs(ex: SyncExecutor, ids: Sequence[int]) -> tuple[list[Job], list[int]]:
+    """Of the jobs ``ids``: those that have finished, and the ids that match no job
+    (the rest are unfinished)."""
+    rows = ex.fetch(query("wait_jobs"), (list(ids),))
+    finished = [job_from_row(r) for r in rows if r["id"] is not None]
+    return (finished, [r["waited_id"] for r in rows if r["id"] is None])

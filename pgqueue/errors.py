@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pgqueue.limits import MAX_SECONDS
+
+if TYPE_CHECKING:
+    from pgqueue.jobs import Job
 
 
 class PgQueueError(Exception):
@@ -74,6 +79,33 @@ class OutcomeUnknownError(PgQueueError):
     committed is unknown: the job may exist or not. pgqueue retries such a call by
     itself only when that is safe (a job with an idempotency key, a read). Otherwise
     look the job up (or enqueue it again with an idempotency key next time)."""
+
+
+class WaitTimeoutError(PgQueueError, TimeoutError):
+    """A wait for a job (``Queue.wait``, ``Queue.result`` and their ``_sync`` twins)
+    ended before the job finished. The job is untouched and may still finish: wait
+    again, or cancel it. ``job_id`` and ``timeout`` (seconds) say which wait."""
+
+    def __init__(self, job_id: int, timeout: float) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g} s")
+        self.job_id = job_id
+        self.timeout = timeout
+
+
+class JobFailedError(PgQueueError):
+    """The job a ``Queue.result`` call waited for finished without a return value: it
+    failed for good or was cancelled. ``job`` is the job as stored, ``state`` its final
+    state, and ``error`` its last error entry (``type``, ``message``, ``traceback``,
+    ``attempt``, ``at``), or None when it never failed an attempt (cancelled first)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.state = job.state
+        self.error: dict[str, Any] | None = job.errors[-1] if job.errors else None
+        reason = ""
+        if self.error is not None:
+            reason = f": {self.error.get('type')}: {self.error.get('message')}"
+        super().__init__(f"job {job.id} ({job.task}) {job.state}{reason}")
 
 
 class Snooze(Exception):  # noqa: N818 - a request, not an error

@@ -20,6 +20,7 @@ from pgqueue.flow import (
 )
 from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, EnqueueResult, JobOptions
 from pgqueue.queue_core import QueueCore
+from pgqueue.results import check_wait_timeout, result_of
 from pgqueue.retention import PRUNE_BATCH, Retention
 from pgqueue.scheduling.specs import (
     Schedule,
@@ -208,6 +209,30 @@ class QueueCalls(QueueCore):
         """The job with this id, or None."""
         job_id = validate_job_id(job_id)
         return await self._call(lambda ex: driver.get_job(ex, job_id), conn, idempotent=True)
+
+    # --- waiting for results (pgqueue.results) ------------------------------------------
+
+    async def wait(self, job_id: int, *, timeout: float | None = 30.0) -> Job:
+        """Wait until the job has finished (succeeded, failed or cancelled) and return it
+        as stored; at once if it already has. ``WaitTimeoutError`` if it has not within
+        ``timeout`` seconds (None: no limit), ``JobNotFoundError`` if there is no such
+        job (or it is deleted meanwhile). A job is failed once its attempts are spent:
+        retries in between are waited through.
+
+        Woken by the ``pgqueue_finished`` notification. Every wait of this Queue in an
+        event loop shares one LISTEN connection, opened at the first wait and closed by
+        :meth:`close`; a ``wait_sync`` call listens on a connection of its own while it
+        waits. Waited jobs are also read again every 1.5 s and after a reconnect, so a
+        lost notification makes a wake-up late, never lost."""
+        job_id, timeout = validate_job_id(job_id), check_wait_timeout(timeout)
+        return await self._wait_finished(job_id, timeout)
+
+    async def result(self, job_id: int, *, timeout: float | None = 30.0) -> Any:
+        """Wait for the job as :meth:`wait` does and return its task's return value
+        (decoded JSON). ``JobFailedError`` (with the job's ``state``, its last ``error``
+        and the ``job``) if it failed for good or was cancelled; ``WaitTimeoutError`` and
+        ``JobNotFoundError`` as :meth:`wait`."""
+        return result_of(await self.wait(job_id, timeout=timeout))
 
     async def queue_stats(self, *, conn: Any = None) -> list[QueueStats]:
         """Per queue: jobs in each state, the oldest claimable job's age, paused or not."""

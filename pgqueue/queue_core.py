@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
 from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobOptions, JobSpec
 from pgqueue.pools import AsyncConnections, SyncConnections
+from pgqueue.results import FinishedWaiters, wait_sync
 from pgqueue.validation import build_with_options, validate_queue_name
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pgqueue.jobs import Job
     from pgqueue.tasks import Task
 
 
@@ -50,6 +52,8 @@ class QueueCore:
         # Async connections belong to the loop that made them: one set per loop.
         self._async: dict[asyncio.AbstractEventLoop, AsyncConnections] = {}
         self._sync: SyncConnections | None = None
+        # Waits for jobs to finish: one LISTEN connection per loop (pgqueue.results).
+        self._waiters: dict[asyncio.AbstractEventLoop, FinishedWaiters] = {}
 
     # --- configuration ---------------------------------------------------------------
 
@@ -118,9 +122,29 @@ class QueueCore:
                 )
             return self._sync
 
+    # --- waiting for jobs to finish (Queue.wait and Queue.result) ---------------------
+
+    def _finished_waiters(self) -> FinishedWaiters:
+        loop = asyncio.get_running_loop()
+        waiters = self._waiters.get(loop)
+        if waiters is None:
+            for old in [old for old in self._waiters if old.is_closed()]:
+                del self._waiters[old]  # as in _async_connections
+            waiters = self._waiters[loop] = FinishedWaiters(self.dsn)
+        return waiters
+
+    async def _wait_finished(self, job_id: int, timeout: float | None) -> Job:
+        return await self._finished_waiters().wait(job_id, timeout)
+
+    def _wait_finished_sync(self, job_id: int, timeout: float | None) -> Job:
+        return wait_sync(self.dsn, job_id, timeout)
+
     async def close(self) -> None:
-        """Close this loop's connections and the sync ones, and stop an embedded server
-        this Queue started."""
+        """Close this loop's connections (its waits' LISTEN one too) and the sync ones,
+        and stop an embedded server this Queue started."""
+        waiters = self._waiters.pop(asyncio.get_running_loop(), None)
+        if waiters is not None:
+            await waiters.close()
         conns = self._async.pop(asyncio.get_running_loop(), None)
         if conns is not None:
             await conns.close()
@@ -131,7 +155,7 @@ class QueueCore:
             sync, self._sync = self._sync, None
         if sync is not None:
             sync.close()
-        if self._embedded is not None and not self._async:
+        if self._embedded is not None and not self._async and not self._waiters:
             self._embedded.stop()
             self._embedded = None
             self._resolved_dsn = None

@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from litestar import Controller, HttpMethod, Request, Response, get, post, route
+from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
@@ -21,6 +21,7 @@ from pgqueue.validation import validate_job_id, validate_queue_name, validate_ta
 
 from .auth import requires
 from .problems import ProblemError, nested_too_deeply, problem_responses
+from .routing import allow, options_route
 from .schemas import (
     IDEMPOTENCY_HEADER_RULES,
     QUEUE_NAME_RULES,
@@ -36,7 +37,7 @@ from .schemas import (
     json_types,
     parameter,
 )
-from .state import RECHECK_SECONDS
+from .state import RECHECK_SECONDS, service_state
 
 if TYPE_CHECKING:
     from pgqueue.jobs import Job, JobSpec
@@ -57,11 +58,6 @@ TaskFilter = Annotated[
 StateFilter = Annotated[
     str | None, QueryParameter(name="state", schema_extra=parameter(STRING, enum=STATE_NAMES))
 ]
-
-
-def _state(request: Request[Any, Any, Any]) -> ServiceState:
-    service: ServiceState = request.app.state.pgqueue
-    return service
 
 
 def parse_job_id(raw: str, what: str = "job_id") -> int:
@@ -150,15 +146,9 @@ class JobsController(Controller):
     # Litestar (2.25) registers a controller's handlers one by one, and the automatic
     # OPTIONS answer of /v1/jobs keeps the methods of the first (Allow: OPTIONS, POST):
     # this one, registered first (Litestar orders them by name), stands in for it.
-    @route(
-        "/",
-        http_method=HttpMethod.OPTIONS,
-        status_code=204,
-        include_in_schema=False,
-        sync_to_thread=False,
-    )
+    @options_route("/")
     def allow(self) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+        return allow("GET, OPTIONS, POST")
 
     @post(
         "/",
@@ -188,7 +178,7 @@ class JobsController(Controller):
         request is the same, 409 when it differs. 200 too with the job that holds the
         unique key (unique_for_seconds: the window's first job, as it stands;
         debounce_seconds: the pending job, which took this request's args)."""
-        service = _state(request)
+        service = service_state(request)
         await check_json_types(request, JobIn)
         spec = build_spec(service, data, header_key=idempotency_key)
         async with service.connection() as conn:
@@ -222,7 +212,7 @@ class JobsController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[BatchIn]
     ) -> EnqueuedBatch:
         """All the jobs in one transaction, or none: a bad item is a 4xx naming it."""
-        service = _state(request)
+        service = service_state(request)
         await check_json_types(request, BatchIn)
         if not data.jobs:
             raise ProblemError(422, "jobs must hold at least one job", field="jobs")
@@ -269,7 +259,7 @@ class JobsController(Controller):
     ) -> JobOut:
         """The job; with ``?wait=SECONDS``, held until it is terminal or the wait ends
         (woken by the NOTIFY its completion sends)."""
-        service = _state(request)
+        service = service_state(request)
         ident = parse_job_id(job_id)
         if not 0 <= wait <= service.settings.max_wait_seconds:
             raise ProblemError(
@@ -310,7 +300,7 @@ class JobsController(Controller):
             QueryParameter(schema_extra=id_schema("the next_cursor of the page before")),
         ] = None,
     ) -> JobPage:
-        service = _state(request)
+        service = service_state(request)
         if not 1 <= limit <= service.settings.max_page_size:
             raise ProblemError(
                 422, f"limit must be from 1 to {service.settings.max_page_size}", field="limit"
@@ -345,7 +335,7 @@ class JobsController(Controller):
     )
     async def cancel(self, request: Request[Any, Any, Any], job_id: JobIdPath) -> JobOut:
         """A queued job never starts; a running one is stopped (409 if it has finished)."""
-        service = _state(request)
+        service = service_state(request)
         ident = parse_job_id(job_id)
         async with service.connection() as conn:
             return JobOut.of(await service.admin.cancel_job(ident, conn=conn))
@@ -359,7 +349,7 @@ class JobsController(Controller):
     )
     async def retry(self, request: Request[Any, Any, Any], job_id: JobIdPath) -> JobOut:
         """A failed or cancelled job, queued again now (409 for any other state)."""
-        service = _state(request)
+        service = service_state(request)
         ident = parse_job_id(job_id)
         async with service.connection() as conn:
             return JobOut.of(await service.admin.retry_job(ident, conn=conn))

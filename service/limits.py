@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
-from litestar import Controller, HttpMethod, Request, Response, delete, get, put, route
+from litestar import Controller, Request, Response, delete, get, put
 from litestar.params import JSONBody, PathParameter
 
 from pgqueue.flow import MAX_KEY_LENGTH, InvalidLimitError
@@ -16,20 +16,16 @@ from .auth import requires
 from .jobs import check_json_types
 from .limit_schemas import KeyLimitIn, LimitList, LimitOut, QueueLimitIn
 from .problems import ProblemError, problem_responses
+from .routing import allow, options_route
 from .schemas import QUEUE_NAME_RULES
+from .state import service_state
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from .state import ServiceState
 
 QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]
 KeyPath = Annotated[str, PathParameter(schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH})]
-
-
-def _state(request: Request[Any, Any, Any]) -> ServiceState:
-    service: ServiceState = request.app.state.pgqueue
-    return service
 
 
 @contextlib.contextmanager
@@ -47,35 +43,17 @@ class LimitsController(Controller):
 
     # Litestar's automatic OPTIONS answer of a path keeps the methods of its first
     # handler only (see JobsController.allow): these, first by name, stand in for it.
-    @route(
-        "/",
-        http_method=HttpMethod.OPTIONS,
-        status_code=204,
-        include_in_schema=False,
-        sync_to_thread=False,
-    )
+    @options_route("/")
     def allow(self) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS"})
+        return allow("GET, OPTIONS")
 
-    @route(
-        "/{queue:str}",
-        http_method=HttpMethod.OPTIONS,
-        status_code=204,
-        include_in_schema=False,
-        sync_to_thread=False,
-    )
+    @options_route("/{queue:str}")
     def allow_queue(self) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS, PUT"})
+        return allow("DELETE, GET, OPTIONS, PUT")
 
-    @route(
-        "/{queue:str}/keys/{key:str}",
-        http_method=HttpMethod.OPTIONS,
-        status_code=204,
-        include_in_schema=False,
-        sync_to_thread=False,
-    )
+    @options_route("/{queue:str}/keys/{key:str}")
     def allow_key(self) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": "DELETE, OPTIONS, PUT"})
+        return allow("DELETE, OPTIONS, PUT")
 
     @get(
         "/",
@@ -84,7 +62,7 @@ class LimitsController(Controller):
         responses=problem_responses(401, 403, 503),
     )
     async def list_limits(self, request: Request[Any, Any, Any]) -> LimitList:
-        service = _state(request)
+        service = service_state(request)
         async with service.connection() as conn:
             found = await service.admin.list_limits(conn=conn)
         return LimitList(limits=[LimitOut.of(s) for s in found])
@@ -96,7 +74,7 @@ class LimitsController(Controller):
         responses=problem_responses(400, 401, 403, 404, 422, 503),
     )
     async def get_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> LimitList:
-        service = _state(request)
+        service = service_state(request)
         with _valid():
             async with service.connection() as conn:
                 found = await service.admin.list_limits(queue, conn=conn)
@@ -117,7 +95,7 @@ class LimitsController(Controller):
         """All of the queue's limits are replaced; a worker that declares limits for
         the queue in code writes those again as it starts."""
         await check_json_types(request, QueueLimitIn)
-        service = _state(request)
+        service = service_state(request)
         with _valid():
             async with service.connection() as conn:
                 found = await service.admin.set_limit(
@@ -138,7 +116,7 @@ class LimitsController(Controller):
         responses=problem_responses(400, 401, 403, 404, 422, 503),
     )
     async def clear_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> None:
-        service = _state(request)
+        service = service_state(request)
         with _valid():
             async with service.connection() as conn:
                 gone = await service.admin.clear_limit(queue, conn=conn)
@@ -160,7 +138,7 @@ class LimitsController(Controller):
         data: JSONBody[KeyLimitIn],
     ) -> LimitList:
         await check_json_types(request, KeyLimitIn)
-        service = _state(request)
+        service = service_state(request)
         with _valid():
             async with service.connection() as conn:
                 found = await service.admin.set_key_limit(
@@ -178,7 +156,7 @@ class LimitsController(Controller):
     async def clear_key_limit(
         self, request: Request[Any, Any, Any], queue: QueueNamePath, key: KeyPath
     ) -> None:
-        service = _state(request)
+        service = service_state(request)
         with _valid():
             async with service.connection() as conn:
                 gone = await service.admin.clear_key_limit(queue, key, conn=conn)

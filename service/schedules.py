@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
-from litestar import Controller, HttpMethod, Request, Response, delete, get, patch, post, route
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import JSONBody, PathParameter
 
 from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_name
@@ -15,6 +15,7 @@ from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_na
 from .auth import requires
 from .jobs import check_json_types
 from .problems import ProblemError, problem_responses
+from .routing import allow, options_route
 from .schedule_schemas import (
     SCHEDULE_NAME_RULES,
     ScheduleIn,
@@ -23,20 +24,15 @@ from .schedule_schemas import (
     SchedulePatch,
 )
 from .schemas import JobOut
+from .state import service_state
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pgqueue.scheduling.specs import Schedule
 
-    from .state import ServiceState
 
 ScheduleNamePath = Annotated[str, PathParameter(schema_extra=SCHEDULE_NAME_RULES)]
-
-
-def _state(request: Request[Any, Any, Any]) -> ServiceState:
-    service: ServiceState = request.app.state.pgqueue
-    return service
 
 
 @contextlib.contextmanager
@@ -54,25 +50,13 @@ class SchedulesController(Controller):
 
     # Litestar's automatic OPTIONS answer of a path keeps the methods of its first
     # handler only (see JobsController.allow): these, first by name, stand in for it.
-    @route(
-        "/",
-        http_method=HttpMethod.OPTIONS,
-        status_code=204,
-        include_in_schema=False,
-        sync_to_thread=False,
-    )
+    @options_route("/")
     def allow(self) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+        return allow("GET, OPTIONS, POST")
 
-    @route(
-        "/{name:str}",
-        http_method=HttpMethod.OPTIONS,
-        status_code=204,
-        include_in_schema=False,
-        sync_to_thread=False,
-    )
+    @options_route("/{name:str}")
     def allow_one(self) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS, PATCH"})
+        return allow("DELETE, GET, OPTIONS, PATCH")
 
     @get(
         "/",
@@ -81,7 +65,7 @@ class SchedulesController(Controller):
         responses=problem_responses(401, 403, 503),
     )
     async def list_schedules(self, request: Request[Any, Any, Any]) -> ScheduleList:
-        service = _state(request)
+        service = service_state(request)
         async with service.connection() as conn:
             schedules = await service.admin.list_schedules(conn=conn)
         return ScheduleList(schedules=[ScheduleOut.of(s) for s in schedules])
@@ -98,7 +82,7 @@ class SchedulesController(Controller):
     ) -> ScheduleOut:
         """The schedule as stored. Its pause, if any, is kept; a new rule or time zone
         counts its ticks from the first after a worker's scheduler sees it."""
-        service = _state(request)
+        service = service_state(request)
         await check_json_types(request, ScheduleIn)
         async with service.connection() as conn:
             schedule = await service.admin.set_schedule(
@@ -126,7 +110,7 @@ class SchedulesController(Controller):
     async def get_schedule(
         self, request: Request[Any, Any, Any], name: ScheduleNamePath
     ) -> ScheduleOut:
-        service = _state(request)
+        service = service_state(request)
         name = validate_schedule_name(name)
         with _found():
             async with service.connection() as conn:
@@ -146,7 +130,7 @@ class SchedulesController(Controller):
     ) -> ScheduleOut:
         """Members given replace the schedule's; the others stay. The last of two
         changes made at once wins whole."""
-        service = _state(request)
+        service = service_state(request)
         name = validate_schedule_name(name)
         await check_json_types(request, SchedulePatch)
         with _found():
@@ -169,7 +153,7 @@ class SchedulesController(Controller):
     ) -> None:
         """Its jobs stay. A schedule declared in code comes back when a worker of that
         code starts: pause it instead."""
-        service = _state(request)
+        service = service_state(request)
         name = validate_schedule_name(name)
         async with service.connection() as conn:
             if not await service.admin.remove_schedule(name, conn=conn):
@@ -184,7 +168,7 @@ class SchedulesController(Controller):
     )
     async def pause(self, request: Request[Any, Any, Any], name: ScheduleNamePath) -> ScheduleOut:
         """No job for its ticks until it is resumed (those ticks are skipped)."""
-        service = _state(request)
+        service = service_state(request)
         name = validate_schedule_name(name)
         with _found():
             async with service.connection() as conn:
@@ -199,7 +183,7 @@ class SchedulesController(Controller):
     )
     async def resume(self, request: Request[Any, Any, Any], name: ScheduleNamePath) -> ScheduleOut:
         """From its first tick after a worker's scheduler sees it."""
-        service = _state(request)
+        service = service_state(request)
         name = validate_schedule_name(name)
         with _found():
             async with service.connection() as conn:
@@ -214,7 +198,7 @@ class SchedulesController(Controller):
     )
     async def trigger(self, request: Request[Any, Any, Any], name: ScheduleNamePath) -> JobOut:
         """Paused or not; its ticks do not move. The job as enqueued."""
-        service = _state(request)
+        service = service_state(request)
         name = validate_schedule_name(name)
         with _found():
             async with service.connection() as conn:

@@ -22,6 +22,8 @@ from .auth import KeyCache
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from litestar import Request
+
     from .settings import ServiceSettings
 
 FINISHED_CHANNEL = "pgqueue_finished"
@@ -125,3 +127,9 @@ class ServiceState:
             raise DatabaseUnavailableError(
                 "the database is unavailable at the moment; try again shortly"
             ) from exc
+
+
+def service_state(request: Request[Any, Any, Any]) -> ServiceState:
+    """The running service's state, as the app's lifespan left it."""
+    service: ServiceState = request.app.state.pgqueue
+    return service

@@ -13,6 +13,7 @@ def test_all_is_pinned():
         "InvalidLimitError",
         "InvalidScheduleError",
         "Job",
+        "JobFailedError",
         "JobNotFoundError",
         "JobOptions",
         "JobSpec",
@@ -40,6 +41,7 @@ def test_all_is_pinned():
         "Task",
         "UnknownTaskError",
         "UnsupportedConnectionError",
+        "WaitTimeoutError",
         "Worker",
         "current_job",
     ]
