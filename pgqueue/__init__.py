@@ -17,6 +17,7 @@ from pgqueue.errors import (
     DatabaseUnavailableError,
     IdempotencyConflictError,
     InvalidJobError,
+    InvalidLimitError,
     JobFailedError,
     JobNotFoundError,
     JobStateError,
@@ -25,17 +26,18 @@ from pgqueue.errors import (
     PermanentError,
     PgQueueError,
     PoolTimeoutError,
+    ScheduleNotFoundError,
     SchemaNotReadyError,
     Snooze,
     UnknownTaskError,
     UnsupportedConnectionError,
     WaitTimeoutError,
 )
-from pgqueue.flow import InvalidLimitError, KeyLimit, LimitStatus, QueueLimit, Rate
+from pgqueue.flow import KeyLimit, LimitStatus, QueueLimit, Rate
 from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec, QueueStats, SequenceStatus
 from pgqueue.retention import Retention
 from pgqueue.retry import RetryPolicy
-from pgqueue.scheduling import InvalidScheduleError, Schedule, ScheduleNotFoundError
+from pgqueue.scheduling import InvalidScheduleError, Schedule
 from pgqueue.states import JobState
 from pgqueue.tasks import Task
 from pgqueue.worker import Worker

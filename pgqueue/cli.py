@@ -61,10 +61,15 @@ from pgqueue.embedded import (
     EmbeddedServerError,
     bundled_bin_dir,
 )
-from pgqueue.errors import DatabaseUnavailableError, PgQueueError, SchemaNotReadyError
+from pgqueue.errors import (
+    DatabaseUnavailableError,
+    PgQueueError,
+    ScheduleNotFoundError,
+    SchemaNotReadyError,
+)
 from pgqueue.logs import configure_logging
 from pgqueue.retention import Retention, parse_duration
-from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_name
+from pgqueue.scheduling.specs import validate_schedule_name
 from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.worker import Worker
 from pgqueue.worker.core import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_THREADS

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pgqueue.errors import IdempotencyConflictError, primary_message, translate_db_error
+from pgqueue.errors import (
+    IdempotencyConflictError,
+    ScheduleNotFoundError,
+    primary_message,
+    translate_db_error,
+)
 from pgqueue.flow import ClaimWait, LimitStatus, QueueLimit, limit_status_from_row, rate_params
 from pgqueue.jobs import (
     BulkPlan,
@@ -33,13 +38,7 @@ from pgqueue.rows import (
     queue_stats_from_row,
     sequence_status_from_row,
 )
-from pgqueue.scheduling.specs import (
-    DueSchedule,
-    Schedule,
-    ScheduleNotFoundError,
-    due_schedule_from_row,
-    schedule_from_row,
-)
+from pgqueue.scheduling.specs import DueSchedule, Schedule, due_schedule_from_row, schedule_from_row
 from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.sql import query
 from pgqueue.states import JobState
@@ -211,12 +210,6 @@ async def register_worker(
 
 async def deregister_worker(ex: AsyncExecutor, worker_id: str) -> None:
     await ex.fetch(query("deregister_worker"), (worker_id,))
-
-
-async def seconds_until_next_job(ex: AsyncExecutor, queues: Sequence[str]) -> float | None:
-    rows = await ex.fetch(query("seconds_until_next_job"), (list(queues),))
-    value: float | None = rows[0][0]
-    return value
 
 
 async def cancel(ex: AsyncExecutor, job_id: int) -> JobState:
@@ -438,7 +431,8 @@ async def claim_flow(
 
 
 async def next_claim_wait(ex: AsyncExecutor, queues: Sequence[str]) -> ClaimWait:
-    """What an idle worker of these queues waits for (see ``seconds_until_next_job``)."""
+    """What an idle worker of these queues waits for: the next delayed job or rate slot
+    (``seconds_until_next_job`` in queries.sql), and whether any of them is limited."""
     row = (await ex.fetch(query("seconds_until_next_job"), (list(queues),)))[0]
     return ClaimWait(due_in=row[0], limited=bool(row[1]))
 

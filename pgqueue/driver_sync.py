@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pgqueue.errors import IdempotencyConflictError, primary_message, translate_db_error
+from pgqueue.errors import (
+    IdempotencyConflictError,
+    ScheduleNotFoundError,
+    primary_message,
+    translate_db_error,
+)
 from pgqueue.flow import ClaimWait, LimitStatus, QueueLimit, limit_status_from_row, rate_params
 from pgqueue.jobs import (
     BulkPlan,
@@ -28,13 +33,7 @@ from pgqueue.rows import (
     queue_stats_from_row,
     sequence_status_from_row,
 )
-from pgqueue.scheduling.specs import (
-    DueSchedule,
-    Schedule,
-    ScheduleNotFoundError,
-    due_schedule_from_row,
-    schedule_from_row,
-)
+from pgqueue.scheduling.specs import DueSchedule, Schedule, due_schedule_from_row, schedule_from_row
 from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.sql import query
 from pgqueue.states import JobState
@@ -186,12 +185,6 @@ def register_worker(
 
 def deregister_worker(ex: SyncExecutor, worker_id: str) -> None:
     ex.fetch(query("deregister_worker"), (worker_id,))
-
-
-def seconds_until_next_job(ex: SyncExecutor, queues: Sequence[str]) -> float | None:
-    rows = ex.fetch(query("seconds_until_next_job"), (list(queues),))
-    value: float | None = rows[0][0]
-    return value
 
 
 def cancel(ex: SyncExecutor, job_id: int) -> JobState:
@@ -401,7 +394,8 @@ def claim_flow(
 
 
 def next_claim_wait(ex: SyncExecutor, queues: Sequence[str]) -> ClaimWait:
-    """What an idle worker of these queues waits for (see ``seconds_until_next_job``)."""
+    """What an idle worker of these queues waits for: the next delayed job or rate slot
+    (``seconds_until_next_job`` in queries.sql), and whether any of them is limited."""
     row = ex.fetch(query("seconds_until_next_job"), (list(queues),))[0]
     return ClaimWait(due_in=row[0], limited=bool(row[1]))
 

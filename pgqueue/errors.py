@@ -108,6 +108,14 @@ class JobFailedError(PgQueueError):
         super().__init__(f"job {job.id} ({job.task}) {job.state}{reason}")
 
 
+class ScheduleNotFoundError(PgQueueError, LookupError):
+    """No schedule has this name."""
+
+
+class InvalidLimitError(PgQueueError, ValueError):
+    """A limit that cannot be: not a positive count, an unknown rate, a bad key."""
+
+
 class Snooze(Exception):  # noqa: N818 - a request, not an error
     """Raise from a task to run it again ``after`` seconds from now, without counting
     an attempt or recording an error (the thing it waits for is not ready yet)."""

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pgqueue.errors import PgQueueError
+from pgqueue.errors import InvalidLimitError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -58,10 +58,6 @@ MAX_KEY_LENGTH = 255
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RATE = re.compile(r"^\s*(?P<count>\d+)\s*/\s*(?P<n>\d+(?:\.\d+)?)?\s*(?P<unit>ms|s|m|h|d)\s*$")
-
-
-class InvalidLimitError(PgQueueError, ValueError):
-    """A limit that cannot be: not a positive count, an unknown rate, a bad key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +213,8 @@ class ClaimWait:
 class FlowDeclarations:
     """The limits a :class:`~pgqueue.Queue` declares in code (``queue.limit(...)``);
     a worker writes those of the queues it serves to the database as it starts, so
-    they replace whatever was set at runtime for those queues."""
+    they replace the queue's own limits set at runtime, and the overrides of the keys
+    they declare (a runtime override of a key they do not declare stays)."""
 
     @functools.cached_property
     def declared_limits(self) -> dict[str, QueueLimit]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from pgqueue import driver
+from pgqueue.errors import ScheduleNotFoundError
 from pgqueue.executors import async_executor_for
 from pgqueue.flow import (
     KeyLimit,
@@ -22,12 +23,7 @@ from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, EnqueueResult, JobOptions
 from pgqueue.queue_core import QueueCore
 from pgqueue.results import check_wait_timeout, result_of
 from pgqueue.retention import PRUNE_BATCH, Retention
-from pgqueue.scheduling.specs import (
-    Schedule,
-    ScheduleNotFoundError,
-    build_schedule,
-    validate_schedule_name,
-)
+from pgqueue.scheduling.specs import Schedule, build_schedule, validate_schedule_name
 from pgqueue.validation import (
     all_keyed,
     check_spec,

@@ -231,7 +231,8 @@ class FinishedWaiters:
         return [f for f in self._waiting.get(job_id, ()) if not f.done()]
 
     def _fail(self, job_id: int, error: Callable[[], BaseException]) -> None:
-        """Fail the waits for ``job_id``, with an exception of its own each."""
+        """Fail the waits for ``job_id`` with what ``error`` makes (a new exception each,
+        except a failure shared by every wait, such as a missing schema)."""
         for future in self._pending(job_id):
             future.set_exception(error())
 

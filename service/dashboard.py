@@ -126,7 +126,7 @@ def _service(request: Request[Any, Any, Any]) -> ServiceState:
     return service
 
 
-def _user(request: Request[Any, Any, Any]) -> ApiUser | None:
+def dashboard_user(request: Request[Any, Any, Any]) -> ApiUser | None:
     user = request.scope.get("user")
     return user if isinstance(user, ApiUser) else None
 
@@ -145,7 +145,7 @@ def render(
     if not nonce:
         nonce = secrets.token_urlsafe(32)
         cookies.append(session_cookie(request, NONCE_COOKIE, nonce))
-    user = _user(request)
+    user = dashboard_user(request)
     base = {
         "base": DASHBOARD_PATH,
         "user": user,
@@ -413,7 +413,7 @@ async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str)
     await checked_form(request)
     job_id = parse_job_id(raw_id)
     service = _service(request)
-    user = _user(request)
+    user = dashboard_user(request)
     try:
         async with service.connection() as conn:
             if action == "retry":
@@ -447,7 +447,7 @@ async def _queue_action(
     service = _service(request)
     async with service.connection() as conn:
         await (service.admin.pause_queue if paused else service.admin.resume_queue)(name, conn=conn)
-    user = _user(request)
+    user = dashboard_user(request)
     _log.info(
         "dashboard_queue_paused" if paused else "dashboard_queue_resumed",
         queue=name,

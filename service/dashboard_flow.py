@@ -13,13 +13,13 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from pgqueue.errors import InvalidJobError
-from pgqueue.flow import InvalidLimitError
 from pgqueue.validation import validate_queue_name
 
-from .auth import DASHBOARD_PATH, ApiUser, requires
-from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, render
+from .auth import DASHBOARD_PATH, requires
+from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render
 from .dashboard_session import checked_form
 from .problems import ProblemError
+from .state import service_state
 
 FLOW_PATH = f"{DASHBOARD_PATH}/flow"
 NOTICES = {
@@ -42,7 +42,7 @@ class DashboardFlowController(Controller):
 
     @get("/")
     async def flow(self, request: Request[Any, Any, Any]) -> Template:
-        service = request.app.state.pgqueue
+        service = service_state(request)
         async with service.connection() as conn:
             limits = await service.admin.list_limits(conn=conn)
             sequences = await service.admin.list_sequences(limit=SEQUENCES_SHOWN, conn=conn)
@@ -61,28 +61,36 @@ class DashboardFlowController(Controller):
     async def set_limit(self, request: Request[Any, Any, Any]) -> Redirect:
         form = await checked_form(request)
         queue = _queue_name(form.get("queue"))
-        numbers = {
-            "concurrency": _optional_int(form.get("concurrency"), "concurrency"),
-            "key_concurrency": _optional_int(form.get("key_concurrency"), "key_concurrency"),
-        }
-        rates = {
-            "rate": _optional_text(form.get("rate")),
-            "key_rate": _optional_text(form.get("key_rate")),
-        }
-        service = request.app.state.pgqueue
-        try:
-            async with service.connection() as conn:
-                await service.admin.set_limit(queue, **numbers, **rates, conn=conn)
-        except (InvalidLimitError, InvalidJobError) as exc:
-            raise ProblemError(422, str(exc)) from exc
-        _logged(request, "dashboard_limit_set", queue=queue, **numbers, **rates)
+        concurrency = _optional_int(form.get("concurrency"), "concurrency")
+        key_concurrency = _optional_int(form.get("key_concurrency"), "key_concurrency")
+        rate, key_rate = _optional_text(form.get("rate")), _optional_text(form.get("key_rate"))
+        service = service_state(request)
+        # A bad rate or count: InvalidLimitError, a 422 (problems.py).
+        async with service.connection() as conn:
+            await service.admin.set_limit(
+                queue,
+                concurrency=concurrency,
+                rate=rate,
+                key_concurrency=key_concurrency,
+                key_rate=key_rate,
+                conn=conn,
+            )
+        _logged(
+            request,
+            "dashboard_limit_set",
+            queue=queue,
+            concurrency=concurrency,
+            rate=rate,
+            key_concurrency=key_concurrency,
+            key_rate=key_rate,
+        )
         return Redirect(f"{FLOW_PATH}?notice=set", status_code=303)
 
     @post("/limits/{queue:str}/clear", guards=[requires("admin")], status_code=303)
     async def clear_limit(self, request: Request[Any, Any, Any], queue: FromPath[str]) -> Redirect:
         await checked_form(request)
         name = _queue_name(queue)
-        service = request.app.state.pgqueue
+        service = service_state(request)
         async with service.connection() as conn:
             await service.admin.clear_limit(name, conn=conn)
         _logged(request, "dashboard_limit_cleared", queue=name)
@@ -90,8 +98,7 @@ class DashboardFlowController(Controller):
 
 
 def _logged(request: Request[Any, Any, Any], event: str, **fields: Any) -> None:
-    user = request.scope.get("user")
-    user = user if isinstance(user, ApiUser) else None
+    user = dashboard_user(request)
     _log.info(event, key_id=user and user.key_id, key_name=user and user.name, **fields)
 
 

@@ -12,12 +12,13 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from pgqueue.errors import InvalidJobError
-from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_name
+from pgqueue.scheduling.specs import validate_schedule_name
 
-from .auth import DASHBOARD_PATH, ApiUser, requires
-from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, render
+from .auth import DASHBOARD_PATH, requires
+from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render
 from .dashboard_session import checked_form
 from .problems import ProblemError
+from .state import service_state
 
 SCHEDULES_PATH = f"{DASHBOARD_PATH}/schedules"
 NOTICES = {
@@ -39,7 +40,7 @@ class DashboardSchedulesController(Controller):
 
     @get("/")
     async def schedules(self, request: Request[Any, Any, Any]) -> Template:
-        service = request.app.state.pgqueue
+        service = service_state(request)
         async with service.connection() as conn:
             schedules = await service.admin.list_schedules(conn=conn)
         return render(
@@ -70,20 +71,16 @@ async def _schedule_action(request: Request[Any, Any, Any], raw_name: str, actio
         name = validate_schedule_name(raw_name)
     except InvalidJobError as exc:
         raise ProblemError(422, str(exc)) from exc
-    service = request.app.state.pgqueue
+    service = service_state(request)
     admin = service.admin
     call = {
         "pause": admin.pause_schedule,
         "resume": admin.resume_schedule,
         "trigger": admin.trigger_schedule,
     }[action]
-    try:
-        async with service.connection() as conn:
-            await call(name, conn=conn)
-    except ScheduleNotFoundError as exc:
-        raise ProblemError(404, str(exc)) from exc
-    user = request.scope.get("user")
-    user = user if isinstance(user, ApiUser) else None
+    async with service.connection() as conn:
+        await call(name, conn=conn)  # ScheduleNotFoundError: a 404 (problems.py)
+    user = dashboard_user(request)
     _log.info(
         f"dashboard_schedule_{action}",
         schedule=name,

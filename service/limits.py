@@ -4,13 +4,12 @@ each beside what runs against it (read scope), set and cleared (admin scope). Th
 
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, put
 from litestar.params import JSONBody, PathParameter
 
-from pgqueue.flow import MAX_KEY_LENGTH, InvalidLimitError
+from pgqueue.flow import MAX_KEY_LENGTH
 
 from .auth import requires
 from .jobs import check_json_types
@@ -20,21 +19,8 @@ from .routing import allow, options_route
 from .schemas import QUEUE_NAME_RULES
 from .state import service_state
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-
 QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]
 KeyPath = Annotated[str, PathParameter(schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH})]
-
-
-@contextlib.contextmanager
-def _valid() -> Iterator[None]:
-    """A limit that cannot be (a bad rate, a count out of range) as a 422."""
-    try:
-        yield
-    except InvalidLimitError as exc:
-        raise ProblemError(422, str(exc)) from exc
 
 
 class LimitsController(Controller):
@@ -75,9 +61,8 @@ class LimitsController(Controller):
     )
     async def get_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> LimitList:
         service = service_state(request)
-        with _valid():
-            async with service.connection() as conn:
-                found = await service.admin.list_limits(queue, conn=conn)
+        async with service.connection() as conn:
+            found = await service.admin.list_limits(queue, conn=conn)
         if not found:
             raise ProblemError(404, f"queue {queue} has no limits")
         return LimitList(limits=[LimitOut.of(s) for s in found])
@@ -96,16 +81,15 @@ class LimitsController(Controller):
         the queue in code writes those again as it starts."""
         await check_json_types(request, QueueLimitIn)
         service = service_state(request)
-        with _valid():
-            async with service.connection() as conn:
-                found = await service.admin.set_limit(
-                    queue,
-                    concurrency=data.concurrency,
-                    rate=data.rate,
-                    key_concurrency=data.key_concurrency,
-                    key_rate=data.key_rate,
-                    conn=conn,
-                )
+        async with service.connection() as conn:
+            found = await service.admin.set_limit(
+                queue,
+                concurrency=data.concurrency,
+                rate=data.rate,
+                key_concurrency=data.key_concurrency,
+                key_rate=data.key_rate,
+                conn=conn,
+            )
         return LimitList(limits=[LimitOut.of(s) for s in found])
 
     @delete(
@@ -117,9 +101,8 @@ class LimitsController(Controller):
     )
     async def clear_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> None:
         service = service_state(request)
-        with _valid():
-            async with service.connection() as conn:
-                gone = await service.admin.clear_limit(queue, conn=conn)
+        async with service.connection() as conn:
+            gone = await service.admin.clear_limit(queue, conn=conn)
         if not gone:
             raise ProblemError(404, f"queue {queue} has no limits")
 
@@ -139,11 +122,10 @@ class LimitsController(Controller):
     ) -> LimitList:
         await check_json_types(request, KeyLimitIn)
         service = service_state(request)
-        with _valid():
-            async with service.connection() as conn:
-                found = await service.admin.set_key_limit(
-                    queue, key, concurrency=data.concurrency, rate=data.rate, conn=conn
-                )
+        async with service.connection() as conn:
+            found = await service.admin.set_key_limit(
+                queue, key, concurrency=data.concurrency, rate=data.rate, conn=conn
+            )
         return LimitList(limits=[LimitOut.of(s) for s in found])
 
     @delete(
@@ -157,8 +139,7 @@ class LimitsController(Controller):
         self, request: Request[Any, Any, Any], queue: QueueNamePath, key: KeyPath
     ) -> None:
         service = service_state(request)
-        with _valid():
-            async with service.connection() as conn:
-                gone = await service.admin.clear_key_limit(queue, key, conn=conn)
+        async with service.connection() as conn:
+            gone = await service.admin.clear_key_limit(queue, key, conn=conn)
         if not gone:
             raise ProblemError(404, f"key {key} of queue {queue} has no limits of its own")

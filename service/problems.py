@@ -25,11 +25,13 @@ from pgqueue.errors import (
     DatabaseUnavailableError,
     IdempotencyConflictError,
     InvalidJobError,
+    InvalidLimitError,
     JobNotFoundError,
     JobStateError,
     OutcomeUnknownError,
     PgQueueError,
     PoolTimeoutError,
+    ScheduleNotFoundError,
     SchemaNotReadyError,
 )
 from pgqueue.limits import MAX_JSON_DEPTH
@@ -97,7 +99,9 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[di
 # means. Their messages are written for the caller (errors.py), so they are the detail.
 PGQUEUE_ERROR_STATUSES: dict[type[PgQueueError], int] = {
     InvalidJobError: 422,
+    InvalidLimitError: 422,
     JobNotFoundError: 404,
+    ScheduleNotFoundError: 404,
     JobStateError: 409,
     # A retry of a job whose idempotency key a newer job now holds, and the like.
     IdempotencyConflictError: 409,

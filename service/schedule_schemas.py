@@ -16,6 +16,7 @@ from pgqueue.limits import (
     PRIORITY_MAX,
     PRIORITY_MIN,
 )
+from pgqueue.scheduling.specs import SCHEDULE_NAME_MAX, SCHEDULE_NAME_RE
 from pgqueue.scheduling.ticks import EVERY_MAX_SECONDS, time_zone_names
 
 if TYPE_CHECKING:
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
 from .schemas import JSON_VALUE_REF, NO_NUL_PATTERN, QUEUE_NAME_RULES, TASK_NAME_RULES, documented
 
 SCHEDULE_NAME_RULES: dict[str, Any] = {
-    "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$",
+    "pattern": f"^{SCHEDULE_NAME_RE.pattern}$",
     "minLength": 1,
-    "maxLength": 200,
+    "maxLength": SCHEDULE_NAME_MAX,
 }
 _CRON_DOC = (
     "a cron expression (five fields, or six with seconds first), read in timezone; "

@@ -4,13 +4,12 @@ like every other endpoint."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import JSONBody, PathParameter
 
-from pgqueue.scheduling.specs import ScheduleNotFoundError, validate_schedule_name
+from pgqueue.scheduling.specs import validate_schedule_name
 
 from .auth import requires
 from .jobs import check_json_types
@@ -27,21 +26,10 @@ from .schemas import JobOut
 from .state import service_state
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from pgqueue.scheduling.specs import Schedule
 
 
 ScheduleNamePath = Annotated[str, PathParameter(schema_extra=SCHEDULE_NAME_RULES)]
-
-
-@contextlib.contextmanager
-def _found() -> Iterator[None]:
-    """ScheduleNotFoundError as a 404."""
-    try:
-        yield
-    except ScheduleNotFoundError as exc:
-        raise ProblemError(404, str(exc)) from exc
 
 
 class SchedulesController(Controller):
@@ -112,9 +100,8 @@ class SchedulesController(Controller):
     ) -> ScheduleOut:
         service = service_state(request)
         name = validate_schedule_name(name)
-        with _found():
-            async with service.connection() as conn:
-                return ScheduleOut.of(await service.admin.get_schedule(name, conn=conn))
+        async with service.connection() as conn:
+            return ScheduleOut.of(await service.admin.get_schedule(name, conn=conn))
 
     @patch(
         "/{name:str}",
@@ -133,12 +120,9 @@ class SchedulesController(Controller):
         service = service_state(request)
         name = validate_schedule_name(name)
         await check_json_types(request, SchedulePatch)
-        with _found():
-            async with service.connection() as conn:
-                current = await service.admin.get_schedule(name, conn=conn)
-                changed = await service.admin.set_schedule(
-                    name, conn=conn, **_merged(current, data)
-                )
+        async with service.connection() as conn:
+            current = await service.admin.get_schedule(name, conn=conn)
+            changed = await service.admin.set_schedule(name, conn=conn, **_merged(current, data))
         return ScheduleOut.of(changed)
 
     @delete(
@@ -170,9 +154,8 @@ class SchedulesController(Controller):
         """No job for its ticks until it is resumed (those ticks are skipped)."""
         service = service_state(request)
         name = validate_schedule_name(name)
-        with _found():
-            async with service.connection() as conn:
-                return ScheduleOut.of(await service.admin.pause_schedule(name, conn=conn))
+        async with service.connection() as conn:
+            return ScheduleOut.of(await service.admin.pause_schedule(name, conn=conn))
 
     @post(
         "/{name:str}/resume",
@@ -185,9 +168,8 @@ class SchedulesController(Controller):
         """From its first tick after a worker's scheduler sees it."""
         service = service_state(request)
         name = validate_schedule_name(name)
-        with _found():
-            async with service.connection() as conn:
-                return ScheduleOut.of(await service.admin.resume_schedule(name, conn=conn))
+        async with service.connection() as conn:
+            return ScheduleOut.of(await service.admin.resume_schedule(name, conn=conn))
 
     @post(
         "/{name:str}/trigger",
@@ -200,9 +182,8 @@ class SchedulesController(Controller):
         """Paused or not; its ticks do not move. The job as enqueued."""
         service = service_state(request)
         name = validate_schedule_name(name)
-        with _found():
-            async with service.connection() as conn:
-                return JobOut.of(await service.admin.trigger_schedule(name, conn=conn))
+        async with service.connection() as conn:
+            return JobOut.of(await service.admin.trigger_schedule(name, conn=conn))
 
 
 def _merged(current: Schedule, patch: SchedulePatch) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 import pgqueue
-from pgqueue.flow import InvalidLimitError
+from pgqueue.errors import InvalidLimitError
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.auth import SCOPES, create_key
 
@@ -76,12 +76,20 @@ async def test_setting_limits_takes_the_admin_scope(api, keys):
 
 
 @pytest.mark.parametrize(
-    "body",
-    [{"concurrency": 0}, {"rate": "often"}, {"key_rate": "5/y"}, {"concurrency": "x"}, {"x": 1}],
+    ("body", "status"),
+    [
+        # Values the API takes but pgqueue refuses: 422 (problems.py).
+        ({"concurrency": 0}, 422),
+        ({"rate": "often"}, 422),
+        ({"key_rate": "5/y"}, 422),
+        # Not the JSON the endpoint takes (a wrong type, an unknown member): 400.
+        ({"concurrency": "x"}, 400),
+        ({"x": 1}, 400),
+    ],
 )
-async def test_a_bad_limit_is_a_problem(api, keys, body):
+async def test_a_bad_limit_is_a_problem(api, keys, body, status):
     response = await api.put("/v1/limits/q", json=body, headers=keys["admin"])
-    assert response.status_code in {400, 422}, response.text
+    assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM)
 
 

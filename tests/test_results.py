@@ -98,11 +98,13 @@ async def test_wait_and_result_for_jobs_a_worker_succeeded_and_failed(queue, dsn
         worker.close()
 
 
-async def test_wait_returns_a_job_cancelled_while_waited_for(queue):
+async def test_wait_returns_a_job_cancelled_while_waited_for(queue, dsn, monkeypatch):
+    # No poll within the bound: only the cancel's notification can wake these waits.
+    monkeypatch.setattr(pgqueue.results, "POLL_SECONDS", 3600.0)
     job_id = await _add(queue, 1, 1, run_at=datetime(2100, 1, 1, tzinfo=UTC))
     waiting = asyncio.create_task(queue.wait(job_id, timeout=BOUND))
     result = asyncio.create_task(queue.result(job_id, timeout=BOUND))
-    await asyncio.sleep(0)  # both registered before the cancel
+    await _until_looked(dsn)  # listening, and the job seen unfinished
     assert await queue.cancel(job_id) is JobState.QUEUED
     job = await waiting
     assert (job.id, job.state) == (job_id, JobState.CANCELLED)

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 import pgqueue
-from pgqueue.scheduling import InvalidScheduleError, ScheduleNotFoundError
+from pgqueue.errors import ScheduleNotFoundError
+from pgqueue.scheduling import InvalidScheduleError
 from pgqueue.worker.scheduler import Scheduler
 
 

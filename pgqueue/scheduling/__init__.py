@@ -12,13 +12,8 @@ many workers run, held by the primary key of ``pgqueue.schedule_ticks``.
 
 from __future__ import annotations
 
-from pgqueue.scheduling.specs import (
-    Schedule,
-    ScheduleNotFoundError,
-    ScheduleSpec,
-    build_schedule,
-    validate_schedule_name,
-)
+from pgqueue.errors import ScheduleNotFoundError
+from pgqueue.scheduling.specs import Schedule, ScheduleSpec, build_schedule, validate_schedule_name
 from pgqueue.scheduling.ticks import (
     MISSED_AFTER,
     Cron,

@@ -8,7 +8,6 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from pgqueue.errors import PgQueueError
 from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from pgqueue.rows import decode_json
 from pgqueue.scheduling.ticks import Cron, Every, InvalidScheduleError, Rule, rule_of
@@ -19,11 +18,8 @@ if TYPE_CHECKING:
 
 ScheduleSource = Literal["code", "runtime"]
 
-SCHEDULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
-
-
-class ScheduleNotFoundError(PgQueueError, LookupError):
-    """No schedule has this name."""
+SCHEDULE_NAME_MAX = 200
+SCHEDULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")  # SCHEDULE_NAME_MAX
 
 
 def validate_schedule_name(name: object) -> str:

@@ -1,6 +1,7 @@
 -- Flow control: setting and reading concurrency and rate limits (pgqueue/flow.py).
--- The claim that enforces them is claim_jobs in queries.sql, with
--- pgqueue.claim_limited_queues in schema.sql. Periods go in as seconds.
+-- The claim that enforces them is claim_jobs_limited below, over the functions
+-- pgqueue.claim_jobs_limited and claim_limited_queues in schema.sql. Periods go in as
+-- seconds.
 
 -- name: set_queue_limit
 -- A queue's limits, all replaced: $2 concurrency, $3/$4 rate (count, seconds), $5 per-key
