@@ -16,6 +16,7 @@ from pgqueue.context import RunningJob, current_job
 from pgqueue.errors import (
     DatabaseUnavailableError,
     IdempotencyConflictError,
+    InlineModeError,
     InvalidJobError,
     InvalidLimitError,
     JobFailedError,
@@ -51,6 +52,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "EnqueueResult",
     "IdempotencyConflictError",
+    "InlineModeError",
     "InvalidJobError",
     "InvalidLimitError",
     "InvalidScheduleError",

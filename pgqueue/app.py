@@ -22,15 +22,16 @@ from typing import (
 
 import structlog
 
+from pgqueue.checks import validate_task_name
 from pgqueue.errors import InvalidJobError, UnknownTaskError
 from pgqueue.flow import FlowDeclarations
-from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, JobOptions
+from pgqueue.job_options import DEFAULT_MAX_ATTEMPTS
+from pgqueue.jobs import JobOptions
 from pgqueue.queue_calls import QueueCalls
 from pgqueue.queue_calls_sync import QueueCallsSync
 from pgqueue.retry import RetryPolicy
 from pgqueue.scheduling.specs import ScheduleSpec, build_schedule
 from pgqueue.tasks import Task, bind_arguments
-from pgqueue.validation import validate_task_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

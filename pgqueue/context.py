@@ -6,7 +6,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pgqueue.validation import encode_json
+from pgqueue.checks import encode_json
 
 
 class ProgressSink(Protocol):

@@ -167,3 +167,9 @@ def schema_not_ready(exc: BaseException) -> SchemaNotReadyError | None:
         f"the pgqueue schema is missing or out of date in this database "
         f"({primary_message(exc)}): run `pgqueue migrate`"
     )
+
+
+class InlineModeError(PgQueueError):
+    """A call that a Queue in inline mode cannot make: it needs the database (a worker,
+    cancel, retry, schedules, limits, stats, the admin calls), a transactional task's
+    connection, or a job to be run later (waiting for a snoozed job)."""

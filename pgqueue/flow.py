@@ -152,7 +152,7 @@ def build_limit(
     keys: Mapping[str, KeyLimit] | None = None,
 ) -> QueueLimit:
     """A checked QueueLimit from what a caller gives (rates as text or Rate)."""
-    from pgqueue.validation import validate_queue_name  # noqa: PLC0415 - keep flow light
+    from pgqueue.checks import validate_queue_name  # noqa: PLC0415 - keep flow light
 
     return QueueLimit(
         queue=validate_queue_name(queue),

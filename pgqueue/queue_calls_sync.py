@@ -5,9 +5,11 @@ The sync face of the module beside it (see the source for its comments).
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from pgqueue import driver_sync
+from pgqueue.checks import validate_job_id, validate_queue_name
 from pgqueue.errors import ScheduleNotFoundError
 from pgqueue.executors import sync_executor_for
 from pgqueue.flow import (
@@ -20,25 +22,21 @@ from pgqueue.flow import (
     rate_params,
     validate_key,
 )
-from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, EnqueueResult, JobOptions
+from pgqueue.inline import needs_database
+from pgqueue.job_options import DEFAULT_MAX_ATTEMPTS
 from pgqueue.queue_core import QueueCore
-from pgqueue.results import check_wait_timeout, result_of
+from pgqueue.results import check_wait_timeout
 from pgqueue.retention import PRUNE_BATCH, Retention
 from pgqueue.scheduling.specs import Schedule, build_schedule, validate_schedule_name
-from pgqueue.validation import (
-    all_keyed,
-    check_spec,
-    check_specs,
-    validate_job_id,
-    validate_queue_name,
-)
+from pgqueue.validation import all_keyed, check_spec, check_specs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from datetime import timedelta
+    from types import FrameType
 
     from pgqueue.executors import SyncExecutor
-    from pgqueue.jobs import Job, JobSpec, QueueStats
+    from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec, QueueStats
     from pgqueue.states import JobState
 T = TypeVar("T")
 
@@ -51,7 +49,11 @@ class QueueCallsSync(QueueCore):
     ) -> T:
         """``op`` on the caller's ``conn`` (inside its transaction, if one is open), or
         else on the Queue's own connections, retried when that is safe (``idempotent``:
-        even after a connection lost mid-statement)."""
+        even after a connection lost mid-statement). InlineModeError in inline mode,
+        which has no database."""
+        if self._inline is not None:
+            caller = inspect.currentframe()
+            raise needs_database(_call_name(caller.f_back if caller else None))
         if conn is not None:
             return op(sync_executor_for(conn))
         return self._sync_connections().run(op, idempotent=idempotent)
@@ -69,8 +71,11 @@ class QueueCallsSync(QueueCore):
         return self.enqueue_spec_sync(self.build(task, args, **options), conn=conn)
 
     def enqueue_spec_sync(self, spec: JobSpec, *, conn: Any = None) -> EnqueueResult:
-        """Enqueue a job built with ``task.job(...)`` or ``queue.build(...)``."""
+        """Enqueue a job built with ``task.job(...)`` or ``queue.build(...)``. In inline
+        mode the job runs now, before this returns (``conn`` is not used)."""
         spec = check_spec(spec)
+        if self._inline is not None:
+            return self._inline_enqueue_sync(spec)
         return self._call_sync(
             lambda ex: driver_sync.enqueue(ex, spec),
             conn,
@@ -85,6 +90,8 @@ class QueueCallsSync(QueueCore):
         specs = check_specs(jobs)
         if not specs:
             return []
+        if self._inline is not None:
+            return self._inline_enqueue_many_sync(specs)
         return self._call_sync(
             lambda ex: driver_sync.enqueue_many(ex, specs), conn, idempotent=all_keyed(specs)
         )
@@ -190,8 +197,10 @@ class QueueCallsSync(QueueCore):
         return self._call_sync(lambda ex: driver_sync.limit_status(ex, name), conn, idempotent=True)
 
     def get_job_sync(self, job_id: int, *, conn: Any = None) -> Job | None:
-        """The job with this id, or None."""
+        """The job with this id, or None (in inline mode, from memory)."""
         job_id = validate_job_id(job_id)
+        if self._inline is not None:
+            return self._inline.get(job_id)
         return self._call_sync(lambda ex: driver_sync.get_job(ex, job_id), conn, idempotent=True)
 
     def wait_sync(self, job_id: int, *, timeout: float | None = 30.0) -> Job:
@@ -214,7 +223,7 @@ class QueueCallsSync(QueueCore):
         (decoded JSON). ``JobFailedError`` (with the job's ``state``, its last ``error``
         and the ``job``) if it failed for good or was cancelled; ``WaitTimeoutError`` and
         ``JobNotFoundError`` as :meth:`wait`."""
-        return result_of(self.wait_sync(job_id, timeout=timeout))
+        return self._result_of(self.wait_sync(job_id, timeout=timeout))
 
     def queue_stats_sync(self, *, conn: Any = None) -> list[QueueStats]:
         """Per queue: jobs in each state, the oldest claimable job's age, paused or not."""
@@ -314,3 +323,11 @@ class QueueCallsSync(QueueCore):
         """Every schedule by name, with its next and last runs (the
         ``pgqueue.schedule_status`` view)."""
         return self._call_sync(driver_sync.list_schedules, conn, idempotent=True)
+
+
+def _call_name(frame: FrameType | None) -> str:
+    """The name of the Queue (or Admin) method that made a call, for its error."""
+    if frame is None:
+        return "this call"
+    name = frame.f_code.co_name
+    return "this call" if name.startswith("<") else f"{name}()"

@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
+from pgqueue.checks import validate_queue_name
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
-from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobOptions, JobSpec
+from pgqueue.errors import InlineModeError
+from pgqueue.inline import InlineJobs
+from pgqueue.job_options import DEFAULT_QUEUE
 from pgqueue.pools import AsyncConnections, SyncConnections
-from pgqueue.results import FinishedWaiters, wait_sync
-from pgqueue.validation import build_with_options, validate_queue_name
+from pgqueue.results import FinishedWaiters, result_of, wait_sync
+from pgqueue.validation import build_with_options
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine, Iterator, Sequence
     from pathlib import Path
 
-    from pgqueue.jobs import Job
+    from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec
     from pgqueue.tasks import Task
 
 
@@ -33,6 +38,7 @@ class QueueCore:
         default_queue: str = DEFAULT_QUEUE,
         pool_size: int = 10,
         pool_timeout: float = 10.0,
+        inline: bool = False,
     ) -> None:
         validate_queue_name(default_queue)
         if not pool_timeout > 0:
@@ -54,6 +60,9 @@ class QueueCore:
         self._sync: SyncConnections | None = None
         # Waits for jobs to finish: one LISTEN connection per loop (pgqueue.results).
         self._waiters: dict[asyncio.AbstractEventLoop, FinishedWaiters] = {}
+        # Inline mode (pgqueue.inline): jobs run at enqueue and are kept here, in memory;
+        # no database is ever used. None: the normal mode.
+        self._inline: InlineJobs | None = InlineJobs() if inline else None
 
     # --- configuration ---------------------------------------------------------------
 
@@ -70,8 +79,28 @@ class QueueCore:
         return self._data_dir
 
     @property
+    def inline(self) -> bool:
+        """Whether this Queue is in inline mode (see :mod:`pgqueue.inline`)."""
+        return self._inline is not None
+
+    @property
+    def inline_jobs(self) -> InlineJobs:
+        """The jobs of a Queue in inline mode, in memory (:class:`~pgqueue.inline.InlineJobs`:
+        ``.jobs`` in enqueue order, ``.of_task(task)``, ``.clear()``); InlineModeError
+        when it is not in inline mode."""
+        if self._inline is None:
+            raise InlineModeError("this Queue is not in inline mode: its jobs are in the database")
+        return self._inline
+
+    @property
     def dsn(self) -> str:
-        """The database's DSN, starting the embedded server if that is the default."""
+        """The database's DSN, starting the embedded server if that is the default.
+        InlineModeError in inline mode, which has no database."""
+        if self._inline is not None:
+            raise InlineModeError(
+                "this Queue is in inline mode and has no database: a worker, and every call "
+                "that needs the database, cannot run on it"
+            )
         with self._lock:
             if self._resolved_dsn is None:
                 self._resolved_dsn, self._embedded = resolve_dsn(
@@ -85,14 +114,8 @@ class QueueCore:
         """A validated job for a task given by name; defaults come from the task when it
         is registered here (producers need not import the workers' code)."""
         registered = self.tasks.get(task)
-        return build_with_options(
-            task,
-            args,
-            options,
-            queue=registered.queue if registered else self.default_queue,
-            priority=registered.priority if registered else 0,
-            max_attempts=registered.max_attempts if registered else DEFAULT_MAX_ATTEMPTS,
-        )
+        defaults: JobOptions = registered.defaults if registered else {"queue": self.default_queue}
+        return build_with_options(task, args, options, task_defaults=defaults)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -122,6 +145,27 @@ class QueueCore:
                 )
             return self._sync
 
+    # --- inline mode (pgqueue.inline) -----------------------------------------------------
+
+    async def _inline_enqueue(self, spec: JobSpec) -> EnqueueResult:
+        return await self.inline_jobs.enqueue(self.tasks, spec)
+
+    def _inline_enqueue_sync(self, spec: JobSpec) -> EnqueueResult:
+        return self.inline_jobs.enqueue_sync(self.tasks, spec)
+
+    async def _inline_enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
+        return await self.inline_jobs.enqueue_many(self.tasks, specs)
+
+    def _inline_enqueue_many_sync(self, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
+        return self.inline_jobs.enqueue_many_sync(self.tasks, specs)
+
+    def _result_of(self, job: Job) -> Any:
+        """A finished job's return value, or JobFailedError (in inline mode chained to
+        the exception its last attempt raised)."""
+        if self._inline is not None:
+            return self._inline.result_of(job)
+        return result_of(job)
+
     # --- waiting for jobs to finish (Queue.wait and Queue.result) ---------------------
 
     def _finished_waiters(self) -> FinishedWaiters:
@@ -134,21 +178,29 @@ class QueueCore:
         return waiters
 
     async def _wait_finished(self, job_id: int, timeout: float | None) -> Job:
+        if self._inline is not None:
+            return self._inline.finished(job_id)
         return await self._finished_waiters().wait(job_id, timeout)
 
     def _wait_finished_sync(self, job_id: int, timeout: float | None) -> Job:
+        if self._inline is not None:
+            return self._inline.finished(job_id)
         return wait_sync(self.dsn, job_id, timeout)
 
     async def close(self) -> None:
         """Close this loop's connections (its waits' LISTEN one too) and the sync ones,
         and stop an embedded server this Queue started."""
+        await self._close_loop_connections()
+        self.close_sync()
+
+    async def _close_loop_connections(self) -> None:
+        """Close this loop's connections only (pgqueue.testing.drain_sync's loop ends)."""
         waiters = self._waiters.pop(asyncio.get_running_loop(), None)
         if waiters is not None:
             await waiters.close()
         conns = self._async.pop(asyncio.get_running_loop(), None)
         if conns is not None:
             await conns.close()
-        self.close_sync()
 
     def close_sync(self) -> None:
         with self._lock:
@@ -159,6 +211,42 @@ class QueueCore:
             self._embedded.stop()
             self._embedded = None
             self._resolved_dsn = None
+
+    # --- tests: another database, or inline mode, for a while (pgqueue.testing) ---------
+
+    @contextlib.contextmanager
+    def _retargeted(self, *, dsn: str | None, inline: InlineJobs | None) -> Iterator[None]:
+        """For the length of the block, this Queue uses ``dsn`` (or, with ``inline``,
+        that in-memory store and no database) with connections of its own, which are
+        closed at the end; then its own database, connections and mode are back."""
+        with self._lock:
+            saved = (
+                self._dsn_arg,
+                self._resolved_dsn,
+                self._embedded,
+                self._async,
+                self._sync,
+                self._waiters,
+                self._inline,
+            )
+            self._dsn_arg, self._resolved_dsn, self._embedded = dsn, None, None
+            self._async, self._sync, self._waiters = {}, None, {}
+            self._inline = inline
+        try:
+            yield
+        finally:
+            with self._lock:
+                opened = (self._async, self._sync, self._waiters, self._embedded)
+                (
+                    self._dsn_arg,
+                    self._resolved_dsn,
+                    self._embedded,
+                    self._async,
+                    self._sync,
+                    self._waiters,
+                    self._inline,
+                ) = saved
+            _close_elsewhere(*opened)
 
     async def __aenter__(self) -> Self:
         return self
@@ -171,3 +259,29 @@ class QueueCore:
 
     def __exit__(self, *exc: object) -> None:
         self.close_sync()
+
+
+def _close_elsewhere(
+    conns: dict[asyncio.AbstractEventLoop, AsyncConnections],
+    sync: SyncConnections | None,
+    waiters: dict[asyncio.AbstractEventLoop, FinishedWaiters],
+    embedded: EmbeddedServer | None,
+) -> None:
+    """Close connections that are no longer any Queue's, from sync code: each loop's
+    on that loop (run to completion when idle, else handed to it); those of a closed
+    loop are gone with it."""
+    closing: list[tuple[asyncio.AbstractEventLoop, Coroutine[Any, Any, None]]] = [
+        (loop, w.close()) for loop, w in waiters.items()
+    ]
+    closing += [(loop, c.close()) for loop, c in conns.items()]
+    for loop, close in closing:
+        if loop.is_closed():
+            close.close()  # never started: nothing to await
+        elif loop.is_running():
+            asyncio.run_coroutine_threadsafe(close, loop)
+        else:
+            loop.run_until_complete(close)
+    if sync is not None:
+        sync.close()
+    if embedded is not None:
+        embedded.stop()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
+from pgqueue.job_options import JOB_KEPT
 from pgqueue.jobs import ClaimedJob, Job, JobSpec, QueueStats, SequenceStatus
 from pgqueue.states import JobState
 
@@ -29,28 +30,17 @@ def job_from_row(row: Any) -> Job:
     errors = decode_json(row["errors"])
     return Job(
         id=row["id"],
-        queue=row["queue"],
         task=row["task"],
         args=args if isinstance(args, dict) else {"pgqueue_undecodable": args},
         state=JobState(row["state"]),
-        priority=row["priority"],
         attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        run_at=row["run_at"],
-        idempotency_key=row["idempotency_key"],
         result=decode_json(row["result"]),
         errors=errors if isinstance(errors, list) else [errors],
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
-        timeout=row["timeout"],
         progress=decode_json(row["progress"]),
-        concurrency_key=row["concurrency_key"],
-        unique_key=row["unique_key"],
-        unique_for=row["unique_for"],
-        debounce=row["debounce"],
-        sequence_key=row["sequence_key"],
-        sequence_on_failure=row["sequence_on_failure"],
+        **{name: row[name] for name in JOB_KEPT},
     )
 
 
@@ -58,30 +48,21 @@ def new_job(spec: JobSpec, row: Any) -> Job:
     """The job an enqueue of ``spec`` has just written, as it stands: queued, never
     tried; ``row`` is the enqueue's, with the values the database decided (``id``,
     ``created_at``, ``run_at``)."""
+    kept = {name: getattr(spec, name) for name in JOB_KEPT}
+    kept["run_at"] = row["run_at"]
     return Job(
         id=row["id"],
-        queue=spec.queue,
         task=spec.task,
         args=json.loads(spec.args_json),
         # A job of a sequence waits blocked behind an unfinished one.
         state=JobState.QUEUED if spec.sequence_key is None else JobState(row["state"]),
-        priority=spec.priority,
         attempts=0,
-        max_attempts=spec.max_attempts,
-        run_at=row["run_at"],
-        idempotency_key=spec.idempotency_key,
         result=None,
         errors=[],
         created_at=row["created_at"],
         started_at=None,
         finished_at=None,
-        timeout=spec.timeout,
-        concurrency_key=spec.concurrency_key,
-        unique_key=spec.unique_key,
-        unique_for=spec.unique_for,
-        debounce=spec.debounce,
-        sequence_key=spec.sequence_key,
-        sequence_on_failure=spec.sequence_on_failure,
+        **kept,
     )
 
 

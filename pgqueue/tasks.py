@@ -6,15 +6,10 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+from pgqueue.checks import encode_json, validate_timeout
 from pgqueue.errors import InvalidJobError
 from pgqueue.jobs import CheckedJobSpec, EnqueueResult, JobOptions, JobSpec
-from pgqueue.validation import (
-    build_with_options,
-    check_option_names,
-    encode_json,
-    has_options,
-    validate_timeout,
-)
+from pgqueue.validation import build_with_options, check_option_names, has_options
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -191,15 +186,13 @@ class Task(Generic[P, R]):
         clone._spec({})  # noqa: SLF001
         return clone
 
+    @property
+    def defaults(self) -> JobOptions:
+        """The options this task's jobs get when the enqueue gives none."""
+        return {"queue": self.queue, "priority": self.priority, "max_attempts": self.max_attempts}
+
     def _spec(self, args: dict[str, Any]) -> JobSpec:
-        return build_with_options(
-            self.name,
-            args,
-            self._options,
-            queue=self.queue,
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-        )
+        return build_with_options(self.name, args, self._options, task_defaults=self.defaults)
 
     def accepts(self, args: dict[str, Any]) -> bool:
         """Whether a job's stored arguments fit this task's signature (cheap check; a

@@ -29,6 +29,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
+from pgqueue.checks import validate_queue_name
 from pgqueue.errors import (
     IdempotencyConflictError,
     InvalidJobError,
@@ -36,7 +37,6 @@ from pgqueue.errors import (
     JobStateError,
 )
 from pgqueue.states import TERMINAL_STATES, JobState
-from pgqueue.validation import validate_queue_name
 
 from .auth import DASHBOARD_COOKIE, DASHBOARD_PATH, ApiUser, requires
 from .dashboard_session import (

@@ -12,8 +12,8 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
+from pgqueue.checks import validate_queue_name
 from pgqueue.errors import InvalidJobError
-from pgqueue.validation import validate_queue_name
 
 from .auth import DASHBOARD_PATH, requires
 from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from pgqueue.checks import validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError
 from pgqueue.states import JobState
-from pgqueue.validation import validate_queue_name, validate_task_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

@@ -14,25 +14,25 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
+from pgqueue.checks import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError, JobNotFoundError
+from pgqueue.job_options import OPTIONS_BY_NAME, QUEUE_NAME_RULES, TASK_NAME_RULES
 from pgqueue.limits import JOB_ID_MAX
 from pgqueue.states import TERMINAL_STATES, JobState
-from pgqueue.validation import validate_job_id, validate_queue_name, validate_task_name
 
 from .auth import requires
 from .problems import ProblemError, nested_too_deeply, problem_responses
 from .routing import allow, options_route
 from .schemas import (
     IDEMPOTENCY_HEADER_RULES,
-    QUEUE_NAME_RULES,
     STATE_NAMES,
-    TASK_NAME_RULES,
     BatchIn,
     BatchItemOut,
     EnqueuedBatch,
     JobIn,
     JobOut,
     JobPage,
+    api_description,
     id_schema,
     json_types,
     parameter,
@@ -115,24 +115,24 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
                 field="idempotency_key",
             )
         key = header_key
-    options: dict[str, Any] = {
-        "queue": item.queue,
-        "priority": item.priority,
-        "max_attempts": item.max_attempts,
-        "run_at": item.run_at,
-        "delay": item.delay_seconds,
-        "idempotency_key": key,
-        "timeout": item.timeout_seconds,
-        "concurrency_key": item.concurrency_key,
-        "unique_key": item.unique_key,
-        "unique_for": item.unique_for_seconds,
-        "debounce": item.debounce_seconds,
-        "sequence_key": item.sequence_key,
-        "sequence_on_failure": item.sequence_on_failure,
-    }
-    return service.queue.build(
-        item.task, item.args, **{k: v for k, v in options.items() if v is not None}
-    )
+    options = item.options()
+    if key is not None:
+        options["idempotency_key"] = key
+    try:
+        return service.queue.build(item.task, item.args, **options)
+    except InvalidJobError as exc:
+        raise in_api_terms(exc) from exc
+
+
+def in_api_terms(exc: InvalidJobError) -> InvalidJobError:
+    """The error naming the options as the request did (``timeout_seconds``, not the
+    library's ``timeout``), in its ``field`` and its message."""
+    option = OPTIONS_BY_NAME.get(exc.field or "")
+    field = exc.field if option is None else option.api_name
+    message = api_description(str(exc))
+    if (field, message) == (exc.field, str(exc)):
+        return exc
+    return InvalidJobError(message, field=field, index=exc.index)
 
 
 def _same_request(job: Job, spec: JobSpec) -> bool:

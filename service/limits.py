@@ -10,13 +10,13 @@ from litestar import Controller, Request, Response, delete, get, put
 from litestar.params import JSONBody, PathParameter
 
 from pgqueue.flow import MAX_KEY_LENGTH
+from pgqueue.job_options import QUEUE_NAME_RULES
 
 from .auth import requires
 from .jobs import check_json_types
 from .limit_schemas import KeyLimitIn, LimitList, LimitOut, QueueLimitIn
 from .problems import ProblemError, problem_responses
 from .routing import allow, options_route
-from .schemas import QUEUE_NAME_RULES
 from .state import service_state
 
 QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]

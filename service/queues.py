@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.params import PathParameter
 
-from pgqueue.validation import validate_queue_name
+from pgqueue.checks import validate_queue_name
+from pgqueue.job_options import QUEUE_NAME_RULES
 
 from .auth import requires
 from .problems import problem_responses
-from .schemas import QUEUE_NAME_RULES, QueueList, QueueOut
+from .schemas import QueueList, QueueOut
 
 QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]
 

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
     from pgqueue.scheduling.specs import Schedule
 
-from .schemas import JSON_VALUE_REF, NO_NUL_PATTERN, QUEUE_NAME_RULES, TASK_NAME_RULES, documented
+from pgqueue.job_options import NO_NUL_PATTERN, QUEUE_NAME_RULES, TASK_NAME_RULES
+
+from .schemas import JSON_VALUE_REF, documented
 
 SCHEDULE_NAME_RULES: dict[str, Any] = {
     "pattern": f"^{SCHEDULE_NAME_RE.pattern}$",

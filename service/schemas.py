@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import re
 import types
 import typing
 from datetime import datetime  # noqa: TC003 - msgspec needs it at runtime
@@ -20,23 +21,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
 
-from pgqueue.limits import (
-    CONCURRENCY_KEY_MAX,
-    IDEMPOTENCY_KEY_MAX,
-    JOB_ID_MAX,
-    MAX_ATTEMPTS_LIMIT,
-    MAX_JSON_DEPTH,
-    MAX_SECONDS,
-    MIN_TIMEOUT_SECONDS,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    QUEUE_NAME_RE,
-    RUN_AT_MAX,
-    RUN_AT_MIN,
-    SEQUENCE_KEY_MAX,
-    TASK_NAME_RE,
-    UNIQUE_KEY_MAX,
+from pgqueue.job_options import (
+    JOB_OPTIONS,
+    NO_NUL_PATTERN,
+    OPTIONS_BY_NAME,
+    TASK_NAME_RULES,
 )
+from pgqueue.limits import IDEMPOTENCY_KEY_MAX, JOB_ID_MAX, MAX_JSON_DEPTH
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
@@ -45,21 +36,6 @@ if TYPE_CHECKING:
     from pgqueue.jobs import Job, QueueStats, SequenceStatus
 
     from .settings import ServiceSettings
-
-QUEUE_NAME_MAX = 64
-TASK_NAME_MAX = 200
-# JSON Schema patterns are searched, not matched: anchored here like fullmatch().
-QUEUE_NAME_PATTERN = f"^{QUEUE_NAME_RE.pattern}$"
-TASK_NAME_PATTERN = f"^{TASK_NAME_RE.pattern}$"
-# JSON Schema cannot bound a date-time, so run_at's pattern keeps to the years whose
-# every instant, in any time zone, lies within RUN_AT_MIN..RUN_AT_MAX (0002 to 9998),
-# and to RFC 3339's form with an explicit offset. The server's own bounds are the
-# instants, a day inside years 0001 and 9999: a little wider than documented.
-_YEARS = r"(000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])"
-RUN_AT_PATTERN = (
-    f"^{_YEARS}-[0-9]{{2}}-[0-9]{{2}}[Tt][0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}(\\.[0-9]+)?"
-    "([Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
 
 
 def documented(description: str | None = None, **rules: Any) -> msgspec.Meta:
@@ -80,17 +56,6 @@ def id_schema(description: str) -> dict[str, Any]:
     return parameter(OpenAPIType.INTEGER, minimum=1, maximum=JOB_ID_MAX, description=description)
 
 
-QUEUE_NAME_RULES: dict[str, Any] = {
-    "pattern": QUEUE_NAME_PATTERN,
-    "minLength": 1,
-    "maxLength": QUEUE_NAME_MAX,
-}
-TASK_NAME_RULES: dict[str, Any] = {
-    "pattern": TASK_NAME_PATTERN,
-    "minLength": 1,
-    "maxLength": TASK_NAME_MAX,
-}
-NO_NUL_PATTERN = "^[^\\u0000]*$"
 # A header value cannot carry NUL, and HTTP strips its surrounding whitespace: one of
 # spaces only would arrive empty.
 IDEMPOTENCY_HEADER_RULES: dict[str, Any] = {
@@ -98,6 +63,23 @@ IDEMPOTENCY_HEADER_RULES: dict[str, Any] = {
     "maxLength": IDEMPOTENCY_KEY_MAX,
     "pattern": r"[^\s]",
 }
+
+
+def api_description(text: str) -> str:
+    """A description from pgqueue.job_options, with each option called by its API name."""
+    return _OPTION_NAME.sub(lambda m: OPTIONS_BY_NAME[m[0]].api_name, text)
+
+
+_OPTION_NAME = re.compile(
+    r"\b(" + "|".join(o.name for o in JOB_OPTIONS if o.api_name != o.name) + r")\b"
+)
+
+
+def option_meta(name: str) -> msgspec.Meta:
+    """An option's description and rules in the OpenAPI description, from its entry in
+    pgqueue.job_options (the fields using it are generated from the same table)."""
+    option = OPTIONS_BY_NAME[name]
+    return documented(api_description(option.description), **option.schema)
 
 
 class JobIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,140 +95,54 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True):
             "without NUL characters; the server's limit on its size applies (413)"
         ),
     ] = msgspec.field(default_factory=dict)
-    queue: Annotated[str, documented(**QUEUE_NAME_RULES)] | None = None
-    priority: (
-        Annotated[int, documented("higher runs first", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX)]
-        | None
-    ) = None
-    run_at: (
-        Annotated[
-            datetime,
-            documented(
-                f"when to run it, with a time zone: from {RUN_AT_MIN.isoformat()} to "
-                f"{RUN_AT_MAX.isoformat()}",
-                pattern=RUN_AT_PATTERN,
-            ),
-        ]
-        | None
-    ) = None
-    delay_seconds: (
-        Annotated[
-            float, documented("run it this many seconds from now", minimum=0, maximum=MAX_SECONDS)
-        ]
-        | None
-    ) = None
-    max_attempts: Annotated[int, documented(minimum=1, maximum=MAX_ATTEMPTS_LIMIT)] | None = None
-    idempotency_key: (
-        Annotated[
-            str,
-            documented(
-                "one job per key while it is queued, running or succeeded",
-                minLength=1,
-                maxLength=IDEMPOTENCY_KEY_MAX,
-                pattern=NO_NUL_PATTERN,
-            ),
-        ]
-        | None
-    ) = None
-    timeout_seconds: (
-        Annotated[
-            float,
-            documented(
-                "how long one attempt may run", minimum=MIN_TIMEOUT_SECONDS, maximum=MAX_SECONDS
-            ),
-        ]
-        | None
-    ) = None
-    concurrency_key: (
-        Annotated[
-            str,
-            documented(
-                "jobs sharing this key share its concurrency and rate limits",
-                minLength=1,
-                maxLength=CONCURRENCY_KEY_MAX,
-                pattern=NO_NUL_PATTERN,
-            ),
-        ]
-        | None
-    ) = None
-    unique_key: (
-        Annotated[
-            str,
-            documented(
-                "the key of unique_for_seconds or debounce_seconds (default: the task and "
-                "its args for the first, the task for the second)",
-                minLength=1,
-                maxLength=UNIQUE_KEY_MAX,
-                pattern=NO_NUL_PATTERN,
-            ),
-        ]
-        | None
-    ) = None
-    unique_for_seconds: (
-        Annotated[
-            float,
-            documented(
-                "another enqueue of the unique key within this many seconds returns this "
-                "job (excludes idempotency_key and debounce_seconds)",
-                minimum=MIN_TIMEOUT_SECONDS,
-                maximum=MAX_SECONDS,
-            ),
-        ]
-        | None
-    ) = None
-    debounce_seconds: (
-        Annotated[
-            float,
-            documented(
-                "a pending job of the unique key takes these args and runs this many seconds "
-                "from now instead (excludes idempotency_key and unique_for_seconds)",
-                minimum=0,
-                maximum=MAX_SECONDS,
-            ),
-        ]
-        | None
-    ) = None
-    sequence_key: (
-        Annotated[
-            str,
-            documented(
-                "jobs sharing this key run one at a time, in enqueue order (excludes "
-                "idempotency_key, unique_for_seconds and debounce_seconds)",
-                minLength=1,
-                maxLength=SEQUENCE_KEY_MAX,
-                pattern=NO_NUL_PATTERN,
-            ),
-        ]
-        | None
-    ) = None
+    # BEGIN generated by scripts/gen_job_options.py from pgqueue.job_options: JobIn
+    queue: Annotated[str, option_meta("queue")] | None = None
+    priority: Annotated[int, option_meta("priority")] | None = None
+    max_attempts: Annotated[int, option_meta("max_attempts")] | None = None
+    run_at: Annotated[datetime, option_meta("run_at")] | None = None
+    delay_seconds: Annotated[float, option_meta("delay")] | None = None
+    idempotency_key: Annotated[str, option_meta("idempotency_key")] | None = None
+    timeout_seconds: Annotated[float, option_meta("timeout")] | None = None
+    concurrency_key: Annotated[str, option_meta("concurrency_key")] | None = None
+    unique_key: Annotated[str, option_meta("unique_key")] | None = None
+    unique_for_seconds: Annotated[float, option_meta("unique_for")] | None = None
+    debounce_seconds: Annotated[float, option_meta("debounce")] | None = None
+    sequence_key: Annotated[str, option_meta("sequence_key")] | None = None
     sequence_on_failure: (
-        Annotated[
-            Literal["hold", "continue"],
-            documented(
-                "when this job fails for good, hold the rest of its sequence (the default) "
-                "or let them go on; needs sequence_key"
-            ),
-        ]
-        | None
+        Annotated[Literal["hold", "continue"], option_meta("sequence_on_failure")] | None
     ) = None
+    # END generated
+
+    def options(self) -> dict[str, Any]:
+        """The options given (not null), by their names in the library."""
+        return {
+            option.name: value
+            for option in JOB_OPTIONS
+            if (value := getattr(self, option.api_name)) is not None
+        }
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
     jobs: Annotated[list[JobIn], documented(minItems=1)]
 
 
-class JobOut(msgspec.Struct):
+class JobOut(msgspec.Struct, kw_only=True):
     id: int
     task: str
-    queue: str
     state: str
     attempts: int
-    max_attempts: int
-    priority: int
-    run_at: datetime
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    args: dict[str, Any]
+    result: Any
+    errors: list[dict[str, Any]]
+    progress: Any = None
+    # BEGIN generated by scripts/gen_job_options.py from pgqueue.job_options: JobOut
+    queue: str
+    priority: int
+    max_attempts: int
+    run_at: datetime
     idempotency_key: str | None
     timeout_seconds: float | None
     concurrency_key: str | None
@@ -254,39 +150,28 @@ class JobOut(msgspec.Struct):
     unique_for_seconds: float | None
     debounce_seconds: float | None
     sequence_key: str | None
-    sequence_on_failure: str | None
-    args: dict[str, Any]
-    result: Any
-    errors: list[dict[str, Any]]
-    progress: Any = None
+    sequence_on_failure: Literal["hold", "continue"] | None
+    # END generated
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
         return cls(
             id=job.id,
             task=job.task,
-            queue=job.queue,
             state=job.state.value,
             attempts=job.attempts,
-            max_attempts=job.max_attempts,
-            priority=job.priority,
-            run_at=job.run_at,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            idempotency_key=job.idempotency_key,
-            timeout_seconds=job.timeout,
-            concurrency_key=job.concurrency_key,
-            unique_key=job.unique_key,
-            unique_for_seconds=job.unique_for,
-            debounce_seconds=job.debounce,
-            sequence_key=job.sequence_key,
-            sequence_on_failure=job.sequence_on_failure,
             args=job.args,
             result=job.result,
             errors=job.errors,
             progress=job.progress,
+            **{api: getattr(job, name) for name, api in _JOB_OUT_OPTIONS},
         )
+
+
+_JOB_OUT_OPTIONS = [(o.name, o.api_name) for o in JOB_OPTIONS if o.on_job is not None]
 
 
 class EnqueuedBatch(msgspec.Struct):

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -29,12 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 # A source checkout without an install: make the repository's pgqueue importable.
 if importlib.util.find_spec("pgqueue") is None:
@@ -43,6 +39,7 @@ if importlib.util.find_spec("pgqueue") is None:
 import pgqueue
 from pgqueue import migrate
 from pgqueue.embedded import EmbeddedServer, bundled_bin_dir
+from pgqueue.testing.servers import dsn_with_dbname, unique_db_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -56,32 +53,8 @@ CONNECT_TIMEOUT_S = 10
 # after the copy.
 CLONE_STRATEGY = "WAL_LOG"
 
-_db_counter = itertools.count()
 # The server this session used, once started, for the terminal summary.
 _session_server: PgServer | None = None
-
-
-def dsn_with_dbname(dsn: str, dbname: str) -> str:
-    """``dsn`` pointing at ``dbname`` instead, as a URL (asyncpg takes URLs only).
-
-    Handles URLs, including ``postgresql://u@/db?host=/socket/dir``, and libpq
-    ``key=value`` strings.
-    """
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        # A dbname in the query would override the path: drop it.
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
-        return urlunsplit(
-            parts._replace(path="/" + quote(dbname, safe=""), query=urlencode(query, safe="/"))
-        )
-    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
-    params.pop("dbname", None)
-    userinfo = quote(params.pop("user", ""), safe="")
-    if "password" in params:
-        userinfo += ":" + quote(params.pop("password"), safe="")
-    netloc = f"{userinfo}@" if userinfo else ""
-    # host and port go in the query: that also covers socket directories and host lists.
-    return f"postgresql://{netloc}/{quote(dbname, safe='')}?{urlencode(params, safe='/')}"
 
 
 @dataclass(frozen=True)
@@ -121,10 +94,6 @@ class PgServer:
         return (
             f"{self.kind} PostgreSQL {major}.{minor} (server_version_num {self.server_version_num})"
         )
-
-
-def unique_db_name(prefix: str) -> str:
-    return f"{prefix}_{os.getpid()}_{next(_db_counter)}_{secrets.token_hex(3)}"
 
 
 # --- choosing the server ------------------------------------------------------------

@@ -56,11 +56,12 @@ def nested(depth: int) -> bytes:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"delay_seconds": 1e12}, "delay"),
-        ({"delay_seconds": 1e13}, "delay"),
-        ({"delay_seconds": MAX_SECONDS + 1}, "delay"),
-        ({"timeout_seconds": 1e13}, "timeout"),
-        ({"timeout_seconds": 5e-324}, "timeout"),  # would be stored as 0 microseconds
+        # The field is the body's member, as the request named it.
+        ({"delay_seconds": 1e12}, "delay_seconds"),
+        ({"delay_seconds": 1e13}, "delay_seconds"),
+        ({"delay_seconds": MAX_SECONDS + 1}, "delay_seconds"),
+        ({"timeout_seconds": 1e13}, "timeout_seconds"),
+        ({"timeout_seconds": 5e-324}, "timeout_seconds"),  # would be stored as 0 microseconds
         ({"run_at": "9999-12-31T23:59:59-14:00"}, "run_at"),
         ({"run_at": "9999-12-31T23:59:59.999999Z"}, "run_at"),  # was stored as infinity
         ({"run_at": "0001-01-01T00:00:00+14:00"}, "run_at"),
@@ -72,7 +73,9 @@ def nested(depth: int) -> bytes:
 )
 async def test_out_of_range_values_are_a_422_naming_the_field(api, admin, dsn, body, field):
     response = await api.post("/v1/jobs", json={"task": "t", **body}, headers=admin)
-    assert problem(response, 422)["field"] == field
+    refused = problem(response, 422)
+    assert refused["field"] == field
+    assert refused["detail"].startswith(field) or field not in {"delay_seconds", "timeout_seconds"}
     batch = {"jobs": [{"task": "t"}, {"task": "t", **body}]}
     refused = problem(await api.post("/v1/jobs/batch", json=batch, headers=admin), 422)
     assert (refused["field"], refused["index"]) == (field, 1)

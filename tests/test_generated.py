@@ -82,3 +82,28 @@ def test_the_public_classes_carry_both_faces():
     assert issubclass(pgqueue.Queue, QueueCallsSync)
     assert issubclass(pgqueue.Admin, AdminCalls)
     assert issubclass(pgqueue.Admin, AdminCallsSync)
+
+
+gen_job_options = importlib.import_module("gen_job_options")
+
+
+def test_the_job_option_fields_are_generated_from_their_one_table():
+    check = subprocess.run(
+        [sys.executable, "scripts/gen_job_options.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("path", ["pgqueue/jobs.py", "service/schemas.py"])
+def test_a_hand_edit_to_a_generated_option_field_is_caught(path):
+    text = (ROOT / path).read_text()
+    assert gen_job_options.generate(path, text) == text
+    edited = text.replace("    priority: int", "    priority: float", 1)
+    edited = edited.replace("    priority: Annotated[int", "    priority: Annotated[float", 1)
+    assert edited != text
+    assert gen_job_options.generate(path, edited) == text  # --check reports the difference

@@ -1,13 +1,15 @@
-"""One definition of a job: JobSpec's fields are the job's options, INSERT_FIELDS the
-order every insert writes them in, and the row decoders read columns by name. These
+"""One definition of a job: pgqueue.job_options.JOB_OPTIONS declares each option once;
+JobSpec, JobOptions, Job, JobIn and JobOut carry fields generated from it, the insert
+statements name the fields they take, and the row decoders read columns by name. These
 tests fail when any path (one-at-a-time insert, bulk by COPY or by INSERT, with_options,
 a caller's connection, POST /v1/jobs, GET /v1/jobs/{id}) drops or reorders a field, and
-when a new JobSpec field is not carried by all of them."""
+when a new option is not carried by all of them."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,15 +20,16 @@ from litestar.testing import AsyncTestClient
 
 import pgqueue
 from pgqueue.executors import PsycopgExecutor
-from pgqueue.jobs import COPY_FIELDS, INSERT_FIELDS, Job, JobOptions, JobSpec
+from pgqueue.job_options import JOB_OPTIONS, OPTION_NAMES
+from pgqueue.jobs import Job, JobOptions, JobSpec
 from pgqueue.service import ServiceSettings, create_app
-from pgqueue.service.schemas import JobIn
-from pgqueue.sql import query
+from pgqueue.service.schemas import JobIn, JobOut
+from pgqueue.sql import query, statement_params
 
 RUN_AT = datetime(2031, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
 # A value unlike its default (and unlike any other field's) for every job option. A new
-# JobSpec field fails test_every_field_has_a_sample until it gets one here, and then
-# every path below must carry it.
+# option fails test_every_option_has_a_sample until it gets one here, and then every
+# path below must carry it.
 SAMPLES: dict[str, Any] = {
     "queue": "definition_q",
     "priority": 17,
@@ -52,7 +55,8 @@ MODES = (
     {"unique_key", "debounce"},
     {"sequence_key", "sequence_on_failure"},
 )
-# What each option is called where it is not called the same.
+# What each option is called in the API where it is not called the same (the public
+# names, pinned here).
 API_NAMES = {
     "delay": "delay_seconds",
     "timeout": "timeout_seconds",
@@ -63,16 +67,60 @@ OPTION_FIELDS = tuple(f for f in JobSpec._fields if f not in {"task", "args_json
 ARGS = {"n": 5, "text": "ünï"}
 
 
-def test_every_field_has_a_sample_and_one_place_in_the_inserts():
-    assert set(OPTION_FIELDS) == {*SAMPLES, "delay"}
-    assert sorted(INSERT_FIELDS) == sorted(JobSpec._fields)
-    assert JobSpec._fields[: len(COPY_FIELDS)] == COPY_FIELDS
+def test_every_option_has_a_sample_and_is_a_field_of_every_shape():
+    assert set(OPTION_FIELDS) == {*SAMPLES, "delay"} == OPTION_NAMES
+    assert tuple(option.name for option in JOB_OPTIONS) == OPTION_FIELDS
+    kept = {f.name for f in dataclasses.fields(Job)}
+    assert kept >= OPTION_NAMES - {"delay"}
+    out = {f.name for f in msgspec.structs.fields(JobOut)}
+    assert out >= {API_NAMES.get(name, name) for name in OPTION_NAMES - {"delay"}}
+
+
+ENQUEUE_STATEMENTS = (
+    "enqueue",
+    "enqueue_idempotent",
+    "enqueue_unique",
+    "enqueue_debounced",
+    "enqueue_sequenced",
+    "enqueue_many",
+    "copy_jobs",
+)
+
+
+@pytest.mark.parametrize("statement", ENQUEUE_STATEMENTS)
+def test_each_insert_names_as_many_fields_as_it_has_parameters(statement):
+    names = statement_params(statement)
+    assert len(set(names)) == len(names)
+    if statement == "copy_jobs":  # COPY's columns, not parameters
+        columns = re.search(r"pgqueue\.jobs \(([^)]*)\)", query(statement))
+        assert columns is not None
+        column_names = [c.strip() for c in columns[1].split(",")]
+        assert [n if n != "args_json" else "args" for n in names] == column_names
+        return
+    numbers = {int(n) for n in re.findall(r"\$(\d+)", query(statement))}
+    assert numbers == set(range(1, len(names) + 1))
+    leading = {"enqueue_many": "ids"}.get(statement)
+    fields = names[1:] if leading else names
+    assert set(fields) <= set(JobSpec._fields)
+    # Every statement that writes one job alone takes the fields its mode needs.
+    assert {"queue", "task", "args_json", "run_at", "delay"} <= set(fields)
+
+
+def test_a_job_picks_the_statement_of_its_mode_and_passes_it_its_fields():
+    spec = JobSpec("t", "{}", "q", 5, 2, None, 1.5, "key", 30.0, "tenant")
+    assert spec.enqueue_statement == "enqueue_idempotent"
+    assert spec.insert_params() == ("q", "t", "{}", 5, 2, None, 1.5, 30.0, "tenant", "key")
+    sequenced = spec._replace(idempotency_key=None, sequence_key="s")
+    params = dict(
+        zip(statement_params("enqueue_sequenced"), sequenced.insert_params(), strict=True)
+    )
+    assert params == sequenced._asdict()
 
 
 def test_every_options_face_names_the_same_options():
     options = set(OPTION_FIELDS)
-    # JobOptions is the library's one declaration of them: Queue.build/enqueue and
-    # Task.with_options take it as **options.
+    # JobOptions (generated from JOB_OPTIONS) is what Queue.build/enqueue and
+    # Task.with_options take as **options.
     assert set(JobOptions.__annotations__) == options
     for method in (pgqueue.Task.with_options, pgqueue.Queue.build, pgqueue.Queue.enqueue):
         params = inspect.signature(method).parameters
@@ -107,7 +155,7 @@ def test_job_rows_name_every_job_field(dsn, statement):
         cur.execute(query(statement), params)
         assert cur.description is not None
         names = [c.name for c in cur.description]
-    assert names == [f.name for f in dataclasses.fields(Job)]
+    assert sorted(names) == sorted(f.name for f in dataclasses.fields(Job))
 
 
 @pytest.fixture

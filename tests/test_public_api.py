@@ -13,6 +13,7 @@ def test_all_is_pinned():
         "InvalidLimitError",
         "InvalidScheduleError",
         "Job",
+        "InlineModeError",
         "JobFailedError",
         "JobNotFoundError",
         "JobOptions",

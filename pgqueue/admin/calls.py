@@ -25,8 +25,9 @@ from pgqueue.admin.records import (
     named_record,
     new_api_key,
 )
+from pgqueue.checks import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError
-from pgqueue.validation import check_spec, validate_job_id, validate_queue_name, validate_task_name
+from pgqueue.validation import check_spec
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

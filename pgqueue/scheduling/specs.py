@@ -8,7 +8,7 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from pgqueue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
+from pgqueue.job_options import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from pgqueue.rows import decode_json
 from pgqueue.scheduling.ticks import Cron, Every, InvalidScheduleError, Rule, rule_of
 from pgqueue.validation import build_job

@@ -3,6 +3,10 @@
 
 A block starts with ``-- name: NAME`` and runs to the next such line. Python code asks
 for a statement by name (``query("claim_jobs")``) and never builds SQL from strings.
+
+A block that takes a job's fields names them, in the order of its parameters, on a line
+``-- params: name, name, ...`` (:func:`statement_params`): the caller passes the fields
+by those names, so that no statement is tied to a field's position in Python.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from functools import cache
 from importlib import resources
 
 _NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_PARAMS_LINE = re.compile(r"^-- params: (?P<names>.+)$", re.MULTILINE)
 
 
 def parse_named_blocks(text: str) -> dict[str, str]:
@@ -46,6 +51,15 @@ def _queries() -> dict[str, str]:
 def query(name: str) -> str:
     """The SQL text of the block called ``name``."""
     return _queries()[name]
+
+
+@cache
+def statement_params(name: str) -> tuple[str, ...]:
+    """The names of the block's parameters ($1, $2, ...), from its ``-- params:`` line."""
+    found = _PARAMS_LINE.findall(query(name))
+    if len(found) != 1:
+        raise LookupError(f"SQL block {name!r} needs one '-- params:' line, has {len(found)}")
+    return tuple(part.strip() for part in found[0].split(","))
 
 
 def schema_sql() -> str:

@@ -4,6 +4,7 @@
 -- drivers' different jsonb codecs never matter.
 
 -- name: enqueue
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key
 -- One job, no idempotency key: a plain INSERT, as cheap as the table allows. Also
 -- returns the two values the database decides (created_at, run_at), so that the new
 -- job can be described without reading it back.
@@ -13,6 +14,7 @@ VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interv
 RETURNING id, false AS duplicate, created_at, run_at;
 
 -- name: enqueue_idempotent
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key
 -- One job with a key. The unique index decides; a conflict returns the holder. When the
 -- holder was committed after this statement's snapshot was taken, the second branch
 -- sees nothing and the caller runs the statement again (a new snapshot sees it).
@@ -40,6 +42,7 @@ WHERE j.idempotency_key = $10
 SELECT array_agg(nextval('pgqueue.jobs_id_seq')) FROM generate_series(1, $1::integer);
 
 -- name: enqueue_many
+-- params: ids, queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key
 -- Many jobs in one statement; rows whose key is held are skipped and not returned.
 INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key,
                           idempotency_key)
@@ -56,6 +59,7 @@ ON CONFLICT (idempotency_key)
 RETURNING id;
 
 -- name: copy_jobs
+-- params: id, task, args_json, queue, priority, max_attempts
 -- The bulk fast path, for batches with no keys, run_at, delay or timeout (ids from reserve_ids;
 -- every other column takes its default). COPY fires the statement trigger like INSERT.
 COPY pgqueue.jobs (id, task, args, queue, priority, max_attempts) FROM STDIN;

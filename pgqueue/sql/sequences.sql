@@ -1,10 +1,11 @@
 -- Sequences: jobs sharing a sequence_key run one at a time, in enqueue order (see the
 -- schema's section "Sequences"). A job behind an unfinished one of its sequence is
 -- written 'blocked', which no claim looks at; the triggers on pgqueue.jobs queue the
--- next one when the job ahead finishes. Parameters: JobSpec.insert_params, all of
--- INSERT_FIELDS ($10-$13, the other keys, are always NULL here).
+-- next one when the job ahead finishes. Parameters: the job's fields named on the
+-- params line ($10-$13, the other keys, are always NULL here).
 
 -- name: enqueue_sequenced
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, unique_key, unique_for, debounce, sequence_key, sequence_on_failure
 -- The sequence's row counts its unfinished jobs. ON CONFLICT DO UPDATE counts on the
 -- row as last committed (it waits for a concurrent enqueue or finish to commit, then
 -- locks the row until this transaction ends), never on this statement's snapshot: the

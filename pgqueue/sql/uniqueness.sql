@@ -1,10 +1,11 @@
 -- Unique windows and debouncing: a job's unique_key (see pgqueue/jobs.py, and the
 -- schema's section "Unique windows and debounce"). Each is one statement, enforced by
--- a unique index, never by a read-then-write check. Parameters: JobSpec.insert_params,
--- INSERT_FIELDS up to debounce ($10, the idempotency key, is always NULL here: a job
+-- a unique index, never by a read-then-write check. Parameters: the job's fields named
+-- on each params line ($10, the idempotency key, is always NULL here: a job
 -- takes one mode).
 
 -- name: enqueue_unique
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, unique_key, unique_for, debounce
 -- One job with unique_for ($12 seconds) on key $11. The window row decides: inserted,
 -- or taken over when expired, it names a new job (an id drawn here), written in the
 -- same statement; held, the first branch returns nothing and the second the holder.
@@ -43,6 +44,7 @@ WHERE w.unique_key = $11
   AND NOT EXISTS (SELECT FROM opened);
 
 -- name: enqueue_debounced
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, unique_key, unique_for, debounce
 -- One job with debounce ($13 seconds) on key $11: inserted, or, when a job of the key
 -- is pending (queued and never claimed: the partial unique index
 -- jobs_debounce_pending_uniq), that job takes this enqueue's args and options and runs

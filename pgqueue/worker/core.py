@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pgqueue import driver
+from pgqueue.checks import validate_queue_name
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.pools import acquire
 from pgqueue.retention import Retention
-from pgqueue.validation import validate_queue_name
 from pgqueue.worker.claiming import (
     CLAIM_RETRY_ERRORS,
     Claimer,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pgqueue.checks import encode_json
 from pgqueue.errors import InvalidJobError, PermanentError
-from pgqueue.validation import encode_json
 
 
 class OwnershipLostError(Exception):

@@ -1,0 +1,416 @@
+"""Inline mode: a Queue that runs each job in-process, at once, when it is enqueued, and
+keeps its jobs in memory. For unit tests of code that enqueues, without a database or
+a worker::
+
+    queue = Queue(inline=True)          # or: with pgqueue.testing.inline(app_queue): ...
+    result = await send_email.enqueue(to="a@example.com")
+    assert await queue.result(result.id) == "sent"
+
+What stays the same as with a database:
+
+- building and checking the job: the same arguments against the task's signature, the
+  same JSON checks and option checks, the same :class:`~pgqueue.InvalidJobError`;
+- the task receives its arguments as a worker would, decoded from the job's JSON (a
+  tuple arrives as a list), inside ``current_job()`` (``set_progress`` is recorded);
+- its return value must be JSON (else the job fails for good, as in a worker);
+- a failed attempt is recorded in ``job.errors`` (type, message, traceback, attempt,
+  at) and retried up to ``max_attempts``; ``PermanentError`` fails it at once; an
+  unknown task or arguments that do not fit fail it at once, as in a worker;
+- ``enqueue`` returns an :class:`~pgqueue.EnqueueResult`; an idempotency key held by a
+  queued, running or succeeded job returns that job (``duplicate=True``), one given up
+  by a failed job does not; ``unique_for`` windows hold their key for their duration;
+  ``enqueue_many`` folds repeated keys of one batch onto the first;
+- ``get_job``, ``wait``, ``result`` (and their ``_sync`` twins) read the job back:
+  ``result`` returns the value or raises :class:`~pgqueue.JobFailedError` (chained to
+  the exception the last attempt raised).
+
+What differs, on purpose:
+
+- the job runs inside the ``enqueue`` call, which returns once it has finished
+  (succeeded, or failed with every attempt spent); retries follow at once, without
+  the backoff's sleep; ``run_at`` and ``delay`` do not postpone it;
+- async tasks run on the caller's event loop (from ``enqueue_sync``, on a loop of
+  their own); plain functions in a thread from ``enqueue`` and in the calling thread
+  from ``enqueue_sync``; ``process=True`` tasks run in a thread too;
+- ``timeout`` is not enforced; concurrency and rate limits, queues' pauses, sequence
+  keys and debouncing have no effect (each job has ended before the next enqueue);
+- a job enqueued by a running job runs at once, nested, before its parent finishes;
+- ``Snooze`` leaves the job queued (``run_at`` pushed back) and nothing runs it later:
+  waiting for it raises :class:`InlineModeError`;
+- ``conn=`` is accepted and ignored: the job runs at once, not inside that
+  transaction, so a rollback of the caller's transaction does not undo it;
+- transactional tasks need a database connection: enqueueing one raises
+  :class:`InlineModeError`, as does every call that needs the database (a worker,
+  cancel, retry, schedules, limits, stats, the admin calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import dataclasses
+import functools
+import itertools
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from pgqueue.context import RunningJob, enter_job
+from pgqueue.errors import (
+    InlineModeError,
+    JobFailedError,
+    JobNotFoundError,
+    PermanentError,
+    Snooze,
+)
+from pgqueue.jobs import EnqueueResult
+from pgqueue.rows import new_job
+from pgqueue.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
+from pgqueue.worker.lifecycle import error_entry
+from pgqueue.worker.outcome import encode_result
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from pgqueue.jobs import Job, JobSpec
+    from pgqueue.tasks import Task
+
+__all__ = ["InlineJobs"]
+
+_log = structlog.get_logger("pgqueue.inline")
+
+
+def needs_database(call: str) -> InlineModeError:
+    return InlineModeError(
+        f"{call} needs the database, and this Queue is in inline mode (jobs in memory, "
+        "run at enqueue): test this against a real database instead (the pytest "
+        "plugin's pgqueue_queue fixture)"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One attempt about to run: the task (None when unknown), the job, its context."""
+
+    task: Task[Any, Any] | None
+    job: Job
+    context: contextvars.Context
+
+
+class InlineJobs:
+    """The jobs of a Queue in inline mode, in memory: what ``get_job``, ``wait`` and
+    ``result`` read. :attr:`jobs` lists them all in enqueue order. Safe to use from
+    several threads (a plain task runs in one and may enqueue)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        # The exception each failed job's last attempt raised (the cause of the
+        # JobFailedError that Queue.result raises for it).
+        self._raised: dict[int, BaseException] = {}
+        self._keys: dict[str, int] = {}  # idempotency key -> the last job given it
+        self._windows: dict[str, tuple[int, float]] = {}  # unique key -> (job, expiry)
+        self._snoozed_ids: set[int] = set()  # queued, and left for nothing to run
+
+    # --- reading ---------------------------------------------------------------------
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job enqueued, in enqueue order, as it stands now."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, or None."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def of_task(self, task: str | Task[Any, Any]) -> list[Job]:
+        """The jobs of one task (given by name or as the task), in enqueue order."""
+        name = task if isinstance(task, str) else task.name
+        return [job for job in self.jobs if job.task == name]
+
+    def raised(self, job_id: int) -> BaseException | None:
+        """The exception the job's last failed attempt raised, or None."""
+        with self._lock:
+            return self._raised.get(job_id)
+
+    def clear(self) -> None:
+        """Forget every job (ids go on counting)."""
+        with self._lock:
+            self._jobs.clear()
+            self._raised.clear()
+            self._keys.clear()
+            self._windows.clear()
+            self._snoozed_ids.clear()
+
+    def finished(self, job_id: int) -> Job:
+        """What ``Queue.wait`` returns: the job once finished, which in inline mode it
+        is by the time its enqueue returns; JobNotFoundError for an unknown id, and
+        InlineModeError for a job that nothing will run (snoozed, or still running:
+        a job waiting for itself or for its parent)."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"there is no job {job_id}")
+        if job.state not in TERMINAL_STATES:
+            raise InlineModeError(
+                f"job {job_id} is {job.state.value} and, in inline mode, will not finish "
+                "while this waits (a snoozed job stays queued; a running one is the caller's "
+                "own or its parent)"
+            )
+        return job
+
+    def result_of(self, job: Job) -> Any:
+        """``job``'s return value; JobFailedError, chained to what its last attempt
+        raised, if it failed or was cancelled."""
+        if job.state is JobState.SUCCEEDED:
+            return job.result
+        raise JobFailedError(job) from self.raised(job.id)
+
+    # --- enqueueing ------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Mapping[str, Task[Any, Any]], spec: JobSpec) -> EnqueueResult:
+        """Write the (checked) job and run it to its end; what an enqueue returns."""
+        return (await self.enqueue_many(tasks, [spec]))[0]
+
+    def enqueue_sync(self, tasks: Mapping[str, Task[Any, Any]], spec: JobSpec) -> EnqueueResult:
+        return self.enqueue_many_sync(tasks, [spec])[0]
+
+    async def enqueue_many(
+        self, tasks: Mapping[str, Task[Any, Any]], specs: Sequence[JobSpec]
+    ) -> list[EnqueueResult]:
+        """Write every (checked) job of the batch, then run the new ones in order."""
+        results = self._add_all(tasks, specs)
+        for result in results:
+            if not result.duplicate:
+                await self._run(tasks, result.id)
+        return results
+
+    def enqueue_many_sync(
+        self, tasks: Mapping[str, Task[Any, Any]], specs: Sequence[JobSpec]
+    ) -> list[EnqueueResult]:
+        results = self._add_all(tasks, specs)
+        for result in results:
+            if not result.duplicate:
+                self._run_sync(tasks, result.id)
+        return results
+
+    def _add_all(
+        self, tasks: Mapping[str, Task[Any, Any]], specs: Sequence[JobSpec]
+    ) -> list[EnqueueResult]:
+        for spec in specs:
+            task = tasks.get(spec.task)
+            if task is not None and task.transactional:
+                raise InlineModeError(
+                    f"task {spec.task} is transactional: its function takes a database "
+                    "connection, which a Queue in inline mode does not have; test it "
+                    "against a real database (the pytest plugin's pgqueue_queue fixture)"
+                )
+        with self._lock:
+            # As the bulk enqueue does: a key repeated in one batch is the first row's job.
+            in_batch: dict[str, EnqueueResult] = {}
+            results: list[EnqueueResult] = []
+            for spec in specs:
+                key = spec.idempotency_key
+                if key is not None and key in in_batch:
+                    results.append(EnqueueResult(in_batch[key].id, duplicate=True))
+                    continue
+                result = self._add(spec)
+                if key is not None:
+                    in_batch[key] = result
+                results.append(result)
+            return results
+
+    def _add(self, spec: JobSpec) -> EnqueueResult:
+        holder = self._holder(spec)
+        if holder is not None:
+            return EnqueueResult(holder, duplicate=True)
+        now = datetime.now(UTC)
+        job_id = next(self._ids)
+        # As an enqueue writes it (pgqueue.rows follows the job's definition).
+        row = {
+            "id": job_id,
+            "created_at": now,
+            "run_at": spec.run_at or now + timedelta(seconds=spec.delay),
+            "state": JobState.QUEUED.value,
+        }
+        self._jobs[job_id] = new_job(spec, row)
+        if spec.idempotency_key is not None:
+            self._keys[spec.idempotency_key] = job_id
+        if spec.unique_key is not None and spec.unique_for is not None:
+            self._windows[spec.unique_key] = (job_id, time.monotonic() + spec.unique_for)
+        return EnqueueResult(job_id, duplicate=False)
+
+    def _holder(self, spec: JobSpec) -> int | None:
+        """The job that holds ``spec``'s idempotency key or unique window, if any."""
+        if spec.idempotency_key is not None:
+            held = self._keys.get(spec.idempotency_key)
+            job = None if held is None else self._jobs.get(held)
+            if job is not None and job.state in KEY_HOLDING_STATES:
+                return job.id
+        if spec.unique_key is not None and spec.unique_for is not None:
+            window = self._windows.get(spec.unique_key)
+            if window is not None and window[1] > time.monotonic() and window[0] in self._jobs:
+                return window[0]
+        return None
+
+    # --- running ---------------------------------------------------------------------
+
+    async def _run(self, tasks: Mapping[str, Task[Any, Any]], job_id: int) -> None:
+        while (attempt := self._start(tasks, job_id)) is not None:
+            try:
+                value = await _call_async(attempt)
+                self._succeeded(attempt.job, encode_result(value))
+            except Snooze as snooze:
+                self._snoozed(attempt.job, snooze.after)
+            except Exception as exc:
+                self._failed(attempt, exc)
+
+    def _run_sync(self, tasks: Mapping[str, Task[Any, Any]], job_id: int) -> None:
+        while (attempt := self._start(tasks, job_id)) is not None:
+            try:
+                value = _call_sync(attempt)
+                self._succeeded(attempt.job, encode_result(value))
+            except Snooze as snooze:
+                self._snoozed(attempt.job, snooze.after)
+            except Exception as exc:
+                self._failed(attempt, exc)
+
+    def _start(self, tasks: Mapping[str, Task[Any, Any]], job_id: int) -> _Attempt | None:
+        """The job's next attempt, marked running; None once it is no longer queued."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state is not JobState.QUEUED or job_id in self._snoozed_ids:
+                return None  # forgotten (clear), finished, or snoozed
+            job = self._update(
+                job,
+                state=JobState.RUNNING,
+                attempts=job.attempts + 1,
+                started_at=datetime.now(UTC),
+            )
+        context = contextvars.copy_context()
+        running = RunningJob(
+            job.id,
+            job.queue,
+            job.task,
+            job.attempts,
+            job.max_attempts,
+            _progress=_Progress(self),
+        )
+        context.run(enter_job, running)
+        return _Attempt(tasks.get(job.task), job, context)
+
+    def _update(self, job: Job, **changes: Any) -> Job:
+        with self._lock:
+            if job.id not in self._jobs:  # forgotten meanwhile (clear)
+                return job
+            new = dataclasses.replace(self._jobs[job.id], **changes)
+            self._jobs[job.id] = new
+            return new
+
+    def _succeeded(self, job: Job, result_json: str | None) -> None:
+        self._update(
+            job,
+            state=JobState.SUCCEEDED,
+            result=None if result_json is None else json.loads(result_json),
+            finished_at=datetime.now(UTC),
+        )
+        _log.debug("job_succeeded", job_id=job.id, task=job.task, attempt=job.attempts)
+
+    def _snoozed(self, job: Job, after: float) -> None:
+        # Back to queued without counting the attempt, as in a worker; nothing runs it.
+        with self._lock:
+            self._snoozed_ids.add(job.id)
+            self._update(
+                job,
+                state=JobState.QUEUED,
+                attempts=job.attempts - 1,
+                started_at=None,
+                run_at=datetime.now(UTC) + timedelta(seconds=after),
+            )
+        _log.info("job_snoozed", job_id=job.id, task=job.task, after=after)
+
+    def _failed(self, attempt: _Attempt, exc: Exception) -> None:
+        job = attempt.job
+        entry = json.loads(error_entry(job.attempts, exc))
+        entry["at"] = datetime.now(UTC).isoformat()
+        again = not isinstance(exc, PermanentError) and job.attempts < job.max_attempts
+        with self._lock:
+            self._raised[job.id] = exc
+            current = self._jobs.get(job.id, job)
+            self._update(
+                job,
+                state=JobState.QUEUED if again else JobState.FAILED,
+                errors=[*current.errors, entry],
+                finished_at=None if again else datetime.now(UTC),
+            )
+        message = f"{type(exc).__name__}: {exc}"
+        if again:
+            _log.info("job_retry_now", job_id=job.id, task=job.task, error=message)
+        else:
+            _log.info("job_failed", job_id=job.id, task=job.task, error=message)
+
+
+class _Progress:
+    """Where ``current_job().set_progress(...)`` goes in inline mode: the job's
+    ``progress``, in memory."""
+
+    def __init__(self, store: InlineJobs) -> None:
+        self._store = store
+
+    async def report(self, job: RunningJob, progress_json: str) -> None:
+        self.report_sync(job, progress_json)
+
+    def report_sync(self, job: RunningJob, progress_json: str) -> None:
+        stored = self._store.get(job.id)
+        if stored is not None and stored.state is JobState.RUNNING:
+            self._store._update(stored, progress=json.loads(progress_json))  # noqa: SLF001
+
+
+def _call(attempt: _Attempt) -> Callable[[], Any]:
+    """The job's function bound to its arguments, or PermanentError for what a worker
+    would refuse too (an unknown task, arguments that do not fit)."""
+    task, job = attempt.task, attempt.job
+    if task is None:
+        raise PermanentError(
+            f"unknown task {job.task!r}: no task of that name is registered with this Queue"
+        )
+    if not task.accepts(job.args):
+        try:
+            task.signature.bind(**job.args)
+        except TypeError as exc:
+            raise PermanentError(f"job arguments do not match task {job.task}: {exc}") from exc
+    return functools.partial(task.fn, **job.args)
+
+
+async def _call_async(attempt: _Attempt) -> Any:
+    call = _call(attempt)
+    assert attempt.task is not None  # noqa: S101 - _call refused an unknown task
+    if attempt.task.is_async:
+        # In the attempt's own context (its current_job), on the caller's loop.
+        return await asyncio.get_running_loop().create_task(
+            call(), context=attempt.context, name=f"pgqueue-inline-{attempt.job.id}"
+        )
+    # A plain function runs in a thread, as in a worker: never on the loop.
+    return await asyncio.get_running_loop().run_in_executor(None, attempt.context.run, call)
+
+
+def _call_sync(attempt: _Attempt) -> Any:
+    call = _call(attempt)
+    assert attempt.task is not None  # noqa: S101 - _call refused an unknown task
+    if not attempt.task.is_async:
+        return attempt.context.run(call)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: one of its own for the call
+        return attempt.context.run(asyncio.run, call())
+    # A sync enqueue from code running on a loop: the coroutine gets a loop of its own
+    # in another thread (this thread's loop is blocked in this call).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgqueue-inline") as pool:
+        return pool.submit(attempt.context.run, asyncio.run, call()).result()
