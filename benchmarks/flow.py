@@ -12,13 +12,9 @@ and the pickup latency p50 with a limit on.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,42 +154,10 @@ async def flow_limits(bench: Bench) -> None:
         await bench.reset()
 
 
-async def _main(dsn: str, quick: bool, log_dir: Path) -> None:
-    from rich.console import Console  # noqa: PLC0415
-
-    from benchmarks.report import summary_table  # noqa: PLC0415
-    from benchmarks.run import FULL, QUICK, Bench  # noqa: PLC0415
-
-    bench = Bench(dsn, QUICK if quick else FULL, log_dir)
-    await bench.open()
-    try:
-        await flow_limits(bench)
-    finally:
-        await bench.close()
-    Console(width=160).print(summary_table(bench.figures))
-    for text in bench.notes:
-        print(f"note: {text}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.database import scratch_database  # noqa: PLC0415
-    from pgqueue.embedded import DSN_ENV  # noqa: PLC0415
-    from pgqueue.logs import configure_logging  # noqa: PLC0415
+    from benchmarks.standalone import run_alone  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", help="a server to run on (a scratch database is made there)")
-    parser.add_argument("--quick", action="store_true", help="fewer jobs")
-    args = parser.parse_args(argv)
-    configure_logging("warning")
-    started = time.perf_counter()
-    with (
-        scratch_database(args.dsn) as (dsn, _where),
-        tempfile.TemporaryDirectory(prefix="pgqbench-logs-") as log_dir,
-    ):
-        os.environ[DSN_ENV] = dsn
-        asyncio.run(_main(dsn, args.quick, Path(log_dir)))
-    print(f"the run took {time.perf_counter() - started:.0f} s")
-    return 0
+    return run_alone(__doc__.split("\n\n")[0], flow_limits, argv)
 
 
 if __name__ == "__main__":

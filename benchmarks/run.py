@@ -46,6 +46,7 @@ from benchmarks import bench_app  # noqa: E402
 from benchmarks.database import psycopg_synchronous_commit, scratch_database  # noqa: E402
 from benchmarks.flow import flow_limits  # noqa: E402
 from benchmarks.report import Figure, Target, machine, print_machine, summary_table  # noqa: E402
+from benchmarks.workflows import workflow_costs  # noqa: E402
 from pgqueue.embedded import DSN_ENV  # noqa: E402
 from pgqueue.jobs import JobSpec  # noqa: E402
 from pgqueue.logs import configure_logging  # noqa: E402
@@ -237,7 +238,8 @@ class Bench:
 
     async def reset(self) -> None:
         """An empty table, and a checkpoint so that no phase pays for another's writes."""
-        await self.admin.execute("TRUNCATE pgqueue.jobs")
+        # CASCADE: job_steps references jobs (its rows go with them).
+        await self.admin.execute("TRUNCATE pgqueue.jobs CASCADE")
         with suppress(asyncpg.InsufficientPrivilegeError):
             await self.admin.execute("CHECKPOINT")
 
@@ -687,6 +689,7 @@ async def run(dsn: str, where: str, plan: Plan, log_dir: Path) -> dict[str, Any]
         await bench.processing()
         await bench.pickup_latency()
         await flow_limits(bench)  # benchmarks/flow.py: limits beside the unlimited figure
+        await workflow_costs(bench)  # benchmarks/workflows.py: chains and a fan-in
         elapsed = time.perf_counter() - started
     finally:
         await bench.close()

@@ -40,8 +40,10 @@ from pgqueue.retention import Retention
 from pgqueue.retry import RetryPolicy
 from pgqueue.scheduling import InvalidScheduleError, Schedule
 from pgqueue.states import JobState
+from pgqueue.steps import InvalidStepError, JobStep, StepResultError
 from pgqueue.tasks import Task
 from pgqueue.worker import Worker
+from pgqueue.workflows import ParentNotFoundError, Workflow, chain, chord, group
 
 # In a source checkout (tests, editable installs), pgqueue.service is the top-level
 # service/; an installed wheel carries it inside the package (see pgqueue/_checkout.py).
@@ -56,6 +58,7 @@ __all__ = [
     "InvalidJobError",
     "InvalidLimitError",
     "InvalidScheduleError",
+    "InvalidStepError",
     "Job",
     "JobFailedError",
     "JobNotFoundError",
@@ -63,10 +66,12 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobStateError",
+    "JobStep",
     "JobTimeoutError",
     "KeyLimit",
     "LimitStatus",
     "OutcomeUnknownError",
+    "ParentNotFoundError",
     "PermanentError",
     "PgQueueError",
     "PoolTimeoutError",
@@ -82,10 +87,15 @@ __all__ = [
     "SchemaNotReadyError",
     "SequenceStatus",
     "Snooze",
+    "StepResultError",
     "Task",
     "UnknownTaskError",
     "UnsupportedConnectionError",
     "WaitTimeoutError",
     "Worker",
+    "Workflow",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

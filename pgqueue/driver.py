@@ -42,6 +42,18 @@ from pgqueue.scheduling.specs import DueSchedule, Schedule, due_schedule_from_ro
 from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.sql import query
 from pgqueue.states import JobState
+from pgqueue.steps import JobStep, step_from_row
+from pgqueue.workflows import (
+    EnqueuedWorkflow,
+    WorkflowPlan,
+    WorkflowStatus,
+    WorkflowSummary,
+    dependent_params,
+    described_as_written,
+    parent_not_found,
+    workflow_from_rows,
+    workflow_summary_from_row,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -80,16 +92,51 @@ async def enqueue_described(ex: AsyncExecutor, spec: JobSpec) -> tuple[EnqueueRe
     an existing job holds the key: read that one)."""
     row = await _enqueue_row(ex, spec)
     result = EnqueueResult(id=row["id"], duplicate=row["duplicate"])
-    return result, None if result.duplicate else new_job(spec, row)
+    if result.duplicate or not described_as_written(spec, row):
+        return result, None
+    return result, new_job(spec, row)
 
 
 async def _enqueue_row(ex: AsyncExecutor, spec: JobSpec) -> Any:
+    if spec.depends_on is not None:
+        return await _enqueue_dependent_row(ex, spec)
     sql, params = query(spec.enqueue_statement), spec.insert_params()
     for _ in range(IDEMPOTENT_ROUNDS):
         rows = await ex.fetch(sql, params)
         if rows:
             return rows[0]
     raise _unresolved_key(spec)
+
+
+async def _enqueue_dependent_row(ex: AsyncExecutor, spec: JobSpec) -> Any:
+    """A job with depends_on, in one statement (sql/workflows.sql)."""
+    params = dependent_params(spec)
+    try:
+        return (await ex.fetch(query(spec.enqueue_statement), params))[0]
+    except Exception as exc:
+        raise (parent_not_found(exc) or exc) from exc
+
+
+async def enqueue_workflow(ex: AsyncExecutor, plan: WorkflowPlan) -> EnqueuedWorkflow:
+    """A whole workflow (pgqueue.workflows) in one statement: its jobs, its edges, its
+    row in pgqueue.workflows."""
+    try:
+        rows = await ex.fetch(query("enqueue_workflow"), plan.params())
+    except Exception as exc:
+        raise (parent_not_found(exc) or exc) from exc
+    return plan.enqueued(rows)
+
+
+async def get_workflow(ex: AsyncExecutor, workflow_id: int) -> WorkflowStatus | None:
+    rows = await ex.fetch(query("get_workflow"), (workflow_id,))
+    return workflow_from_rows(rows)
+
+
+async def list_workflows(
+    ex: AsyncExecutor, before: int | None, limit: int
+) -> list[WorkflowSummary]:
+    rows = await ex.fetch(query("list_workflows"), (before, limit))
+    return [workflow_summary_from_row(r) for r in rows]
 
 
 async def enqueue_many(ex: AsyncExecutor, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
@@ -485,3 +532,27 @@ async def wait_jobs(ex: AsyncExecutor, ids: Sequence[int]) -> tuple[list[Job], l
     rows = await ex.fetch(query("wait_jobs"), (list(ids),))
     finished = [job_from_row(r) for r in rows if r["id"] is not None]
     return finished, [r["waited_id"] for r in rows if r["id"] is None]
+
+
+# --- durable steps (pgqueue.steps) -----------------------------------------------------
+
+
+async def load_steps(ex: AsyncExecutor, job_id: int) -> dict[str, str]:
+    """The steps the job has finished: each one's result as JSON text, by name."""
+    rows = await ex.fetch(query("load_steps"), (job_id,))
+    return {r["name"]: r["result"] for r in rows}
+
+
+async def record_step(
+    ex: AsyncExecutor, job_id: int, attempt: int, name: str, result: str
+) -> tuple[bool, str | None]:
+    """Record a step's result (JSON text) if ``attempt`` still holds the job: whether
+    it does, and the result now stored under ``name`` (None in the rare case of a
+    record committed meanwhile that this statement could not see: read it again)."""
+    rows = await ex.fetch(query("record_step"), (job_id, attempt, name, result))
+    return bool(rows[0]["owned"]), rows[0]["stored"]
+
+
+async def job_steps(ex: AsyncExecutor, job_id: int) -> list[JobStep]:
+    """The job's finished steps, in the order they finished."""
+    return [step_from_row(r) for r in await ex.fetch(query("job_steps"), (job_id,))]

@@ -21,11 +21,13 @@ How it holds, across every worker on every machine:
   length ever holds more than ``N``. ``t`` is the database's clock once the lock is
   granted, and is the claimed jobs' ``started_at``. A start is a claim: a job released
   unstarted, or rescued and run again, counts each time it is claimed.
-* A worker serving a limited queue claims again when outcomes of its own jobs have been
-  written (which frees their slots), on an enqueue's NOTIFY, and at its poll interval
-  (a slot freed by another worker is seen then); when a rate is what holds it, it
-  sleeps until the database says the next start is due (``pgqueue.limited_queue_due``),
-  never polling in a loop.
+* A worker serving a limited queue refills the slots its own jobs free in the statement
+  that writes their outcomes (``complete_and_claim_limited`` in sql/flow.sql: the write,
+  then the claim under the queue's lock, one round trip and one commit), so its slots
+  never stand free between a write and a claim; it also claims on an enqueue's NOTIFY
+  and at its poll interval (a slot freed by another worker is seen then). When a rate
+  is what holds it (a refill found no room), it sleeps until the database says the
+  next start is due (``pgqueue.limited_queue_due``), never polling in a loop.
 * Queues served by one worker take turns within every claim: candidates are
   interleaved by their rank within their queue (round robin; priority orders jobs
   within a queue, not across queues). There are no weights: a worker that should favour

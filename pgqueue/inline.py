@@ -11,7 +11,9 @@ What stays the same as with a database:
 - building and checking the job: the same arguments against the task's signature, the
   same JSON checks and option checks, the same :class:`~pgqueue.InvalidJobError`;
 - the task receives its arguments as a worker would, decoded from the job's JSON (a
-  tuple arrives as a list), inside ``current_job()`` (``set_progress`` is recorded);
+  tuple arrives as a list), inside ``current_job()`` (``set_progress`` is recorded;
+  durable steps, ``step`` and ``step_sync``, are kept with the job, in memory, and
+  replayed to its later attempts; ``Queue.job_steps`` reads them);
 - its return value must be JSON (else the job fails for good, as in a worker);
 - a failed attempt is recorded in ``job.errors`` (type, message, traceback, attempt,
   at) and retried up to ``max_attempts``; ``PermanentError`` fails it at once; an
@@ -71,16 +73,21 @@ from pgqueue.errors import (
 from pgqueue.jobs import EnqueueResult
 from pgqueue.rows import new_job
 from pgqueue.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
+from pgqueue.steps import JobStep
 from pgqueue.worker.lifecycle import error_entry
 from pgqueue.worker.outcome import encode_result
+from pgqueue.workflows import EnqueuedWorkflow, ParentNotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from pgqueue.jobs import Job, JobSpec
     from pgqueue.tasks import Task
+    from pgqueue.workflows import WorkflowPlan
 
 __all__ = ["InlineJobs"]
+
+_PARENT_FAILED_STATES = frozenset({JobState.FAILED, JobState.CANCELLED})
 
 _log = structlog.get_logger("pgqueue.inline")
 
@@ -117,6 +124,8 @@ class InlineJobs:
         self._keys: dict[str, int] = {}  # idempotency key -> the last job given it
         self._windows: dict[str, tuple[int, float]] = {}  # unique key -> (job, expiry)
         self._snoozed_ids: set[int] = set()  # queued, and left for nothing to run
+        self._workflow_ids = itertools.count(1)
+        self._steps: dict[int, dict[str, JobStep]] = {}  # job -> its finished steps
 
     # --- reading ---------------------------------------------------------------------
 
@@ -136,6 +145,11 @@ class InlineJobs:
         name = task if isinstance(task, str) else task.name
         return [job for job in self.jobs if job.task == name]
 
+    def steps_of(self, job_id: int) -> list[JobStep]:
+        """The steps the job has finished, in the order they finished."""
+        with self._lock:
+            return list(self._steps.get(job_id, {}).values())
+
     def raised(self, job_id: int) -> BaseException | None:
         """The exception the job's last failed attempt raised, or None."""
         with self._lock:
@@ -149,6 +163,7 @@ class InlineJobs:
             self._keys.clear()
             self._windows.clear()
             self._snoozed_ids.clear()
+            self._steps.clear()
 
     def finished(self, job_id: int) -> Job:
         """What ``Queue.wait`` returns: the job once finished, which in inline mode it
@@ -227,25 +242,110 @@ class InlineJobs:
                 results.append(result)
             return results
 
-    def _add(self, spec: JobSpec) -> EnqueueResult:
+    def _add(self, spec: JobSpec, parents: Sequence[int] = ()) -> EnqueueResult:
         holder = self._holder(spec)
         if holder is not None:
             return EnqueueResult(holder, duplicate=True)
         now = datetime.now(UTC)
+        all_parents = (*parents, *(spec.depends_on or ()))
+        missing = tuple(p for p in spec.depends_on or () if p not in self._jobs)
+        if missing:
+            raise ParentNotFoundError(missing)
         job_id = next(self._ids)
         # As an enqueue writes it (pgqueue.rows follows the job's definition).
         row = {
             "id": job_id,
             "created_at": now,
             "run_at": spec.run_at or now + timedelta(seconds=spec.delay),
-            "state": JobState.QUEUED.value,
+            "state": JobState.BLOCKED.value if all_parents else JobState.QUEUED.value,
         }
-        self._jobs[job_id] = new_job(spec, row)
+        job = new_job(spec, row)
+        if all_parents:
+            job = self._settle(job, all_parents, now)
+        self._jobs[job_id] = job
         if spec.idempotency_key is not None:
             self._keys[spec.idempotency_key] = job_id
         if spec.unique_key is not None and spec.unique_for is not None:
             self._windows[spec.unique_key] = (job_id, time.monotonic() + spec.unique_for)
         return EnqueueResult(job_id, duplicate=False)
+
+    def _settle(self, job: Job, parents: Sequence[int], now: datetime) -> Job:
+        """A dependant as the database would leave it: its parents (which in inline
+        mode have run already) counted off, then queued with their results, cancelled
+        with a failed one, or blocked behind one that is not finished (snoozed)."""
+        on_failure = job.on_parent_failure or "cancel"
+        job = dataclasses.replace(job, depends_on=tuple(parents), on_parent_failure=on_failure)
+        ended = [self._jobs[p] for p in parents]
+        failed = next((p for p in ended if p.state in _PARENT_FAILED_STATES), None)
+        if failed is not None and on_failure == "cancel":
+            entry = {
+                "attempt": 0,
+                "type": "pgqueue.ParentFailed",
+                "message": f"parent job {failed.id} ended {failed.state.value}",
+                "traceback": None,
+                "parent_id": failed.id,
+                "parent_state": failed.state.value,
+                "at": now.isoformat(),
+            }
+            return dataclasses.replace(
+                job, state=JobState.CANCELLED, errors=[entry], finished_at=now
+            )
+        if any(p.state not in TERMINAL_STATES for p in ended):
+            return job  # blocked behind a snoozed job, which nothing runs in inline mode
+        args = job.args
+        if job.parent_results_arg is not None:
+            results = [p.result if p.state is JobState.SUCCEEDED else None for p in ended]
+            args = {**args, job.parent_results_arg: results[0] if len(ended) == 1 else results}
+        return dataclasses.replace(job, state=JobState.QUEUED, args=args)
+
+    # --- workflows (pgqueue.workflows) ---------------------------------------------------
+
+    async def enqueue_workflow(
+        self, tasks: Mapping[str, Task[Any, Any]], plan: WorkflowPlan
+    ) -> EnqueuedWorkflow:
+        """Write the workflow's jobs in their order (parents first), running each as it
+        is written; what enqueue_workflow returns."""
+        self._check_workflow(tasks, plan)
+        ids: list[int] = []
+        for spec, parents in zip(plan.specs, plan.parents, strict=True):
+            ids.append(self._add_checked(spec, [ids[p] for p in parents]))
+            await self._run(tasks, ids[-1])
+        return self._enqueued(plan, ids)
+
+    def enqueue_workflow_sync(
+        self, tasks: Mapping[str, Task[Any, Any]], plan: WorkflowPlan
+    ) -> EnqueuedWorkflow:
+        self._check_workflow(tasks, plan)
+        ids: list[int] = []
+        for spec, parents in zip(plan.specs, plan.parents, strict=True):
+            ids.append(self._add_checked(spec, [ids[p] for p in parents]))
+            self._run_sync(tasks, ids[-1])
+        return self._enqueued(plan, ids)
+
+    def _add_checked(self, spec: JobSpec, parents: Sequence[int]) -> int:
+        with self._lock:
+            return self._add(spec, parents).id
+
+    def _check_workflow(self, tasks: Mapping[str, Task[Any, Any]], plan: WorkflowPlan) -> None:
+        """What would refuse the workflow, before any of its jobs is written."""
+        for spec in plan.specs:
+            task = tasks.get(spec.task)
+            if task is not None and task.transactional:
+                self._add_all(tasks, [spec])  # raises InlineModeError, as enqueue does
+        with self._lock:
+            missing = {p for s in plan.specs for p in s.depends_on or () if p not in self._jobs}
+        if missing:
+            raise ParentNotFoundError(tuple(sorted(missing)))
+
+    def _enqueued(self, plan: WorkflowPlan, ids: list[int]) -> EnqueuedWorkflow:
+        with self._lock:
+            states = tuple(self._jobs[i].state for i in ids)
+        return EnqueuedWorkflow(
+            id=next(self._workflow_ids),
+            job_ids=tuple(ids),
+            last_ids=tuple(ids[i] for i in plan.exits),
+            states=states,
+        )
 
     def _holder(self, spec: JobSpec) -> int | None:
         """The job that holds ``spec``'s idempotency key or unique window, if any."""
@@ -359,10 +459,11 @@ class InlineJobs:
 
 class _Progress:
     """Where ``current_job().set_progress(...)`` goes in inline mode: the job's
-    ``progress``, in memory."""
+    ``progress``, in memory; and where its steps are kept."""
 
     def __init__(self, store: InlineJobs) -> None:
         self._store = store
+        self.steps = _Steps(store)
 
     async def report(self, job: RunningJob, progress_json: str) -> None:
         self.report_sync(job, progress_json)
@@ -371,6 +472,43 @@ class _Progress:
         stored = self._store.get(job.id)
         if stored is not None and stored.state is JobState.RUNNING:
             self._store._update(stored, progress=json.loads(progress_json))  # noqa: SLF001
+
+
+class _Steps:
+    """A job's durable steps in inline mode (:mod:`pgqueue.steps`), in memory with the
+    job: recorded while the attempt is the job's running one, replayed to later ones."""
+
+    def __init__(self, store: InlineJobs) -> None:
+        self._store = store
+
+    async def load(self, job_id: int) -> dict[str, str]:
+        return self.load_sync(job_id)
+
+    async def save(self, job_id: int, attempt: int, name: str, result_json: str) -> str:
+        return self.save_sync(job_id, attempt, name, result_json)
+
+    def load_sync(self, job_id: int) -> dict[str, str]:
+        steps = self._store._steps  # noqa: SLF001 - this store's own part of InlineJobs
+        with self._store._lock:  # noqa: SLF001
+            return {name: _as_json(step.result) for name, step in steps.get(job_id, {}).items()}
+
+    def save_sync(self, job_id: int, attempt: int, name: str, result_json: str) -> str:
+        store = self._store
+        with store._lock:  # noqa: SLF001
+            job = store.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.attempts != attempt:
+                raise InlineModeError(
+                    f"step {name!r} of job {job_id} finished, but its attempt is no longer "
+                    "running (the jobs were cleared meanwhile): nothing was recorded"
+                )
+            steps = store._steps.setdefault(job_id, {})  # noqa: SLF001
+            if name not in steps:  # the first record of a name holds, as in the database
+                steps[name] = JobStep(name, json.loads(result_json), attempt, datetime.now(UTC))
+            return _as_json(steps[name].result)
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _call(attempt: _Attempt) -> Callable[[], Any]:

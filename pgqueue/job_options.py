@@ -17,20 +17,24 @@ test_job_definition.py`` then fails until every path carries it.
 from __future__ import annotations
 
 import functools
+import keyword
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pgqueue.checks import (
     validate_choice,
     validate_int,
+    validate_job_id,
     validate_queue_name,
     validate_run_at,
     validate_seconds,
     validate_text,
 )
+from pgqueue.errors import InvalidJobError
 from pgqueue.limits import (
     CONCURRENCY_KEY_MAX,
     IDEMPOTENCY_KEY_MAX,
+    JOB_ID_MAX,
     MAX_ATTEMPTS_LIMIT,
     MAX_SECONDS,
     MIN_TIMEOUT_SECONDS,
@@ -51,6 +55,15 @@ if TYPE_CHECKING:
 # (until it is retried and succeeds, or deleted) or lets them go on.
 SequenceOnFailure = Literal["hold", "continue"]
 SEQUENCE_ON_FAILURE: tuple[SequenceOnFailure, ...] = ("hold", "continue")
+# What a dependant (depends_on) does when a parent ends failed or cancelled: is
+# cancelled with it (and its own dependants after it), or runs anyway.
+OnParentFailure = Literal["cancel", "run"]
+ON_PARENT_FAILURE: tuple[OnParentFailure, ...] = ("cancel", "run")
+# How many parents one job may wait for (a chord's callback over a large group).
+DEPENDS_ON_MAX = 100_000
+# The name of a keyword argument (parent_results_arg): a Python identifier.
+ARG_NAME_MAX = 200
+ARG_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -114,6 +127,43 @@ def _seconds(name: str, *, allow_zero: bool) -> Callable[[Any], Any]:
 
 def _integer(name: str, low: int, high: int) -> Callable[[Any], Any]:
     return functools.partial(validate_int, what=name, low=low, high=high)
+
+
+def _depends_on(value: Any) -> tuple[int, ...]:
+    """The parents' ids, in order: 1 to DEPENDS_ON_MAX job ids, none twice."""
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise InvalidJobError(
+            f"depends_on must be a list of job ids, got {type(value).__name__}", field="depends_on"
+        )
+    if not 1 <= len(value) <= DEPENDS_ON_MAX:
+        raise InvalidJobError(
+            f"depends_on must name 1 to {DEPENDS_ON_MAX} jobs, got {len(value)}", field="depends_on"
+        )
+    try:
+        ids = tuple(validate_job_id(job_id) for job_id in value)
+    except InvalidJobError as exc:
+        raise InvalidJobError(f"depends_on: {exc}", field="depends_on") from exc
+    if len(set(ids)) != len(ids):
+        raise InvalidJobError("depends_on names a job twice", field="depends_on")
+    return ids
+
+
+def _arg_name(value: Any) -> str:
+    """A keyword argument's name: an ASCII identifier of at most ARG_NAME_MAX characters."""
+    if (
+        not isinstance(value, str)
+        or not value.isidentifier()
+        or not value.isascii()
+        or keyword.iskeyword(value)
+        or len(value) > ARG_NAME_MAX
+    ):
+        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:77]}..."
+        raise InvalidJobError(
+            f"parent_results_arg must name a keyword argument (an identifier of at most "
+            f"{ARG_NAME_MAX} characters), got {shown}",
+            field="parent_results_arg",
+        )
+    return value
 
 
 def _key_rules(max_length: int) -> dict[str, Any]:
@@ -269,6 +319,48 @@ JOB_OPTIONS: tuple[JobOption, ...] = (
         description="when this job fails for good, hold the rest of its sequence (the "
         "default) or let them go on; needs sequence_key",
         api_type='Literal["hold", "continue"]',
+    ),
+    JobOption(
+        name="depends_on",
+        accepts="list[int] | tuple[int, ...]",
+        stored="tuple[int, ...] | None",
+        default=None,
+        check=_depends_on,
+        on_job="tuple[int, ...] | None",
+        api_type="list[int]",
+        description="the ids of the jobs this one waits for: it runs once every one has "
+        "succeeded (excludes idempotency_key, unique_for, debounce and sequence_key)",
+        schema={
+            "minItems": 1,
+            "maxItems": DEPENDS_ON_MAX,
+            "uniqueItems": True,
+            "items": {"type": "integer", "minimum": 1, "maximum": JOB_ID_MAX},
+        },
+    ),
+    JobOption(
+        name="on_parent_failure",
+        accepts="OnParentFailure",
+        stored="OnParentFailure | None",
+        default=None,
+        check=functools.partial(
+            validate_choice, what="on_parent_failure", choices=ON_PARENT_FAILURE
+        ),
+        on_job="OnParentFailure | None",
+        description="when a parent ends failed or cancelled: cancel this job and its own "
+        "dependants (the default) or run it anyway; needs depends_on",
+        api_type='Literal["cancel", "run"]',
+    ),
+    JobOption(
+        name="parent_results_arg",
+        accepts="str",
+        stored="str | None",
+        default=None,
+        check=_arg_name,
+        on_job="str | None",
+        description="the keyword argument that receives the parents' results when the job "
+        "is released: one parent's result, or a list of them in depends_on order; needs "
+        "depends_on",
+        schema={"minLength": 1, "maxLength": ARG_NAME_MAX, "pattern": ARG_NAME_PATTERN},
     ),
 )
 OPTIONS_BY_NAME: dict[str, JobOption] = {option.name: option for option in JOB_OPTIONS}

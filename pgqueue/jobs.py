@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime, timedelta
 
-    from pgqueue.job_options import SequenceOnFailure
+    from pgqueue.job_options import OnParentFailure, SequenceOnFailure
     from pgqueue.states import JobState
 
 
@@ -45,11 +45,16 @@ class JobSpec(NamedTuple):
     debounce: float | None = None
     sequence_key: str | None = None
     sequence_on_failure: SequenceOnFailure | None = None
+    depends_on: tuple[int, ...] | None = None
+    on_parent_failure: OnParentFailure | None = None
+    parent_results_arg: str | None = None
     # END generated
 
     @property
     def enqueue_statement(self) -> str:
         """The name of the statement that writes this job alone (its key decides)."""
+        if self.depends_on is not None:
+            return "enqueue_dependent"
         if self.sequence_key is not None:
             return "enqueue_sequenced"
         if self.debounce is not None:
@@ -140,6 +145,9 @@ class Job:
     debounce: float | None = None
     sequence_key: str | None = None
     sequence_on_failure: SequenceOnFailure | None = None
+    depends_on: tuple[int, ...] | None = None
+    on_parent_failure: OnParentFailure | None = None
+    parent_results_arg: str | None = None
     # END generated
 
 
@@ -177,6 +185,9 @@ class JobOptions(TypedDict, total=False):
     debounce: float | timedelta | None
     sequence_key: str | None
     sequence_on_failure: SequenceOnFailure | None
+    depends_on: list[int] | tuple[int, ...] | None
+    on_parent_failure: OnParentFailure | None
+    parent_results_arg: str | None
     # END generated
 
 
@@ -216,7 +227,9 @@ class BulkPlan:
         return [
             i
             for i, spec in enumerate(self.specs)
-            if spec.unique_key is not None or spec.sequence_key is not None
+            if spec.unique_key is not None
+            or spec.sequence_key is not None
+            or spec.depends_on is not None
         ]
 
     def pending(self) -> list[int]:

@@ -28,6 +28,7 @@ from pgqueue.results import check_wait_timeout
 from pgqueue.retention import PRUNE_BATCH, Retention
 from pgqueue.scheduling.specs import Schedule, build_schedule, validate_schedule_name
 from pgqueue.validation import all_keyed, check_spec, check_specs
+from pgqueue.workflows import as_workflow
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from pgqueue.executors import AsyncExecutor
     from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec, QueueStats
     from pgqueue.states import JobState
+    from pgqueue.steps import JobStep
+    from pgqueue.workflows import EnqueuedWorkflow, Step, Workflow, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -101,6 +104,19 @@ class QueueCalls(QueueCore):
         return await self._call(
             lambda ex: driver.enqueue_many(ex, specs), conn, idempotent=all_keyed(specs)
         )
+
+    async def enqueue_workflow(
+        self, workflow: Workflow | Step, *, conn: Any = None
+    ) -> EnqueuedWorkflow:
+        """Write a whole workflow (a :class:`~pgqueue.workflows.Workflow`, or a chain,
+        group or chord) in one statement: every job and edge, or none; with ``conn``,
+        inside that connection's transaction. Returns its id and its jobs' ids. Jobs
+        whose task is registered here must take their ``parent_results_arg``. In inline
+        mode the jobs run now, parents first."""
+        plan = as_workflow(workflow).plan(self.tasks)
+        if self._inline is not None:
+            return await self._inline.enqueue_workflow(self.tasks, plan)
+        return await self._call(lambda ex: driver.enqueue_workflow(ex, plan), conn)
 
     # --- operations ---------------------------------------------------------------------
 
@@ -214,6 +230,25 @@ class QueueCalls(QueueCore):
         if self._inline is not None:
             return self._inline.get(job_id)
         return await self._call(lambda ex: driver.get_job(ex, job_id), conn, idempotent=True)
+
+    async def job_steps(self, job_id: int, *, conn: Any = None) -> list[JobStep]:
+        """The durable steps the job has finished (``current_job().step``), in the order
+        they finished: each one's name, result (decoded JSON), the attempt that ran it
+        and when. Empty for a job without steps, or no such job (in inline mode, from
+        memory)."""
+        job_id = validate_job_id(job_id)
+        if self._inline is not None:
+            return self._inline.steps_of(job_id)
+        return await self._call(lambda ex: driver.job_steps(ex, job_id), conn, idempotent=True)
+
+    async def get_workflow(self, workflow_id: int, *, conn: Any = None) -> WorkflowStatus | None:
+        """The workflow with this id as it stands (its jobs and their states, its edges,
+        counts by state, done or not), or None. Same as a row of
+        ``pgqueue.workflow_status`` with the jobs beside it."""
+        workflow_id = validate_job_id(workflow_id)
+        return await self._call(
+            lambda ex: driver.get_workflow(ex, workflow_id), conn, idempotent=True
+        )
 
     # --- waiting for results (pgqueue.results) ------------------------------------------
 

@@ -40,8 +40,15 @@ def job_from_row(row: Any) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         progress=decode_json(row["progress"]),
-        **{name: row[name] for name in JOB_KEPT},
+        **_kept_options(row),
     )
+
+
+def _kept_options(row: Any) -> dict[str, Any]:
+    kept = {name: row[name] for name in JOB_KEPT}
+    if kept["depends_on"] is not None:  # an array comes back as a list
+        kept["depends_on"] = tuple(kept["depends_on"])
+    return kept
 
 
 def new_job(spec: JobSpec, row: Any) -> Job:
@@ -54,8 +61,11 @@ def new_job(spec: JobSpec, row: Any) -> Job:
         id=row["id"],
         task=spec.task,
         args=json.loads(spec.args_json),
-        # A job of a sequence waits blocked behind an unfinished one.
-        state=JobState.QUEUED if spec.sequence_key is None else JobState(row["state"]),
+        # A job of a sequence waits blocked behind an unfinished one, a dependant for its
+        # parents (or is queued or cancelled at once when they had all ended).
+        state=JobState.QUEUED
+        if spec.sequence_key is None and spec.depends_on is None
+        else JobState(row["state"]),
         attempts=0,
         result=None,
         errors=[],

@@ -30,9 +30,13 @@ class JobState(StrEnum):
     # CANCELLED: cancelled before it finished. Out only by a manual retry.
     CANCELLED = "cancelled"
     # BLOCKED: waiting for its turn, and no candidate of any claim: a job of a sequence
-    # (sequence_key) behind an unfinished one. In: enqueue behind an unfinished job of
-    # its sequence; a manual retry while its sequence is busy. Out: the job ahead
-    # finishes (-> queued), or it is cancelled. See pgqueue/sql/sequences.sql.
+    # (sequence_key) behind an unfinished one, or a dependant (depends_on, a workflow's
+    # job) whose parents have not all ended. In: enqueue behind an unfinished job of its
+    # sequence, or with a parent not yet ended; a manual retry while its sequence is
+    # busy. Out: the job ahead finishes, or its last parent ends (-> queued, given its
+    # parents' results if it asked); a parent ends failed or cancelled (-> cancelled,
+    # unless on_parent_failure="run"); or it is cancelled. See pgqueue/sql/sequences.sql
+    # and pgqueue/sql/workflows.sql.
     BLOCKED = "blocked"
 
 

@@ -10,6 +10,7 @@ from pgqueue.checks import encode_json, validate_timeout
 from pgqueue.errors import InvalidJobError
 from pgqueue.jobs import CheckedJobSpec, EnqueueResult, JobOptions, JobSpec
 from pgqueue.validation import build_with_options, check_option_names, has_options
+from pgqueue.workflows import check_results_arg
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -119,6 +120,22 @@ def _check_modes(
         )
 
 
+def _without_results_arg(
+    signature: inspect.Signature, name: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's keywords with a stand-in for the argument a job's parents' results
+    fill in (so that binding does not miss it); the caller may not give it."""
+    if name in kwargs:
+        raise InvalidJobError(
+            f"argument {name!r} is given by the parents' results (parent_results_arg), not by "
+            "the call",
+            field="parent_results_arg",
+        )
+    if name in signature.parameters:
+        return {**kwargs, name: None}
+    return kwargs
+
+
 class Task(Generic[P, R]):
     """A function registered with a Queue. Call it to run it here and now; enqueue it to
     have a worker run it."""
@@ -184,6 +201,10 @@ class Task(Generic[P, R]):
         if conn is not _UNSET:
             clone._conn = conn  # noqa: SLF001
         clone._spec({})  # noqa: SLF001
+        results_arg = clone._options.get("parent_results_arg")  # noqa: SLF001
+        if results_arg is not None:
+            # The argument the parents' results fill in must be one the function takes.
+            check_results_arg(clone, results_arg)
         return clone
 
     @property
@@ -201,7 +222,15 @@ class Task(Generic[P, R]):
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
         """A validated job for this call, for ``Queue.enqueue_many``."""
-        arguments = bind_arguments(self.signature, self.name, args, kwargs, self._shape)
+        results_arg = self._options.get("parent_results_arg")
+        if results_arg is not None:
+            # Filled in by the parents' results when the job is released, not by the call.
+            call_kwargs = _without_results_arg(self.signature, results_arg, kwargs)
+        else:
+            call_kwargs = kwargs
+        arguments = bind_arguments(self.signature, self.name, args, call_kwargs, self._shape)
+        if results_arg is not None:
+            arguments.pop(results_arg, None)
         if self._defaults_only:
             # Keyword names are strings by construction; only the values need checking.
             return CheckedJobSpec(

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 # bits, and a task name of 200 characters plus the digest still fits UNIQUE_KEY_MAX.
 _ARGS_DIGEST_CHARS = 48
 # The options each enforced by its own index and statement: at most one per job.
-_MODES = ("idempotency_key", "unique_for", "debounce", "sequence_key")
+# depends_on among them: a dependant waits 'blocked', a state neither a key's index nor
+# a sequence's count knows (pgqueue/sql/workflows.sql).
+_MODES = ("idempotency_key", "unique_for", "debounce", "sequence_key", "depends_on")
+# Options of a job with parents: given by depends_on, or by its place in a Workflow.
+_PARENT_OPTIONS = ("on_parent_failure", "parent_results_arg")
 
 
 def build_job(
@@ -54,14 +58,22 @@ def build_job(
         _check_combinations(given)
     if values["unique_for"] is not None or values["debounce"] is not None or "unique_key" in given:
         values["unique_key"] = _unique_key(task, args_json, values, given)
+    _fill_failure_defaults(values, given)
+    # values is in JobSpec's order (OPTION_DEFAULTS is the table's): no keywords to match.
+    return CheckedJobSpec._make((task, args_json, *values.values()))
+
+
+def _fill_failure_defaults(values: dict[str, Any], given: list[str]) -> None:
+    """What a job of a sequence, or with parents, does when one fails: the default
+    unless given; sequence_on_failure only with a sequence_key."""
     if values["sequence_key"] is not None and values["sequence_on_failure"] is None:
         values["sequence_on_failure"] = "hold"
     elif "sequence_on_failure" in given and values["sequence_key"] is None:
         raise InvalidJobError(
             "sequence_on_failure needs a sequence_key", field="sequence_on_failure"
         )
-    # values is in JobSpec's order (OPTION_DEFAULTS is the table's): no keywords to match.
-    return CheckedJobSpec._make((task, args_json, *values.values()))
+    if values["depends_on"] is not None and values["on_parent_failure"] is None:
+        values["on_parent_failure"] = "cancel"
 
 
 def _check_combinations(given: list[str]) -> None:
@@ -131,6 +143,12 @@ def build_with_options(
 def check_spec(spec: JobSpec) -> JobSpec:
     """Check a JobSpec made without :func:`build_job` (its constructor checks nothing)
     against the same rules, so that no path writes what build_job would refuse."""
+    return check_parent_options(check_spec_fields(spec))
+
+
+def check_spec_fields(spec: JobSpec) -> JobSpec:
+    """:func:`check_spec` but for the parent options, which a job of a Workflow may take
+    without depends_on (its parents are its place in the graph)."""
     if type(spec) is CheckedJobSpec:
         return spec
     if not isinstance(spec, JobSpec):
@@ -152,6 +170,20 @@ def check_spec(spec: JobSpec) -> JobSpec:
         if not _is_default(value := getattr(spec, name), default)
     }
     return build_job(spec.task, args, **given)
+
+
+def check_parent_options(spec: JobSpec) -> JobSpec:
+    """A job enqueued alone takes on_parent_failure and parent_results_arg only with
+    depends_on (a job of a Workflow may take them from its place in the graph, so
+    build_job allows them without)."""
+    if spec.depends_on is None:
+        for name in _PARENT_OPTIONS:
+            if getattr(spec, name) is not None:
+                raise InvalidJobError(
+                    f"{name} needs depends_on (or a place after other jobs in a Workflow)",
+                    field=name,
+                )
+    return spec
 
 
 def _is_default(value: object, default: object) -> bool:

@@ -15,6 +15,7 @@ from .auth import OPEN_PATHS, ApiKeyMiddleware
 from .dashboard import DASHBOARD_HANDLERS, template_config
 from .dashboard_flow import DashboardFlowController
 from .dashboard_schedules import DashboardSchedulesController
+from .dashboard_workflows import DashboardWorkflowsController
 from .health import healthz, readyz
 from .http_limits import JsonBodyMiddleware, RequestLimits
 from .jobs import JobsController
@@ -29,6 +30,7 @@ from .schedules import SchedulesController
 from .schemas import document
 from .sequences import SequencesController
 from .state import ServiceState
+from .workflows import WorkflowsController
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -57,12 +59,14 @@ def create_app(settings: ServiceSettings) -> Litestar:
             SchedulesController,
             LimitsController,
             SequencesController,
+            WorkflowsController,
             healthz,
             readyz,
             metrics_endpoint,
             *DASHBOARD_HANDLERS,
             DashboardSchedulesController,
             DashboardFlowController,
+            DashboardWorkflowsController,
         ],
         template_config=template_config(),
         middleware=[

@@ -105,13 +105,14 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
                 "the Idempotency-Key header and the body's idempotency_key differ: give one key",
                 field="idempotency_key",
             )
-        others = (item.unique_for_seconds, item.debounce_seconds, item.sequence_key)
+        others = (item.unique_for_seconds, item.debounce_seconds, item.sequence_key,
+                  item.depends_on)  # fmt: skip
         if any(other is not None for other in others):
             # 409 as above: the header cannot be described beside the body's options.
             raise ProblemError(
                 409,
-                "the Idempotency-Key header excludes unique_for_seconds, debounce_seconds "
-                "and sequence_key: give one",
+                "the Idempotency-Key header excludes unique_for_seconds, debounce_seconds, "
+                "sequence_key and depends_on: give one",
                 field="idempotency_key",
             )
         key = header_key

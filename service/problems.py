@@ -35,6 +35,7 @@ from pgqueue.errors import (
     SchemaNotReadyError,
 )
 from pgqueue.limits import MAX_JSON_DEPTH
+from pgqueue.workflows import ParentNotFoundError
 
 from .schemas import Problem
 
@@ -98,6 +99,8 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[di
 # Each pgqueue error a handler can meet, as the status that tells the client what it
 # means. Their messages are written for the caller (errors.py), so they are the detail.
 PGQUEUE_ERROR_STATUSES: dict[type[PgQueueError], int] = {
+    # depends_on naming no job: a valid request that conflicts with what is stored.
+    ParentNotFoundError: 409,
     InvalidJobError: 422,
     InvalidLimitError: 422,
     JobNotFoundError: 404,

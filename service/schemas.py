@@ -111,6 +111,11 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True):
     sequence_on_failure: (
         Annotated[Literal["hold", "continue"], option_meta("sequence_on_failure")] | None
     ) = None
+    depends_on: Annotated[list[int], option_meta("depends_on")] | None = None
+    on_parent_failure: (
+        Annotated[Literal["cancel", "run"], option_meta("on_parent_failure")] | None
+    ) = None
+    parent_results_arg: Annotated[str, option_meta("parent_results_arg")] | None = None
     # END generated
 
     def options(self) -> dict[str, Any]:
@@ -151,6 +156,9 @@ class JobOut(msgspec.Struct, kw_only=True):
     debounce_seconds: float | None
     sequence_key: str | None
     sequence_on_failure: Literal["hold", "continue"] | None
+    depends_on: list[int] | None
+    on_parent_failure: Literal["cancel", "run"] | None
+    parent_results_arg: str | None
     # END generated
 
     @classmethod
@@ -276,14 +284,16 @@ def _json_object() -> Schema:
 
 
 def _unique_modes() -> list[Schema | Reference]:
-    """idempotency_key, unique_for_seconds, debounce_seconds and sequence_key exclude
-    each other (at most one given, not null); unique_key needs unique_for_seconds or
-    debounce_seconds, and sequence_on_failure needs sequence_key."""
+    """idempotency_key, unique_for_seconds, debounce_seconds, sequence_key and
+    depends_on exclude each other (at most one given, not null); unique_key needs
+    unique_for_seconds or debounce_seconds, sequence_on_failure needs sequence_key, and
+    on_parent_failure and parent_results_arg need depends_on."""
     modes = {
         "idempotency_key": OpenAPIType.STRING,
         "unique_for_seconds": OpenAPIType.NUMBER,
         "debounce_seconds": OpenAPIType.NUMBER,
         "sequence_key": OpenAPIType.STRING,
+        "depends_on": OpenAPIType.ARRAY,
     }
     rules: list[Schema | Reference] = [
         Schema(
@@ -305,6 +315,18 @@ def _unique_modes() -> list[Schema | Reference]:
             )
         )
     )
+    rules += [
+        Schema(
+            schema_not=Schema(
+                required=[name],
+                properties={
+                    name: Schema(type=OpenAPIType.STRING),
+                    "depends_on": Schema(schema_not=Schema(type=OpenAPIType.ARRAY)),
+                },
+            )
+        )
+        for name in ("on_parent_failure", "parent_results_arg")
+    ]
     rules.append(
         Schema(
             schema_not=Schema(
@@ -326,15 +348,23 @@ def document(openapi: OpenAPI, settings: ServiceSettings) -> None:
     that run_at and delay_seconds exclude each other. Called once, as the app is made."""
     schemas = openapi.components.schemas if openapi.components else {}
     job_in, batch_in = schemas["JobIn"], schemas["BatchIn"]
-    job_in.additional_properties = batch_in.additional_properties = False
-    # Both given (not null) is refused; either, or neither, is fine.
-    job_in.schema_not = Schema(
-        required=["run_at", "delay_seconds"],
-        properties={
-            "run_at": Schema(type=OpenAPIType.STRING),
-            "delay_seconds": Schema(type=OpenAPIType.NUMBER),
-        },
-    )
+    # A workflow's job (service/workflow_schemas.py) is a JobIn without the keys.
+    step_in = schemas["WorkflowStepIn"]
+    for name in ("JobIn", "BatchIn", "WorkflowIn", "WorkflowJobIn", "WorkflowStepIn"):
+        schemas[name].additional_properties = False
+    for job_schema in (job_in, step_in):
+        # Both given (not null) is refused; either, or neither, is fine.
+        job_schema.schema_not = Schema(
+            required=["run_at", "delay_seconds"],
+            properties={
+                "run_at": Schema(type=OpenAPIType.STRING),
+                "delay_seconds": Schema(type=OpenAPIType.NUMBER),
+            },
+        )
+        args = (job_schema.properties or {})["args"]
+        if isinstance(args, Schema):
+            args.additional_properties = JSON_VALUE_REF
+            args.property_names = Schema(pattern=NO_NUL_PATTERN)
     job_in.all_of = _unique_modes()
     # args: any JSON without NUL characters (jsonb refuses them), in keys or strings.
     schemas["JsonValue"] = Schema(
@@ -348,13 +378,10 @@ def document(openapi: OpenAPI, settings: ServiceSettings) -> None:
             _json_object(),
         ],
     )
-    args = (job_in.properties or {})["args"]
-    if isinstance(args, Schema):
-        args.additional_properties = JSON_VALUE_REF
-        args.property_names = Schema(pattern=NO_NUL_PATTERN)
-    jobs = (batch_in.properties or {})["jobs"]
-    if isinstance(jobs, Schema):
-        jobs.max_items = settings.max_batch_jobs
+    for body in (batch_in, schemas["WorkflowIn"]):
+        jobs = (body.properties or {})["jobs"]
+        if isinstance(jobs, Schema):
+            jobs.max_items = settings.max_batch_jobs
     limits = {
         ("/v1/jobs/{job_id}", "wait"): settings.max_wait_seconds,
         ("/v1/jobs", "limit"): settings.max_page_size,

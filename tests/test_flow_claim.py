@@ -5,6 +5,7 @@ limits: test_flow_workers.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -17,6 +18,9 @@ from pgqueue import driver_sync
 from pgqueue.errors import InvalidLimitError
 from pgqueue.executors import PsycopgExecutor
 from pgqueue.flow import KeyLimit, Rate
+from pgqueue.locks import FLOW
+from pgqueue.rows import claimed_from_row
+from pgqueue.sql import query
 
 WORKER = str(uuid.uuid4())
 
@@ -109,6 +113,41 @@ def test_a_queue_limit_caps_running_jobs_at_every_claim(conn, q):
     assert claim(conn, ["emails"], 10) == []  # full: nothing more until one finishes
     finish(conn, [first[0].id])
     assert len(claim(conn, ["emails"], 10)) == 1
+
+
+def complete_and_claim(conn, done: list, queues: list[str], want: int) -> tuple[list, bool]:
+    """Write ``done`` as succeeded and claim in the same statement, as a worker's write
+    of outcomes refills the slots they free (complete_and_claim_limited, flow.sql)."""
+    outcomes = ([j.id for j in done], [None] * len(done), [j.attempt for j in done])
+    claim_params = (queues, want, WORKER, FLOW.key)
+    rows = PsycopgExecutor(conn).fetch(
+        query("complete_and_claim_limited"), (*outcomes, *claim_params)
+    )
+    ids = [r["id"] for r in rows]
+    return [claimed_from_row(r) for r in rows if r["id"] is not None], None in ids
+
+
+def test_a_write_of_outcomes_refills_the_slots_it_frees_and_no_more(conn, q):
+    q.set_limit_sync("emails", concurrency=3)
+    enqueue(q, "emails", 20)
+    first = claim(conn, ["emails"], 10)
+    assert len(first) == 3
+    # Two finish: their slots are free for the claim in the same statement, the
+    # third's is not.
+    refill, limited = complete_and_claim(conn, first[:2], ["emails"], 10)
+    assert (len(refill), limited) == (2, True)
+    rows = conn.execute(
+        "SELECT state::text, count(*) FROM pgqueue.jobs WHERE id = ANY(%s) GROUP BY 1",
+        ([j.id for j in first],),
+    ).fetchall()
+    assert dict(rows) == {"succeeded": 2, "running": 1}
+    running = conn.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'running'")
+    assert running.fetchone()[0] == 3
+    # A stale outcome (the attempt moved on) frees nothing: nothing is claimed for it.
+    stale = [dataclasses.replace(first[2], attempt=first[2].attempt + 1)]
+    assert complete_and_claim(conn, stale, ["emails"], 10) == ([], True)
+    # Nothing to write at all: a plain claim, still under the limit.
+    assert complete_and_claim(conn, [], ["emails"], 10) == ([], True)
 
 
 def test_a_limited_and_a_plain_queue_share_one_claim(conn, q):

@@ -43,6 +43,10 @@ SAMPLES: dict[str, Any] = {
     "debounce": 7.5,
     "sequence_key": "definition-sequence",
     "sequence_on_failure": "continue",
+    # A job of the test's database (the parent fixture puts its id here).
+    "depends_on": (1,),
+    "on_parent_failure": "run",
+    "parent_results_arg": "definition_results",
 }
 # delay excludes run_at: it is checked on its own (what it sets is run_at).
 DELAY = 3600.0
@@ -54,6 +58,7 @@ MODES = (
     {"unique_key", "unique_for"},
     {"unique_key", "debounce"},
     {"sequence_key", "sequence_on_failure"},
+    {"depends_on", "on_parent_failure", "parent_results_arg"},
 )
 # What each option is called in the API where it is not called the same (the public
 # names, pinned here).
@@ -82,6 +87,7 @@ ENQUEUE_STATEMENTS = (
     "enqueue_unique",
     "enqueue_debounced",
     "enqueue_sequenced",
+    "enqueue_dependent",
     "enqueue_many",
     "copy_jobs",
 )
@@ -114,7 +120,16 @@ def test_a_job_picks_the_statement_of_its_mode_and_passes_it_its_fields():
     params = dict(
         zip(statement_params("enqueue_sequenced"), sequenced.insert_params(), strict=True)
     )
-    assert params == sequenced._asdict()
+    # Every field but a dependant's, which a job of a sequence cannot be.
+    dependants = {"depends_on", "on_parent_failure", "parent_results_arg"}
+    assert params == {k: v for k, v in sequenced._asdict().items() if k not in dependants}
+    dependent = spec._replace(idempotency_key=None, depends_on=(7, 8), on_parent_failure="run")
+    assert dependent.enqueue_statement == "enqueue_dependent"
+    params = dict(
+        zip(statement_params("enqueue_dependent"), dependent.insert_params(), strict=True)
+    )
+    assert params["depends_on"] == (7, 8)
+    assert params["on_parent_failure"] == "run"
 
 
 def test_every_options_face_names_the_same_options():
@@ -161,9 +176,17 @@ def test_job_rows_name_every_job_field(dsn, statement):
 @pytest.fixture
 def echo(queue):
     @queue.task(name="definition.echo")
-    async def echo(n: int, text: str) -> None: ...
+    async def echo(n: int, text: str, definition_results: Any = None) -> None: ...
 
     return echo
+
+
+@pytest.fixture
+def parent(queue, monkeypatch):
+    """A job for the dependants' depends_on: its id in SAMPLES for this test."""
+    job_id = queue.enqueue_sync("definition.parent").id
+    monkeypatch.setitem(SAMPLES, "depends_on", (job_id,))
+    return job_id
 
 
 def assert_carried(job: Job | None, options: dict[str, Any], path: str) -> None:
@@ -187,12 +210,15 @@ def variants() -> list[dict[str, Any]]:
     return out
 
 
-def _key_field(options: dict[str, Any]) -> str:
-    """The variant's key: suffixed per path, so that each path writes a job of its own."""
-    return next(k for k in ("idempotency_key", "unique_key", "sequence_key") if k in options)
+def _key_field(options: dict[str, Any]) -> str | None:
+    """The variant's key: suffixed per path, so that each path writes a job of its own
+    (None for dependants, which need none)."""
+    return next(
+        (k for k in ("idempotency_key", "unique_key", "sequence_key") if k in options), None
+    )
 
 
-async def test_one_at_a_time_by_name_and_by_task(dsn, queue, echo):
+async def test_one_at_a_time_by_name_and_by_task(dsn, queue, echo, parent):
     for n, options in enumerate(variants()):
         keyed = options | _key(options, str(n))
         paths = {
@@ -210,22 +236,26 @@ async def test_one_at_a_time_by_name_and_by_task(dsn, queue, echo):
             assert_carried(queue.get_job_sync(result.id), _expected(keyed, path), path)
 
 
-async def test_in_bulk_by_insert_and_by_copy(queue, echo):
+async def test_in_bulk_by_insert_and_by_copy(queue, echo, parent):
     for n, options in enumerate(variants()):
         field = _key_field(options)
         specs = [
-            echo.with_options(**options | {field: f"bulk-{n}-{i}"}).job(**ARGS) for i in range(3)
+            echo.with_options(**options | ({field: f"bulk-{n}-{i}"} if field else {})).job(**ARGS)
+            for i in range(3)
         ]
         for enqueue_many in (queue.enqueue_many, queue.enqueue_many_sync):
             fresh = [
-                s._replace(**{field: f"{getattr(s, field)}-{enqueue_many.__name__}"}) for s in specs
+                s._replace(**{field: f"{getattr(s, field)}-{enqueue_many.__name__}"})
+                if field
+                else s
+                for s in specs
             ]
             results = enqueue_many(fresh)
             if inspect.isawaitable(results):
                 results = await results
             assert len({r.id for r in results}) == len(fresh)
             for spec, result in zip(fresh, results, strict=True):
-                expected = options | {field: getattr(spec, field)}
+                expected = options | ({field: getattr(spec, field)} if field else {})
                 assert_carried(await queue.get_job(result.id), expected, "enqueue_many")
     # COPY carries the leading fields; make each of them unlike its default.
     copied = echo.with_options(queue="copied_q", priority=-3, max_attempts=7).job(**ARGS)
@@ -237,13 +267,15 @@ async def test_in_bulk_by_insert_and_by_copy(queue, echo):
         assert (job.timeout, job.idempotency_key, job.unique_key) == (None, None, None)
 
 
-async def test_over_http(dsn, queue):
+async def test_over_http(dsn, queue, parent):
     async with AsyncTestClient(create_app(ServiceSettings(dsn=dsn, auth=False))) as client:
         for n, options in enumerate(variants()):
             body: dict[str, Any] = {"task": "definition.echo", "args": ARGS}
             field = _key_field(options)
             for name, value in options.items():
                 sent = f"{value}-http-{n}" if name == field else value
+                if isinstance(sent, tuple):
+                    sent = list(sent)
                 body[API_NAMES.get(name, name)] = (
                     sent.isoformat() if isinstance(sent, datetime) else sent
                 )
@@ -251,13 +283,15 @@ async def test_over_http(dsn, queue):
             assert posted.status_code == 202, posted.text
             got = await client.get(f"/v1/jobs/{posted.json()['id']}")
             assert got.json() == posted.json()  # the 202 says what a read says
-            expected = options | {field: f"{options[field]}-http-{n}"}
+            expected = options | ({field: f"{options[field]}-http-{n}"} if field else {})
             assert_carried(await queue.get_job(posted.json()["id"]), expected, "POST /v1/jobs")
             read = got.json()
             for name, value in expected.items():
                 field = API_NAMES.get(name, name)
                 if name == "run_at":
                     assert datetime.fromisoformat(read["run_at"]) == value
+                elif isinstance(value, tuple):
+                    assert read[field] == list(value), field
                 elif name != "delay":
                     assert read[field] == value, field
 
@@ -272,7 +306,7 @@ def test_psycopg_rows_are_read_by_name_like_asyncpg_records(dsn):
 
 def _key(options: dict[str, Any], suffix: str) -> dict[str, Any]:
     field = _key_field(options)
-    return {field: f"{options[field]}-{suffix}"}
+    return {field: f"{options[field]}-{suffix}"} if field else {}
 
 
 _SUFFIXES = {

@@ -20,6 +20,7 @@ from pgqueue.admin.records import (
     Throughput,
     api_key_id,
     found_job,
+    found_workflow,
     hash_api_key,
     job_state_of,
     named_record,
@@ -28,6 +29,7 @@ from pgqueue.admin.records import (
 from pgqueue.checks import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError
 from pgqueue.validation import check_spec
+from pgqueue.workflows import as_workflow
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from pgqueue.jobs import Job, JobSpec, QueueStats, SequenceStatus
     from pgqueue.scheduling.specs import Schedule
     from pgqueue.states import JobState
+    from pgqueue.workflows import Step, Workflow, WorkflowStatus, WorkflowSummary
 
 
 class AdminCalls:
@@ -87,6 +90,39 @@ class AdminCalls:
         if len(jobs) <= limit:
             return JobPage(jobs, None)
         return JobPage(jobs[:limit], jobs[limit - 1].id)
+
+    async def get_workflow(self, workflow_id: int, *, conn: Any = None) -> WorkflowStatus | None:
+        """The workflow with this id, its jobs, their states and its edges (see
+        :meth:`Queue.get_workflow`), or None."""
+        return await self.queue.get_workflow(workflow_id, conn=conn)
+
+    async def list_workflows(
+        self, *, before: int | None = None, limit: int = 50, conn: Any = None
+    ) -> list[WorkflowSummary]:
+        """The newest workflows first (those with an id below ``before``, when given), at
+        most ``limit``, each with its jobs counted by state."""
+        if before is not None:
+            before = validate_job_id(before)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        return await self.queue._call(
+            lambda ex: driver.list_workflows(ex, before, limit), conn, idempotent=True
+        )
+
+    async def enqueue_workflow(
+        self, workflow: Workflow | Step, *, conn: Any = None
+    ) -> WorkflowStatus:
+        """Enqueue a workflow (see :meth:`Queue.enqueue_workflow`) and return it as it
+        stands, read in the same transaction."""
+        plan = as_workflow(workflow).plan(self.queue.tasks)
+
+        async def op(ex: AsyncExecutor) -> WorkflowStatus:
+            async with ex.atomic():
+                written = await driver.enqueue_workflow(ex, plan)
+                status = await driver.get_workflow(ex, written.id)
+            return found_workflow(status, written.id)
+
+        return await self.queue._call(op, conn)
 
     async def enqueue_job(self, spec: JobSpec, *, conn: Any = None) -> EnqueuedJob:
         """Enqueue one job (built with ``queue.build(...)`` or ``task.job(...)``) and

@@ -21,6 +21,7 @@ from pgqueue.admin.records import (
     Throughput,
     api_key_id,
     found_job,
+    found_workflow,
     hash_api_key,
     job_state_of,
     named_record,
@@ -29,6 +30,7 @@ from pgqueue.admin.records import (
 from pgqueue.checks import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError
 from pgqueue.validation import check_spec
+from pgqueue.workflows import as_workflow
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from pgqueue.jobs import Job, JobSpec, QueueStats, SequenceStatus
     from pgqueue.scheduling.specs import Schedule
     from pgqueue.states import JobState
+    from pgqueue.workflows import Step, Workflow, WorkflowStatus, WorkflowSummary
 
 
 class AdminCallsSync:
@@ -85,6 +88,39 @@ class AdminCallsSync:
         if len(jobs) <= limit:
             return JobPage(jobs, None)
         return JobPage(jobs[:limit], jobs[limit - 1].id)
+
+    def get_workflow_sync(self, workflow_id: int, *, conn: Any = None) -> WorkflowStatus | None:
+        """The workflow with this id, its jobs, their states and its edges (see
+        :meth:`Queue.get_workflow`), or None."""
+        return self.queue.get_workflow_sync(workflow_id, conn=conn)
+
+    def list_workflows_sync(
+        self, *, before: int | None = None, limit: int = 50, conn: Any = None
+    ) -> list[WorkflowSummary]:
+        """The newest workflows first (those with an id below ``before``, when given), at
+        most ``limit``, each with its jobs counted by state."""
+        if before is not None:
+            before = validate_job_id(before)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        return self.queue._call_sync(
+            lambda ex: driver_sync.list_workflows(ex, before, limit), conn, idempotent=True
+        )
+
+    def enqueue_workflow_sync(
+        self, workflow: Workflow | Step, *, conn: Any = None
+    ) -> WorkflowStatus:
+        """Enqueue a workflow (see :meth:`Queue.enqueue_workflow`) and return it as it
+        stands, read in the same transaction."""
+        plan = as_workflow(workflow).plan(self.queue.tasks)
+
+        def op(ex: SyncExecutor) -> WorkflowStatus:
+            with ex.atomic():
+                written = driver_sync.enqueue_workflow(ex, plan)
+                status = driver_sync.get_workflow(ex, written.id)
+            return found_workflow(status, written.id)
+
+        return self.queue._call_sync(op, conn)
 
     def enqueue_job_sync(self, spec: JobSpec, *, conn: Any = None) -> EnqueuedJob:
         """Enqueue one job (built with ``queue.build(...)`` or ``task.job(...)``) and

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from pgqueue.jobs import Job
+    from pgqueue.workflows import WorkflowStatus
 
 T = TypeVar("T")
 
@@ -142,6 +143,12 @@ def found_job(job: Job | None, job_id: int) -> Job:
     if job is None:  # deleted (pruned) in between
         raise JobNotFoundError(f"there is no job {job_id}")
     return job
+
+
+def found_workflow(workflow: WorkflowStatus | None, workflow_id: int) -> WorkflowStatus:
+    if workflow is None:  # its jobs all deleted in between
+        raise LookupError(f"there is no workflow {workflow_id}")
+    return workflow
 
 
 def job_state_of(state: JobState | str) -> JobState:

@@ -43,3 +43,29 @@ ORDER BY queue, concurrency_key NULLS FIRST;
 SELECT id, queue, task, args::text AS args, priority, attempts AS attempt, max_attempts,
        EXTRACT(EPOCH FROM timeout)::float8 AS timeout
 FROM pgqueue.claim_jobs_limited($1::text[], $2::integer, $3::uuid, $4::integer);
+
+-- name: complete_and_claim_limited
+-- complete_succeeded (queries.sql) and claim_jobs_limited above in one statement, one
+-- round trip and one commit: $1-$3 the outcomes (ids, results, attempts), $4-$7 the claim
+-- (queues, how many, worker, lock space). The lateral reference makes the claim run after
+-- the write, and the claim's statements (pgqueue.claim_limited, volatile, each with a
+-- snapshot of its own taken after the queue's lock) see the slots this write freed: a
+-- worker at its queue's limit frees and refills its slots at the same commit, with no
+-- gap in which they stand free and no second round trip. Returns the claimed jobs and
+-- the marker row (id NULL) of claim_jobs_limited.
+WITH done AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'succeeded', result = d.result::jsonb, finished_at = now()
+    FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS d(id, result, attempt)
+    WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt
+    RETURNING j.id
+), told AS (
+    SELECT count(*) AS n,
+           CASE WHEN count(*) > 0 THEN pgqueue.notify_finished(array_agg(id)) END AS sent
+    FROM done
+)
+SELECT c.id, c.queue, c.task, c.args::text AS args, c.priority, c.attempts AS attempt,
+       c.max_attempts, EXTRACT(EPOCH FROM c.timeout)::float8 AS timeout
+FROM told
+CROSS JOIN LATERAL pgqueue.claim_jobs_limited(
+    $4::text[], $5::integer + 0 * told.n::integer, $6::uuid, $7::integer) AS c;

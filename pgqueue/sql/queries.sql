@@ -306,7 +306,12 @@ SELECT id, queue, task, args::text AS args, state::text AS state, priority, atte
        created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
        progress::text AS progress, concurrency_key, unique_key,
        EXTRACT(EPOCH FROM unique_for)::float8 AS unique_for,
-       EXTRACT(EPOCH FROM debounce)::float8 AS debounce, sequence_key, sequence_on_failure
+       EXTRACT(EPOCH FROM debounce)::float8 AS debounce, sequence_key, sequence_on_failure,
+       -- A dependant's parents in order (workflows.sql); NULL for a job without any.
+       CASE WHEN parents_waiting IS NOT NULL THEN
+           (SELECT array_agg(d.parent_id ORDER BY d.position)
+            FROM pgqueue.job_dependencies d WHERE d.job_id = jobs.id) END AS depends_on,
+       on_parent_failure, parent_results_arg
 FROM pgqueue.jobs
 WHERE id = $1;
 
@@ -336,7 +341,12 @@ SELECT id, queue, task, args::text AS args, state::text AS state, priority, atte
        created_at, started_at, finished_at, EXTRACT(EPOCH FROM timeout)::float8 AS timeout,
        progress::text AS progress, concurrency_key, unique_key,
        EXTRACT(EPOCH FROM unique_for)::float8 AS unique_for,
-       EXTRACT(EPOCH FROM debounce)::float8 AS debounce, sequence_key, sequence_on_failure
+       EXTRACT(EPOCH FROM debounce)::float8 AS debounce, sequence_key, sequence_on_failure,
+       -- A dependant's parents in order (workflows.sql); NULL for a job without any.
+       CASE WHEN parents_waiting IS NOT NULL THEN
+           (SELECT array_agg(d.parent_id ORDER BY d.position)
+            FROM pgqueue.job_dependencies d WHERE d.job_id = jobs.id) END AS depends_on,
+       on_parent_failure, parent_results_arg
 FROM pgqueue.jobs
 WHERE ($1::bigint IS NULL OR id < $1)
   AND ($2::text IS NULL OR queue = $2)

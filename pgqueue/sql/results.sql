@@ -15,7 +15,11 @@ SELECT w.id AS waited_id, j.id, j.queue, j.task, j.args::text AS args,
        EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout, j.progress::text AS progress,
        j.concurrency_key, j.unique_key, EXTRACT(EPOCH FROM j.unique_for)::float8 AS unique_for,
        EXTRACT(EPOCH FROM j.debounce)::float8 AS debounce, j.sequence_key,
-       j.sequence_on_failure
+       j.sequence_on_failure,
+       CASE WHEN j.parents_waiting IS NOT NULL THEN
+           (SELECT array_agg(d.parent_id ORDER BY d.position)
+            FROM pgqueue.job_dependencies d WHERE d.job_id = j.id) END AS depends_on,
+       j.on_parent_failure, j.parent_results_arg
 FROM unnest($1::bigint[]) AS w(id)
 LEFT JOIN pgqueue.jobs AS j ON j.id = w.id
 WHERE j.id IS NULL OR j.state IN ('succeeded', 'failed', 'cancelled');

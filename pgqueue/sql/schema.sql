@@ -725,11 +725,14 @@ BEGIN
     END IF;
     -- By id, in a statement of its own: its plan is an index lookup whatever the plan
     -- cache decides (a join to the choice above could be planned as a scan of the table).
+    -- state::text, not state: a plan made before the table had statistics matched the
+    -- partial claim index's condition and scanned it whole (6-25 ms a claim, growing
+    -- with the backlog) instead of looking the ids up by primary key (about 1.7 ms).
     RETURN QUERY
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempts = j.attempts + 1, started_at = t, worker_id = worker,
         progress = NULL
-    WHERE j.id = ANY (ids) AND j.state = 'queued'
+    WHERE j.id = ANY (ids) AND j.state::text = 'queued'
     RETURNING j.*;
     IF lim.rate_count IS NOT NULL THEN
         INSERT INTO pgqueue.job_starts (queue, concurrency_key, started_at, starts)
@@ -1269,3 +1272,434 @@ LEFT JOIN LATERAL (
     ORDER BY j.id
     LIMIT 1
 ) AS h ON true;
+
+-- == Durable steps (migration 0014) ==
+
+-- A job's finished steps (current_job().step(name, fn, ...)): the JSON result of each,
+-- written once by the attempt that ran it and returned to the job's later attempts
+-- instead of running the step again. A row is written only while that attempt holds
+-- the job (pgqueue/sql/steps.sql); a transactional task writes it in its own
+-- transaction, so it commits (or rolls back) with the task's writes.
+--
+-- The key is checked at commit (INITIALLY DEFERRED): checked at the INSERT, it would
+-- lock the job's row (FOR KEY SHARE) for the rest of a transactional task's
+-- transaction, and the rescue (SKIP LOCKED) would pass the job over, and cancel_job
+-- wait for the task. At commit, the task has just updated the row itself. The delete
+-- cascades at once (only the check is deferred): pruning a job removes its steps.
+CREATE TABLE pgqueue.job_steps (
+    job_id      bigint NOT NULL REFERENCES pgqueue.jobs (id) ON DELETE CASCADE
+                DEFERRABLE INITIALLY DEFERRED,
+    name        text NOT NULL,
+    result      jsonb NOT NULL,
+    attempt     integer NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, name),
+    CONSTRAINT job_steps_name_check CHECK (length(name) BETWEEN 1 AND 255),
+    CONSTRAINT job_steps_attempt_check CHECK (attempt >= 1),
+    CONSTRAINT job_steps_finished_at_check
+        CHECK (finished_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00')
+);
+
+COMMENT ON TABLE pgqueue.job_steps IS
+    'Durable steps: the result of each step a job finished (current_job().step), returned to its later attempts instead of running the step again.';
+
+-- == Workflows (migration 0015) ==
+
+-- Workflows (migration 0015): jobs that wait for other jobs (depends_on), and the
+-- workflows a builder writes (pgqueue/workflows.py). A dependant is written 'blocked',
+-- which no claim looks at (the claim stays one indexed statement on state = 'queued'),
+-- with its parents in pgqueue.job_dependencies and the count of those not yet finished
+-- in parents_waiting. When a parent ends (succeeded, failed or cancelled), the trigger
+-- below counts it off each of its dependants, inside the statement that ended it
+-- (whichever: a completion, a cancel, the rescue, psql): a dependant whose count reaches
+-- zero is queued, with its parents' results in its args when it asked for them; a
+-- parent ending failed or cancelled cancels its dependants (on_parent_failure 'cancel',
+-- the default; recursively, the reason in each one's errors) or counts as finished
+-- ('run'). A parent that fails an attempt and will retry has not ended. Writing a
+-- dependant sets has_dependants on each of its parents: that write locks the parent's
+-- row, so that an enqueue and the parent's end are ordered (the enqueue sees the end,
+-- or the end sees the dependant), and the trigger's WHEN skips every job without one.
+ALTER TABLE pgqueue.jobs
+    ADD COLUMN workflow_id bigint,
+    ADD COLUMN parents_waiting integer,
+    ADD COLUMN on_parent_failure text,
+    ADD COLUMN parent_results_arg text,
+    ADD COLUMN has_dependants boolean DEFAULT false NOT NULL,
+    ADD CONSTRAINT jobs_parents_check CHECK (
+        parents_waiting >= 0
+        AND (parents_waiting IS NULL) = (on_parent_failure IS NULL)
+        AND on_parent_failure IN ('cancel', 'run')
+        AND (parent_results_arg IS NULL OR parents_waiting IS NOT NULL)),
+    ADD CONSTRAINT jobs_parent_results_arg_check CHECK (
+        length(parent_results_arg) <= 200 AND parent_results_arg ~ '^[A-Za-z_][A-Za-z0-9_]*$');
+
+COMMENT ON COLUMN pgqueue.jobs.workflow_id IS
+    'The workflow this job is part of (pgqueue.workflows), if any.';
+COMMENT ON COLUMN pgqueue.jobs.parents_waiting IS
+    'How many of its parents (pgqueue.job_dependencies) have not ended; NULL: a job without parents.';
+COMMENT ON COLUMN pgqueue.jobs.on_parent_failure IS
+    'cancel: a parent ending failed or cancelled cancels this job; run: it runs anyway.';
+COMMENT ON COLUMN pgqueue.jobs.parent_results_arg IS
+    'The keyword argument given the parents'' results when the job is released.';
+COMMENT ON COLUMN pgqueue.jobs.has_dependants IS
+    'Whether some job waits for this one (set by the enqueue of the dependant).';
+
+-- A workflow's jobs, for its status and graph.
+CREATE INDEX jobs_workflow_idx ON pgqueue.jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+
+-- One row per workflow written by Queue.enqueue_workflow; it goes with its last job.
+CREATE TABLE pgqueue.workflows (
+    id         bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    name       text,
+    jobs       integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT workflows_name_check CHECK (length(name) BETWEEN 1 AND 200)
+);
+
+COMMENT ON TABLE pgqueue.workflows IS
+    'Workflows (chains, groups, chords, DAGs of jobs): their jobs carry workflow_id.';
+
+-- The edges: job_id waits for parent_id, its position-th parent (the order of its
+-- depends_on, and of the results it is given). parent_state is the parent's end once it
+-- has been counted off (NULL before), so that a parent retried by hand and ending again
+-- is never counted twice. No foreign keys: deleting (pruning) jobs pays nothing for
+-- them; a job's own edges go with it (the delete trigger below).
+CREATE TABLE pgqueue.job_dependencies (
+    job_id       bigint NOT NULL,
+    position     integer NOT NULL,
+    parent_id    bigint NOT NULL,
+    parent_state pgqueue.job_state,
+    CONSTRAINT job_dependencies_pkey PRIMARY KEY (job_id, position)
+);
+
+CREATE INDEX job_dependencies_parent_idx ON pgqueue.job_dependencies (parent_id);
+
+COMMENT ON TABLE pgqueue.job_dependencies IS
+    'Job dependencies: job_id runs once parent_id (its position-th parent) has succeeded.';
+
+-- A dependant's parents' results, as its parent_results_arg receives them: one parent's
+-- result, or the list of them in depends_on order (null for a parent that failed, or
+-- was pruned meanwhile).
+CREATE FUNCTION pgqueue.parent_results(job bigint) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN count(*) = 1 THEN jsonb_agg(r.result) -> 0
+                ELSE jsonb_agg(r.result ORDER BY r.position) END
+    FROM (SELECT d.position,
+                 (SELECT p.result FROM pgqueue.jobs p WHERE p.id = d.parent_id) AS result
+          FROM pgqueue.job_dependencies d
+          WHERE d.job_id = job) AS r;
+$$;
+
+-- Queue blocked dependants whose parents have all ended (at their enqueue), giving each
+-- its parents' results when it names a parent_results_arg.
+CREATE FUNCTION pgqueue.release_dependants(job_ids bigint[]) RETURNS void
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    q text;
+BEGIN
+    FOR q IN
+        WITH released AS (
+            UPDATE pgqueue.jobs j
+            SET state = 'queued',
+                args = CASE WHEN j.parent_results_arg IS NULL THEN j.args
+                    ELSE j.args || jsonb_build_object(j.parent_results_arg,
+                                                      pgqueue.parent_results(j.id)) END
+            WHERE j.id = ANY (job_ids) AND j.state = 'blocked'
+            RETURNING j.queue
+        )
+        SELECT DISTINCT r.queue FROM released r
+    LOOP
+        PERFORM pg_notify('pgqueue_enqueued', q);
+    END LOOP;
+END
+$$;
+
+-- A parent ended (state): count it off its dependants, and in the same statement queue
+-- those with nothing left to wait for (given their parents' results) and cancel those
+-- it takes down with it; then the same for the dependants of those, down the graph. A
+-- worklist rather than recursion through the trigger, so that a long chain never runs
+-- out of stack; the setting pgqueue.settling tells the trigger, fired again by the
+-- jobs this cancels, that this loop settles their dependants. Generic plans
+-- (plan_cache_mode), as claim_limited's: planned once per session, not at every end.
+CREATE FUNCTION pgqueue.settle_dependants(parent bigint, parent_state pgqueue.job_state)
+RETURNS void
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    todo bigint[] := ARRAY[parent];
+    todo_states pgqueue.job_state[] := ARRAY[parent_state];
+    i integer := 1;
+    more bigint[];
+    gone bigint[];
+    woken text[];
+    q text;
+    cancelled bigint[] := '{}';
+    outer_setting text := current_setting('pgqueue.settling', true);
+BEGIN
+    IF parent_state::text <> 'succeeded' THEN
+        PERFORM set_config('pgqueue.settling', 'on', true);
+    END IF;
+    WHILE i <= cardinality(todo) LOOP
+        WITH settled AS (
+            UPDATE pgqueue.job_dependencies d SET parent_state = todo_states[i]
+            WHERE d.parent_id = todo[i] AND d.parent_state IS NULL
+            RETURNING d.job_id
+        ), counted AS (
+            SELECT s.job_id, count(*)::integer AS n FROM settled s GROUP BY s.job_id
+        ), moved AS (
+            UPDATE pgqueue.jobs j
+            SET parents_waiting = j.parents_waiting - c.n,
+                state = (CASE
+                    WHEN todo_states[i] <> 'succeeded' AND j.on_parent_failure = 'cancel'
+                        THEN 'cancelled'
+                    WHEN j.parents_waiting = c.n THEN 'queued'
+                    ELSE 'blocked' END)::pgqueue.job_state,
+                finished_at = CASE
+                    WHEN todo_states[i] <> 'succeeded' AND j.on_parent_failure = 'cancel'
+                        THEN now() END,
+                errors = CASE
+                    WHEN todo_states[i] <> 'succeeded' AND j.on_parent_failure = 'cancel'
+                        THEN j.errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', j.attempts,
+                            'type', 'pgqueue.ParentFailed',
+                            'message', format('parent job %s ended %s', todo[i], todo_states[i]),
+                            'traceback', NULL,
+                            'parent_id', todo[i],
+                            'parent_state', todo_states[i],
+                            'at', now()))
+                    ELSE j.errors END,
+                args = CASE
+                    WHEN (todo_states[i] = 'succeeded' OR j.on_parent_failure = 'run')
+                         AND j.parents_waiting = c.n AND j.parent_results_arg IS NOT NULL
+                        THEN j.args || jsonb_build_object(j.parent_results_arg,
+                                                          pgqueue.parent_results(j.id))
+                    ELSE j.args END
+            FROM counted c
+            -- The dependants by id (an array, not a join: the planner cannot know how
+            -- few they are, and would scan every job to join them).
+            WHERE j.id = ANY (ARRAY(SELECT s.job_id FROM settled s)) AND j.id = c.job_id
+              AND j.state = 'blocked'
+            RETURNING j.id, j.state, j.queue, j.has_dependants
+        )
+        SELECT array_agg(m.id) FILTER (WHERE m.state = 'cancelled' AND m.has_dependants),
+               array_agg(m.id) FILTER (WHERE m.state = 'cancelled'),
+               array_agg(DISTINCT m.queue) FILTER (WHERE m.state = 'queued')
+        INTO more, gone, woken
+        FROM moved m;
+        IF gone IS NOT NULL THEN
+            cancelled := cancelled || gone;
+        END IF;
+        IF more IS NOT NULL THEN
+            todo := todo || more;
+            todo_states := todo_states || array_fill('cancelled'::pgqueue.job_state,
+                                                     ARRAY[cardinality(more)]);
+        END IF;
+        IF woken IS NOT NULL THEN
+            FOREACH q IN ARRAY woken LOOP
+                PERFORM pg_notify('pgqueue_enqueued', q);
+            END LOOP;
+        END IF;
+        i := i + 1;
+    END LOOP;
+    IF cardinality(cancelled) > 0 THEN
+        PERFORM pgqueue.notify_finished(cancelled);
+    END IF;
+    IF parent_state::text <> 'succeeded' THEN
+        PERFORM set_config('pgqueue.settling', COALESCE(outer_setting, ''), true);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION pgqueue.dependants_parent_ended() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('pgqueue.settling', true) = 'on' THEN
+        RETURN NULL;  -- cancelled by settle_dependants, which settles its dependants
+    END IF;
+    PERFORM pgqueue.settle_dependants(NEW.id, NEW.state);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_dependants_parent_ended
+    AFTER UPDATE OF state ON pgqueue.jobs
+    FOR EACH ROW
+    WHEN (NEW.has_dependants AND OLD.state IS DISTINCT FROM NEW.state
+          AND NEW.state IN ('succeeded', 'failed', 'cancelled'))
+    EXECUTE FUNCTION pgqueue.dependants_parent_ended();
+
+-- A job of a workflow or with dependencies deleted: its own edges go; deleted before it
+-- ended, it counts as cancelled for its dependants; its workflow goes with its last job.
+CREATE FUNCTION pgqueue.dependency_job_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.parents_waiting IS NOT NULL THEN
+        DELETE FROM pgqueue.job_dependencies WHERE job_id = OLD.id;
+    END IF;
+    IF OLD.has_dependants AND OLD.state::text NOT IN ('succeeded', 'failed', 'cancelled') THEN
+        PERFORM pgqueue.settle_dependants(OLD.id, 'cancelled');
+    END IF;
+    IF OLD.workflow_id IS NOT NULL THEN
+        DELETE FROM pgqueue.workflows w
+        WHERE w.id = OLD.workflow_id
+          AND NOT EXISTS (SELECT FROM pgqueue.jobs j WHERE j.workflow_id = OLD.workflow_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_dependency_deleted
+    AFTER DELETE ON pgqueue.jobs
+    FOR EACH ROW
+    WHEN (OLD.has_dependants OR OLD.parents_waiting IS NOT NULL OR OLD.workflow_id IS NOT NULL)
+    EXECUTE FUNCTION pgqueue.dependency_job_deleted();
+
+-- Write jobs with their parents in one statement: the jobs (arrays of their fields, in
+-- input order), and the edges: edge_jobs[k] (a 1-based index into the jobs) waits for
+-- the job at index edge_local_parents[k] of the same batch, or else for the existing job
+-- edge_parent_ids[k]; a job's parents in the order of its edges. With new_workflow, the
+-- jobs form a new workflow (workflow_name, may be NULL). Existing parents are locked (by
+-- has_dependants' write) and read: one that has ended counts as such at once (a
+-- dependant of succeeded jobs is queued, of a failed or cancelled one cancelled or run
+-- per its on_parent_failure); an id that names no job raises foreign_key_violation and
+-- nothing is written. Returns each job's id and state, in input order.
+CREATE FUNCTION pgqueue.enqueue_dependants(
+    workflow_name text,
+    new_workflow boolean,
+    p_queues text[],
+    p_tasks text[],
+    p_args text[],
+    p_priorities smallint[],
+    p_max_attempts integer[],
+    p_run_ats timestamptz[],
+    p_delays float8[],
+    p_timeouts float8[],
+    p_concurrency_keys text[],
+    p_on_parent_failures text[],
+    p_parent_results_args text[],
+    edge_jobs integer[],
+    edge_local_parents integer[],
+    edge_parent_ids bigint[]
+) RETURNS TABLE (out_workflow_id bigint, out_id bigint, out_state text,
+                 out_created_at timestamptz, out_run_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    wf bigint;
+    outside bigint[];
+    found_ids bigint[];
+    found_states pgqueue.job_state[];
+    missing text;
+BEGIN
+    ids := ARRAY(SELECT nextval('pgqueue.jobs_id_seq') FROM generate_series(1, cardinality(p_tasks)));
+    IF new_workflow THEN
+        INSERT INTO pgqueue.workflows (name, jobs) VALUES (workflow_name, cardinality(p_tasks))
+        RETURNING id INTO wf;
+    END IF;
+    outside := ARRAY(SELECT DISTINCT x.p FROM unnest(edge_parent_ids) AS x(p)
+                     WHERE x.p IS NOT NULL ORDER BY x.p);
+    IF cardinality(outside) > 0 THEN
+        WITH flagged AS (
+            UPDATE pgqueue.jobs j SET has_dependants = true
+            WHERE j.id = ANY (outside)
+            RETURNING j.id, j.state
+        )
+        SELECT array_agg(f.id), array_agg(f.state) INTO found_ids, found_states FROM flagged f;
+        IF cardinality(found_ids) IS DISTINCT FROM cardinality(outside) THEN
+            SELECT string_agg(x.p::text, ', ' ORDER BY x.p) INTO missing
+            FROM unnest(outside) AS x(p) WHERE x.p <> ALL (COALESCE(found_ids, '{}'));
+            RAISE EXCEPTION 'pgqueue: depends_on names no job: %', missing
+                USING ERRCODE = 'foreign_key_violation', DETAIL = missing;
+        END IF;
+    END IF;
+    WITH e AS (
+        SELECT ids[x.job] AS job_id, x.pos::integer AS pos,
+               COALESCE(ids[x.local_parent], x.parent_id) AS parent_id,
+               CASE WHEN f.state::text IN ('succeeded', 'failed', 'cancelled') THEN f.state END
+                   AS parent_state
+        FROM unnest(edge_jobs, edge_local_parents, edge_parent_ids) WITH ORDINALITY
+             AS x(job, local_parent, parent_id, pos)
+        LEFT JOIN unnest(found_ids, found_states) AS f(id, state) ON f.id = x.parent_id
+    ), edges AS (
+        INSERT INTO pgqueue.job_dependencies (job_id, position, parent_id, parent_state)
+        SELECT e.job_id, e.pos, e.parent_id, e.parent_state FROM e
+    ), waits AS (
+        SELECT e.job_id, (count(*) FILTER (WHERE e.parent_state IS NULL))::integer AS waiting
+        FROM e GROUP BY e.job_id
+    ), parents AS (
+        SELECT DISTINCT x.local_parent FROM unnest(edge_local_parents) AS x(local_parent)
+        WHERE x.local_parent IS NOT NULL
+    )
+    INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout,
+                              concurrency_key, workflow_id, parents_waiting, on_parent_failure,
+                              parent_results_arg, has_dependants, state)
+    SELECT ids[u.i], u.queue, u.task, u.args::jsonb, u.priority, u.max_attempts,
+           COALESCE(u.run_at, now() + make_interval(secs => u.delay)),
+           make_interval(secs => u.timeout), u.concurrency_key, wf, w.waiting,
+           CASE WHEN w.job_id IS NOT NULL THEN COALESCE(u.on_parent_failure, 'cancel') END,
+           CASE WHEN w.job_id IS NOT NULL THEN u.parent_results_arg END,
+           p.local_parent IS NOT NULL,
+           (CASE WHEN w.job_id IS NULL THEN 'queued' ELSE 'blocked' END)::pgqueue.job_state
+    FROM unnest(p_queues, p_tasks, p_args, p_priorities, p_max_attempts, p_run_ats, p_delays,
+                p_timeouts, p_concurrency_keys, p_on_parent_failures, p_parent_results_args)
+         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, run_at, delay, timeout,
+                              concurrency_key, on_parent_failure, parent_results_arg, i)
+    LEFT JOIN waits w ON w.job_id = ids[u.i]
+    LEFT JOIN parents p ON p.local_parent = u.i;
+    IF found_states IS NOT NULL
+       AND found_states && ARRAY['succeeded', 'failed', 'cancelled']::pgqueue.job_state[] THEN
+        -- Some parents had ended before this enqueue: settle the dependants they doom
+        -- (their own dependants of this batch go with them, by the trigger) or release.
+        UPDATE pgqueue.jobs j
+        SET state = 'cancelled', finished_at = now(),
+            errors = j.errors || jsonb_build_array(jsonb_build_object(
+                'attempt', 0,
+                'type', 'pgqueue.ParentFailed',
+                'message', format('parent job %s ended %s', f.parent_id, f.parent_state),
+                'traceback', NULL,
+                'parent_id', f.parent_id,
+                'parent_state', f.parent_state,
+                'at', now()))
+        FROM (SELECT DISTINCT ON (d.job_id) d.job_id, d.parent_id, d.parent_state
+              FROM pgqueue.job_dependencies d
+              WHERE d.job_id = ANY (ids) AND d.parent_state::text IN ('failed', 'cancelled')
+              ORDER BY d.job_id, d.position) AS f
+        WHERE j.id = f.job_id AND j.on_parent_failure = 'cancel' AND j.state = 'blocked';
+        PERFORM pgqueue.release_dependants(ARRAY(
+            SELECT j.id FROM pgqueue.jobs j
+            WHERE j.id = ANY (ids) AND j.state = 'blocked' AND j.parents_waiting = 0));
+    END IF;
+    RETURN QUERY
+        SELECT wf, j.id, j.state::text, j.created_at, j.run_at
+        FROM pgqueue.jobs j WHERE j.id = ANY (ids) ORDER BY j.id;
+END
+$$;
+
+-- Per workflow: its jobs by state (jobs pruned since are counted in none), whether it is
+-- done (no job blocked, queued or running) and how it went: running, succeeded (every
+-- job did), or failed (some job failed or was cancelled).
+CREATE VIEW pgqueue.workflow_status AS
+SELECT w.id AS workflow_id,
+       w.name,
+       w.created_at,
+       w.jobs AS total,
+       count(j.id) FILTER (WHERE j.state::text = 'blocked') AS blocked,
+       count(j.id) FILTER (WHERE j.state = 'queued') AS queued,
+       count(j.id) FILTER (WHERE j.state = 'running') AS running,
+       count(j.id) FILTER (WHERE j.state = 'succeeded') AS succeeded,
+       count(j.id) FILTER (WHERE j.state = 'failed') AS failed,
+       count(j.id) FILTER (WHERE j.state = 'cancelled') AS cancelled,
+       count(j.id) FILTER (WHERE j.state::text IN ('blocked', 'queued', 'running')) = 0 AS done,
+       CASE
+           WHEN count(j.id) FILTER (WHERE j.state::text IN ('blocked', 'queued', 'running')) > 0
+               THEN 'running'
+           WHEN count(j.id) FILTER (WHERE j.state IN ('failed', 'cancelled')) > 0 THEN 'failed'
+           ELSE 'succeeded'
+       END AS outcome,
+       max(j.finished_at) AS finished_at
+FROM pgqueue.workflows w
+LEFT JOIN pgqueue.jobs j ON j.workflow_id = w.id
+GROUP BY w.id;

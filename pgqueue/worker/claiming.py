@@ -5,10 +5,15 @@ At most ``concurrency`` jobs are in flight (fewer for an app without async tasks
 process, so that a worker never holds jobs it cannot start that another could run.
 An idle worker sleeps until the listener's
 wake-up (an enqueue's NOTIFY), the next delayed job's time, or the poll interval,
-whichever comes first; a worker serving a limited queue (pgqueue/flow.py) also wakes
-when outcomes of its own jobs have been written (which frees their slots), and sleeps
-until a rate limit's next slot rather than polling. Before a claim it hands back the
-jobs it holds in the database without knowing it (:class:`HandBack`).
+whichever comes first, and sleeps until a rate limit's next slot rather than polling.
+Before a claim it hands back the jobs it holds in the database without knowing it
+(:class:`HandBack`).
+
+A worker serving a limited queue (pgqueue/flow.py) refills the slots its own jobs free
+in the statement that writes their outcomes (:meth:`Claimer.refill`, called by the
+Completer): the slots are freed and taken again at one commit, in one round trip. A
+slot of a limited queue is free only once its job's outcome is written, so such a
+worker waits for writes (``Completer.written``), not for its jobs to end.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pgqueue import driver
 from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.pools import acquire
+from pgqueue.worker.completer import Refill
 from pgqueue.worker.listener import first_of
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from pgqueue.flow import QueueLimit
+    from pgqueue.jobs import ClaimedJob
     from pgqueue.tasks import Task
     from pgqueue.worker.core import WorkerStats
     from pgqueue.worker.execution import TaskRunner
@@ -179,6 +186,18 @@ class Claimer:
         self._limited = False
         # Whether the last claim got all it asked for (a backlog waits).
         self._full = False
+        # Slots asked for by claims in flight (a refill rides on a write meanwhile).
+        self._reserved = 0
+        # Claim round trips of this worker's own (not refills): a worker held by a
+        # limit makes few, however long it waits (tests count them).
+        self.claims = 0
+        # Round trips asking how long to sleep (an idle worker's, once per sleep).
+        self.idle_checks = 0
+        # Set by a refill that found no room: the sleep asks the database anew when the
+        # next slot is due (a rate's window), instead of claiming to find out.
+        self._recheck = asyncio.Event()
+        # Refills handed back while stopping, kept until done.
+        self._releases: set[asyncio.Task[None]] = set()
         # A limited queue's claims take their turns under its lock, each paying a fixed
         # cost (and a commit) while the others wait: with a backlog, a worker claims for
         # a quarter of a batch at least, rather than for each slot as it frees.
@@ -189,8 +208,7 @@ class Claimer:
 
     async def run(self) -> None:
         """Claim until stopped."""
-        stop, wake, slot_freed = self._stop, self._wake, self._jobs.slot_freed
-        running = self._jobs.running
+        stop = self._stop
         failures = 0
         while not stop.is_set():
             if not self._registered.is_set():
@@ -199,23 +217,17 @@ class Claimer:
             if self._runner.waiting:  # jobs claimed but not started: take no more
                 await first_of(self._runner.unblocked, stop, timeout=None)
                 continue
-            want = self._want(len(running))
+            want = self._want(len(self._jobs.running))
             if want <= 0:
-                slot_freed.clear()
-                await first_of(slot_freed, stop, timeout=None)
+                await self._wait_for_slot()
                 continue
             # Clear before claiming: a NOTIFY that lands during the claim must not be lost.
-            wake.clear()
+            self._wake.clear()
             self._written.clear()
             worker_id = self._worker_id()
+            self._reserved += want
             try:
-                async with acquire(self._pool) as conn:
-                    ex = AsyncpgExecutor(conn)
-                    if self._hand_back.due():
-                        await self._hand_back.run(ex, worker_id, self._jobs.known_ids)
-                    jobs, self._limited = await driver.claim_flow(
-                        ex, self._queues, want, worker_id, limited=self._limited
-                    )
+                jobs = await self._claim(want, worker_id)
                 failures = 0
             except CLAIM_RETRY_ERRORS as exc:
                 # A lost connection, or an error of the server's (a statement timeout, a
@@ -227,53 +239,157 @@ class Claimer:
                 self._log.warning("claim_failed", error=repr(exc), retry_in=round(delay, 3))
                 await first_of(stop, timeout=delay)
                 continue
+            finally:
+                self._reserved -= want
             if stop.is_set():
                 await self.release([j.id for j in jobs], worker_id)
                 return
             self._full = len(jobs) == want
-            self._stats.claimed += len(jobs)
-            for job in jobs:
-                self._jobs.start(job)
+            self._started(jobs)
             if len(jobs) < want:
                 await self._sleep(claimed=len(jobs))
 
+    async def _claim(self, want: int, worker_id: str) -> list[ClaimedJob]:
+        """One claim round trip (after a hand-back if one is due)."""
+        async with acquire(self._pool) as conn:
+            ex = AsyncpgExecutor(conn)
+            if self._hand_back.due():
+                await self._hand_back.run(ex, worker_id, self._jobs.known_ids)
+            self.claims += 1
+            jobs, self._limited = await driver.claim_flow(
+                ex, self._queues, want, worker_id, limited=self._limited
+            )
+        return jobs
+
+    async def _wait_for_slot(self) -> None:
+        """Every slot of ours is taken: wait until one frees."""
+        if self._limited:
+            # A limited queue's slot is free only once its job's outcome is written (a
+            # write with a refill has taken it again by then): wait for a write, not for
+            # a job to end, which would claim before the database has a slot free.
+            self._written.clear()
+            await first_of(self._written, self._wake, self._stop, timeout=self._poll_interval)
+        else:
+            slot_freed = self._jobs.slot_freed
+            slot_freed.clear()
+            await first_of(slot_freed, self._stop, timeout=None)
+
+    def _started(self, jobs: list[ClaimedJob]) -> None:
+        self._stats.claimed += len(jobs)
+        for job in jobs:
+            self._jobs.start(job)
+
     def _want(self, running: int) -> int:
         """How many jobs to claim now; 0: wait for a slot to free first."""
-        free = self._concurrency - running
+        free = self._concurrency - running - self._reserved
         if self._limited and self._full and free < self._min_claim:
             return 0
-        return min(free, self._batch_size)
+        return max(0, min(free, self._batch_size))
+
+    # --- refills: a claim that rides on the write of outcomes (Completer) --------------
+
+    def refill(self, outcomes: int) -> Refill | None:
+        """The claim to make with the ``outcomes`` the Completer is about to write: while
+        a queue of ours is limited, as many as we may take (the database gives what its
+        limits leave), their slots reserved until :meth:`refilled`. None for a write of
+        fewer outcomes than a quarter batch: each claim of a limited queue pays a fixed
+        cost under its lock (a key walk, a commit), so a trickle of small writes is left
+        to the claim loop, whose one claim serves every write made while it waits."""
+        if not self._limited or self._stop.is_set() or not self._registered.is_set():
+            return None
+        if outcomes < self._min_claim:
+            return None
+        if self._runner.waiting:  # jobs claimed but not started: take no more
+            return None
+        if self._hand_back.due():
+            # The hand-back goes before a claim: leave this one to the claim loop.
+            self._wake.set()
+            return None
+        want = self._want(len(self._jobs.running))
+        if want <= 0:
+            return None  # the claim loop claims once enough slots of ours are free
+        self._reserved += want
+        return Refill(list(self._queues), want, self._worker_id())
+
+    def refilled(self, refill: Refill) -> None:
+        """The outcomes and the refill committed together: start the jobs claimed."""
+        self._reserved -= refill.want
+        self._limited = refill.limited
+        if self._stop.is_set() or refill.worker_id != self._worker_id():
+            # Stopping, or declared dead meanwhile (the jobs are under the old id):
+            # back to the queue, as if never claimed.
+            task = asyncio.ensure_future(
+                self.release([j.id for j in refill.jobs], refill.worker_id)
+            )
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+            return
+        self._full = len(refill.jobs) == refill.want
+        self._started(refill.jobs)
+        if self._full or not refill.limited:
+            # More may be waiting (or the queue is no longer limited): claim again now.
+            self._wake.set()
+        elif not refill.jobs:
+            self._recheck.set()
+
+    def refill_failed(self, refill: Refill) -> None:
+        """The write and its claim failed together (or their answer was lost): the
+        reservation goes, and before the next claim the worker hands back whatever
+        the database says it holds without knowing."""
+        self._reserved -= refill.want
+        self._hand_back.unsure = True
 
     async def _sleep(self, claimed: int) -> None:
         """Idle: until a wake-up, the next job or rate slot due, or the poll."""
+        idle_for: float | None = None
         if claimed and self._limited:
             # A limited queue's claim that took some jobs: the next chance is when their
-            # outcomes are written, which is sooner than anything the database could say
-            # (and asking would cost a round trip per cycle of the limit's slots).
-            idle_for, limited = self._poll_interval, True
-        else:
-            idle_for, limited = await self._idle_timeout()
-            self._limited = limited
+            # outcomes are written (with a refill, or then a claim of ours), sooner than
+            # anything the database could say (asking would cost a round trip a cycle).
+            idle_for = self._poll_interval
         self.idle.set()
-        if limited:
-            # A limited queue's due jobs wait for a slot: one of ours frees one once its
-            # outcome is written (another worker's is seen at an enqueue or the poll).
-            await first_of(self._wake, self._stop, self._written, timeout=idle_for)
-        else:
-            await first_of(self._wake, self._stop, timeout=idle_for)
-        self.idle.clear()
+        try:
+            while True:
+                if idle_for is None:
+                    idle_for, known = await self._idle_timeout()
+                    if known is not None:  # None: the database did not answer
+                        self._limited = known
+                self._recheck.clear()
+                if self._limited:
+                    # A limited queue's due jobs wait for a slot: one of ours frees one
+                    # once its outcome is written (another worker's is seen at an
+                    # enqueue or the poll); a refill that found no room asks us to look
+                    # again when the next slot is due (a rate's window).
+                    await first_of(
+                        self._wake, self._stop, self._written, self._recheck, timeout=idle_for
+                    )
+                else:
+                    await first_of(self._wake, self._stop, timeout=idle_for)
+                woken = self._wake.is_set() or self._stop.is_set() or self._written.is_set()
+                if woken or not self._recheck.is_set():
+                    return
+                idle_for = None  # only a refill that found no room: sleep again, anew
+        finally:
+            self.idle.clear()
 
-    async def _idle_timeout(self) -> tuple[float, bool]:
+    async def _idle_timeout(self) -> tuple[float, bool | None]:
         """How long to sleep: until the poll comes round, or until the next delayed job
-        or rate-limit slot is due; and whether any of the queues is limited."""
+        or rate-limit slot is due; and whether any of the queues is limited (None when
+        the database did not say)."""
+        self.idle_checks += 1
         try:
             async with acquire(self._pool) as conn:
                 wait = await driver.next_claim_wait(AsyncpgExecutor(conn), self._queues)
         except CLAIM_RETRY_ERRORS:
-            return self._poll_interval, False  # the next claim will say what is wrong
+            return self._poll_interval, None  # the next claim will say what is wrong
         if wait.due_in is None:
             return self._poll_interval, wait.limited
         return min(max(wait.due_in, 0.005), self._poll_interval), wait.limited
+
+    async def settle(self) -> None:
+        """Wait for the hand-backs of refills that came back while stopping."""
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
 
     async def release(self, ids: list[int], worker_id: str | None = None) -> None:
         """Claimed but never started (the stop came during the claim, or while they

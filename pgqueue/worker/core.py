@@ -309,6 +309,8 @@ class _Started:
             registered=self.registered,
             written=self.completer.written,
         )
+        # A write of outcomes refills the slots they free while a queue is limited.
+        self.completer.refiller = self.claimer
         context = ServiceContext(
             worker,
             pool,
@@ -329,6 +331,7 @@ class _Started:
             await asyncio.wait_for(self._completer_task, timeout=max(grace_period, 10.0))
         except TimeoutError:
             log.exception("completions_not_written", outstanding=self.completer.outstanding())
+        await self.claimer.settle()
         for task in self._tasks:  # the listener, and a rejoin still trying
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -342,7 +345,13 @@ class _Started:
         return busy
 
     def counters(self) -> dict[str, int]:
-        return {"completion_writes": self.completer.batches, **self.services.counters()}
+        return {
+            "completion_writes": self.completer.batches,
+            "claims": self.claimer.claims,
+            "idle_checks": self.claimer.idle_checks,
+            "refills": self.completer.refills,
+            **self.services.counters(),
+        }
 
     def _declared_dead(self, dead_id: str) -> None:
         """Another worker found this one silent for a lease and rescued its jobs (it was

@@ -47,6 +47,7 @@ from pgqueue.executors import AsyncpgExecutor, PsycopgExecutor
 from pgqueue.pools import acquire
 from pgqueue.worker import transaction, transaction_sync
 from pgqueue.worker.outcome import CommitOutcomeUnknownError, Ran, encode_result
+from pgqueue.worker.steps import PoolSteps, SyncTransactionSteps, TransactionSteps
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -69,6 +70,7 @@ class ProgressWriter:
         self._pool = pool
         self._loop = loop
         self._log = structlog.get_logger("pgqueue.worker")
+        self.steps = PoolSteps(pool, loop)  # durable steps of tasks not transactional
 
     async def report(self, job: RunningJob, progress_json: str) -> None:
         try:
@@ -130,10 +132,10 @@ class TaskRunner:
             if task.is_async:
                 await self._take(self._thread_slots, job.id)
                 try:
-                    return await self._run_transactional(task, job, worker_id, timeout)
+                    return await self._run_transactional(task, job, running, worker_id, timeout)
                 finally:
                     self._thread_slots.release()
-            call = functools.partial(self._run_transactional_sync, task, job, worker_id)
+            call = functools.partial(self._run_transactional_sync, task, job, running, worker_id)
             ran: Ran = await self._in_thread(call, running, timeout)
             return ran
         if task.is_async:
@@ -228,13 +230,19 @@ class TaskRunner:
     # --- transactional tasks -------------------------------------------------------------
 
     async def _run_transactional(
-        self, task: Task[Any, Any], job: ClaimedJob, worker_id: str, timeout: float | None
+        self,
+        task: Task[Any, Any],
+        job: ClaimedJob,
+        running: RunningJob,
+        worker_id: str,
+        timeout: float | None,
     ) -> Ran:
         pool = await self._transaction_pool()
         conn = await pool.acquire()
         try:
             try:
                 async with conn.transaction():
+                    running.use_transaction(TransactionSteps(AsyncpgExecutor(conn)))
                     value = await _with_deadline(task.fn(conn, **job.args), timeout)
                     ran = await transaction.mark_succeeded(
                         AsyncpgExecutor(conn),
@@ -253,10 +261,13 @@ class TaskRunner:
             await pool.release(conn)
         return ran
 
-    def _run_transactional_sync(self, task: Task[Any, Any], job: ClaimedJob, worker_id: str) -> Ran:
+    def _run_transactional_sync(
+        self, task: Task[Any, Any], job: ClaimedJob, running: RunningJob, worker_id: str
+    ) -> Ran:
         pool = self._transaction_pool_sync()
         try:
             with pool.connection() as conn, conn.transaction():
+                running.use_transaction(SyncTransactionSteps(PsycopgExecutor(conn)))
                 value = task.fn(conn, **job.args)
                 ran = transaction_sync.mark_succeeded(
                     PsycopgExecutor(conn), job, value, worker_id=worker_id, idle_limit=self._lease
