@@ -44,6 +44,9 @@ def test_dsn_fixture_is_a_migrated_database_of_its_own(dsn: str, pg_server: PgSe
         "job_starts",
         "unique_windows",
         "sequences",
+        "job_steps",
+        "workflows",
+        "job_dependencies",
     }
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
