@@ -196,10 +196,13 @@ def test_a_diamond_runs_parents_first_and_passes_their_results(ledger, queue):
 def test_a_fan_out_of_1000_and_its_fan_in_under_two_workers(ledger, queue):
     squares = group(*(queue.build("wf.square", {"n": n}) for n in range(1000)))
     callback = queue.build("wf.collect", {}, parent_results_arg="results")
-    done = queue.enqueue_workflow_sync(chord(squares, callback))
-    assert len(done.job_ids) == 1001
     procs = workers(ledger, 2)
     try:
+        # Both workers serving before the fan-out exists: a worker that started first
+        # could otherwise drain the 1,000 quick jobs alone.
+        wait_for_sql(ledger, "SELECT count(*) FROM pgqueue.workers", 2, WAIT_S)
+        done = queue.enqueue_workflow_sync(chord(squares, callback))
+        assert len(done.job_ids) == 1001
         assert queue.result_sync(done.last_id, timeout=WAIT_S * 3) == 1000
         assert [w.stop() for w in procs] == [0, 0]
     finally:
