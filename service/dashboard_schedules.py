@@ -14,7 +14,7 @@ from litestar.response import Redirect, Template
 from pgqueue.errors import InvalidJobError
 from pgqueue.scheduling.specs import validate_schedule_name
 
-from .auth import DASHBOARD_PATH, requires
+from .auth import DASHBOARD_PATH, requires, under_root
 from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render
 from .dashboard_session import checked_form
 from .problems import ProblemError
@@ -88,4 +88,4 @@ async def _schedule_action(request: Request[Any, Any, Any], raw_name: str, actio
         key_name=user and user.name,
     )
     done = {"pause": "paused", "resume": "resumed", "trigger": "triggered"}[action]
-    return Redirect(f"{SCHEDULES_PATH}?notice={done}", status_code=303)
+    return Redirect(under_root(request.scope, f"{SCHEDULES_PATH}?notice={done}"), status_code=303)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import structlog
 from litestar.datastructures import Cookie
 
-from .auth import DASHBOARD_PATH
+from .auth import DASHBOARD_PATH, dashboard_base
 from .problems import ProblemError
 
 if TYPE_CHECKING:
@@ -34,13 +34,14 @@ _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 _log = structlog.get_logger("pgqueue.service")
 
 
-def safe_next(raw: object) -> str:
-    """Where to go after logging in: a dashboard path of this site, never elsewhere."""
-    if not isinstance(raw, str) or not raw.startswith(DASHBOARD_PATH):
-        return DASHBOARD_PATH
+def safe_next(raw: object, base: str = DASHBOARD_PATH) -> str:
+    """Where to go after logging in: a dashboard path of this site (``base``, the
+    dashboard's path as the browser sees it), never elsewhere."""
+    if not isinstance(raw, str) or not raw.startswith(base):
+        return base
     parts = urlsplit(raw)
     if parts.scheme or parts.netloc or "\\" in raw or any(c.isspace() for c in raw):
-        return DASHBOARD_PATH
+        return base
     return raw
 
 
@@ -117,7 +118,7 @@ def session_cookie(request: Request[Any, Any, Any], name: str, value: str) -> Co
     return Cookie(
         key=name,
         value=value,
-        path=DASHBOARD_PATH,
+        path=dashboard_base(request.scope),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",

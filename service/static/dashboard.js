@@ -14,7 +14,9 @@
 
   function toLogin() {
     var next = location.pathname + location.search;
-    location.assign("/dashboard/login?next=" + encodeURIComponent(next));
+    // The dashboard's own path (data-base): /dashboard, or under the prefix it is mounted at.
+    var base = document.body.getAttribute("data-base") || "/dashboard";
+    location.assign(base + "/login?next=" + encodeURIComponent(next));
   }
 
   function watch(el) {
