@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -181,12 +180,10 @@ def check_invariants(dsn: str, figures: Figures, *, maybe_more: int = 0) -> None
 
 
 def stop_all(workers: list[WorkerProcess]) -> None:
-    """SIGTERM each live worker and require a clean exit. A worker respawned a moment
-    ago may still be importing, before its handler is installed, when SIGTERM would
-    kill it outright: wait for the handler first."""
+    """SIGTERM each live worker and require a clean exit (``stop`` waits for a worker
+    respawned a moment ago to install its handler first)."""
     for w in workers:
         if w.proc.poll() is None:
-            w.wait_until_handling(signal.SIGTERM, timeout=30)
             assert w.stop() == 0, w.log_path.read_text()[-4000:]
 
 

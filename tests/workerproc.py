@@ -60,6 +60,9 @@ class WorkerProcess:
             self._log.flush()
 
     def stop(self, timeout: float = 30) -> int:
+        # A worker signalled while Python is still importing dies of SIGTERM (-15) instead of
+        # stopping cleanly: wait until its handler is in place, as an operator's would be.
+        self.wait_until_handling(signal.SIGTERM, timeout)
         self.signal(signal.SIGTERM)
         try:
             return self.wait(timeout)
