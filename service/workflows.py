@@ -96,10 +96,8 @@ class WorkflowsController(Controller):
         workflow = build_workflow(service, data)
         async with service.connection() as conn:
             status = await service.admin.enqueue_workflow(workflow, conn=conn)
-        # A workflow's ids are drawn in the order its jobs were added, and read back in
-        # id order: the n-th job listed is the n-th id.
-        ids = sorted(job.id for job in status.jobs)
-        refs = {item.ref: ident for item, ident in zip(data.jobs, ids, strict=True)}
+        # The admin call gives the jobs in the order they were added: the n-th listed.
+        refs = {item.ref: job.id for item, job in zip(data.jobs, status.jobs, strict=True)}
         body = EnqueuedWorkflowOut(id=status.id, jobs=refs)
         return Response(body, status_code=202, headers={"Location": f"/v1/workflows/{status.id}"})
 

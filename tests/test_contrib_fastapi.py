@@ -5,15 +5,12 @@ mounted under /pgqueue, with their own keys."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import psycopg
 import pytest
+from examplekit import loaded_example, signups_and_welcome_jobs
 from fastapi import FastAPI
 
 import pgqueue
@@ -21,37 +18,17 @@ from pgqueue.contrib.fastapi import PgQueue, QueueDep
 from pgqueue.service.auth import DASHBOARD_COOKIE, create_key
 from pgqueue.testing import drain, use_database
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"
 CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 
 
 @pytest.fixture
 def example():
-    spec = importlib.util.spec_from_file_location("fastapi_app", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fastapi_app"] = module
-    try:
-        spec.loader.exec_module(module)
+    with loaded_example("fastapi_app.py") as module:
         yield module
-    finally:
-        sys.modules.pop("fastapi_app", None)
 
 
 def serving(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-
-
-def counts(dsn: str) -> tuple[int, int]:
-    with psycopg.connect(dsn) as conn:
-        users = conn.execute("SELECT count(*) FROM example_signups").fetchone()
-        jobs = conn.execute(
-            "SELECT count(*) FROM pgqueue.jobs WHERE task = 'examples.send_welcome'"
-        ).fetchone()
-    assert users is not None
-    assert jobs is not None
-    return users[0], jobs[0]
 
 
 async def test_the_example_enqueues_in_the_requests_transaction(dsn, example):
@@ -61,11 +38,11 @@ async def test_the_example_enqueues_in_the_requests_transaction(dsn, example):
             made = await client.post("/signup", json={"email": "ada@example.com"})
             assert made.status_code == 201, made.text
             job_id = made.json()["job_id"]
-            assert counts(dsn) == (1, 1)
+            assert signups_and_welcome_jobs(dsn) == (1, 1)
             # Refused after the enqueue, inside the transaction: no user and no job.
             refused = await client.post("/signup", json={"email": "eve@blocked.example"})
             assert refused.status_code == 400, refused.text
-            assert counts(dsn) == (1, 1)
+            assert signups_and_welcome_jobs(dsn) == (1, 1)
             # The dependency's Queue sees the committed job; a real worker runs it.
             assert (await client.get(f"/jobs/{job_id}")).json()["state"] == "queued"
             stats = await drain(example.queue)

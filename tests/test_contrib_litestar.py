@@ -5,15 +5,12 @@ keys, or behind a guard of the app."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import psycopg
 import pytest
+from examplekit import loaded_example, signups_and_welcome_jobs
 from litestar import Litestar, get
 from litestar.exceptions import NotAuthorizedException
 from litestar.testing import AsyncTestClient
@@ -23,33 +20,13 @@ from pgqueue.contrib.litestar import PgQueuePlugin, QueueDep
 from pgqueue.service.auth import DASHBOARD_COOKIE, create_key
 from pgqueue.testing import drain, use_database
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "litestar_app.py"
 CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 
 
 @pytest.fixture
 def example():
-    spec = importlib.util.spec_from_file_location("litestar_app", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["litestar_app"] = module
-    try:
-        spec.loader.exec_module(module)
+    with loaded_example("litestar_app.py") as module:
         yield module
-    finally:
-        sys.modules.pop("litestar_app", None)
-
-
-def counts(dsn: str) -> tuple[int, int]:
-    with psycopg.connect(dsn) as conn:
-        users = conn.execute("SELECT count(*) FROM example_signups").fetchone()
-        jobs = conn.execute(
-            "SELECT count(*) FROM pgqueue.jobs WHERE task = 'examples.send_welcome'"
-        ).fetchone()
-    assert users is not None
-    assert jobs is not None
-    return users[0], jobs[0]
 
 
 async def test_the_example_enqueues_in_the_requests_transaction(dsn, example):
@@ -58,12 +35,12 @@ async def test_the_example_enqueues_in_the_requests_transaction(dsn, example):
             made = await client.post("/signup", json={"email": "ada@example.com"})
             assert made.status_code == 201, made.text
             job_id = made.json()["job_id"]
-            assert counts(dsn) == (1, 1)
+            assert signups_and_welcome_jobs(dsn) == (1, 1)
             # Blocked after the enqueue, inside the transaction: no user and no job.
             refused = await client.post("/signup", json={"email": "eve@blocked.example"})
             assert refused.status_code == 400, refused.text
             assert "blocked" in refused.text
-            assert counts(dsn) == (1, 1)
+            assert signups_and_welcome_jobs(dsn) == (1, 1)
             # The injected Queue sees the committed job; a real worker runs it.
             status = await client.get(f"/jobs/{job_id}")
             assert status.json()["state"] == "queued"

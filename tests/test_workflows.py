@@ -28,6 +28,7 @@ from pgqueue.workflows import (
     chain,
     chord,
     group,
+    in_order_added,
 )
 
 WAIT_S = 60  # the bound of every wait; nothing here takes near it
@@ -620,6 +621,10 @@ def test_get_workflow_and_its_admin_twin(dsn, queue):
     assert admin.get_workflow_sync(10**12) is None
     written = admin.enqueue_workflow_sync(chain(node(queue, "x"), took(queue, "y")))
     assert [j.state for j in written.jobs] == ["queued", "blocked"]
+    # The admin's answer lists the jobs in the order added (the HTTP API maps each
+    # job's ref by it), not by id order, which the database does not promise.
+    backwards = in_order_added(written, [j.id for j in reversed(written.jobs)])
+    assert [j.task for j in backwards.jobs] == [j.task for j in reversed(written.jobs)]
     # Pruned, a workflow's jobs take their edges and the workflow's row with them.
     run_queued(dsn)
     run_queued(dsn)

@@ -29,7 +29,7 @@ from pgqueue.admin.records import (
 from pgqueue.checks import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError
 from pgqueue.validation import check_spec
-from pgqueue.workflows import as_workflow
+from pgqueue.workflows import as_workflow, in_order_added
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,14 +113,15 @@ class AdminCalls:
         self, workflow: Workflow | Step, *, conn: Any = None
     ) -> WorkflowStatus:
         """Enqueue a workflow (see :meth:`Queue.enqueue_workflow`) and return it as it
-        stands, read in the same transaction."""
+        stands, read in the same transaction, its ``jobs`` in the order they were added
+        (the n-th job added is ``jobs[n]``)."""
         plan = as_workflow(workflow).plan(self.queue.tasks)
 
         async def op(ex: AsyncExecutor) -> WorkflowStatus:
             async with ex.atomic():
                 written = await driver.enqueue_workflow(ex, plan)
                 status = await driver.get_workflow(ex, written.id)
-            return found_workflow(status, written.id)
+            return in_order_added(found_workflow(status, written.id), written.job_ids)
 
         return await self.queue._call(op, conn)
 

@@ -1,0 +1,193 @@
+"""Flat cost as the work grows: ``make soak-scale`` (not part of ``make test``).
+
+    .venv/bin/python -m benchmarks.soak_scale                 # 10,000,000 jobs
+    .venv/bin/python -m benchmarks.soak_scale --jobs 2000000 --dsn postgresql://...
+
+No-op jobs enqueued in bulk (COPY, 100,000 a transaction) while 2 worker processes
+(their defaults, with a short retention so that pruning runs) drain them; the backlog is
+kept under a bound, as a steady producer would. For each million processed (``--step``) it
+prints the
+processing rate, the claim statement's p50/p99 (measured by a probe that runs the
+workers' claim under EXPLAIN ANALYZE in a transaction it rolls back, a few times a
+second), the heap and index sizes of ``pgqueue.jobs``, its dead tuples and the
+autovacuum runs on it so far. At the end: the last step against the first (goal:
+rate and claim p99 within 20 %) and whether the table's size followed the retention
+rather than the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_app  # noqa: E402
+from benchmarks.pgstats import ClaimProbe, table_stats  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from benchmarks.run import Bench
+
+CHUNK = 100_000  # jobs per enqueue transaction
+BACKLOG = 1_000_000  # the producer tops the backlog up to this, in chunks
+WORKERS = 2
+# Short enough that pruning runs all along (and the table's size is bounded by it).
+RETENTION = ("--keep-succeeded", "60s", "--prune-interval", "5")
+
+# Jobs enqueued and not yet finished: the partial claim index answers the first part.
+UNFINISHED = "SELECT count(*) FROM pgqueue.jobs WHERE state IN ('queued', 'running')"
+
+
+@dataclass(slots=True)
+class Step:
+    processed: int
+    seconds: float
+    rate: float
+    claim_p50_ms: float
+    claim_p99_ms: float
+    heap_mb: float
+    index_mb: float
+    live: int
+    dead: int
+    autovacuums: int
+
+    def line(self) -> str:
+        return (
+            f"{self.processed:>11,}  {self.rate:>9,.0f} jobs/s  claim p50/p99 "
+            f"{self.claim_p50_ms:6.2f}/{self.claim_p99_ms:6.2f} ms  heap {self.heap_mb:7.1f} MB"
+            f"  indexes {self.index_mb:7.1f} MB  live {self.live:>10,}  dead {self.dead:>9,}"
+            f"  autovacuums {self.autovacuums:>3}"
+        )
+
+
+async def _produce(bench: Bench, total: int, enqueued: list[int], stop: asyncio.Event) -> None:
+    """Enqueue ``total`` jobs in chunks, keeping the backlog under :data:`BACKLOG`."""
+    queue = bench_app.queue
+    while enqueued[0] < total and not stop.is_set():
+        if await bench.admin.fetchval(UNFINISHED) > BACKLOG - CHUNK:
+            await asyncio.sleep(0.2)
+            continue
+        n = min(CHUNK, total - enqueued[0])
+        specs = [bench_app.noop.job(i=enqueued[0] + i) for i in range(n)]
+        await queue.enqueue_many(specs, conn=bench.admin)
+        enqueued[0] += n
+
+
+async def soak(bench: Bench, total: int, step_size: int = 1_000_000) -> list[Step]:
+    import asyncpg  # noqa: PLC0415
+
+    from benchmarks.run import say  # noqa: PLC0415
+
+    say(
+        f"\n== flat cost: {total:,} no-op jobs, {WORKERS} worker processes (defaults, "
+        f"retention {' '.join(RETENTION)}), backlog kept under {BACKLOG:,} =="
+    )
+    await bench.reset()
+    probe_conn = await asyncpg.connect(bench.dsn)
+    stats_conn = await asyncpg.connect(bench.dsn)
+    probe = ClaimProbe(probe_conn, bench_app.noop.queue)
+    stop = asyncio.Event()
+    enqueued = [0]
+    steps: list[Step] = []
+    procs = await bench.start_workers(WORKERS, RETENTION)
+    producer = asyncio.create_task(_produce(bench, total, enqueued, stop))
+    prober = asyncio.create_task(probe.run(stop))
+    try:
+        mark, mark_at = 0, time.monotonic()
+        while mark < total:
+            await asyncio.sleep(0.5)
+            bench._check_alive(procs)  # noqa: SLF001 - the benchmark's own helper
+            if producer.done() and producer.exception() is not None:
+                raise producer.exception()  # type: ignore[misc]
+            processed = enqueued[0] - await stats_conn.fetchval(UNFINISHED)
+            if processed < min(mark + step_size, total):
+                continue
+            now = time.monotonic()
+            table = await table_stats(stats_conn)
+            p50, p99 = probe.take()
+            step = Step(
+                processed=processed,
+                seconds=now - mark_at,
+                rate=(processed - mark) / (now - mark_at),
+                claim_p50_ms=p50,
+                claim_p99_ms=p99,
+                heap_mb=table.heap_mb,
+                index_mb=table.index_mb,
+                live=table.live,
+                dead=table.dead,
+                autovacuums=table.autovacuums,
+            )
+            steps.append(step)
+            say("  " + step.line())
+            mark, mark_at = processed, now
+    finally:
+        stop.set()
+        await asyncio.gather(producer, prober, return_exceptions=True)
+        await bench.stop_workers(procs)
+        await probe.close()
+        await stats_conn.close()
+    _verdict(steps, say)
+    return steps
+
+
+def _verdict(steps: list[Step], say: Callable[[str], None]) -> None:
+    if len(steps) < 2:
+        return
+    first, last = steps[0], steps[-1]
+    rate = last.rate / first.rate
+    p99 = last.claim_p99_ms / first.claim_p99_ms
+    biggest = max(s.heap_mb + s.index_mb for s in steps)
+    met = rate >= 0.8 and p99 <= 1.2
+    size = first.heap_mb + first.index_mb, last.heap_mb + last.index_mb
+    say(
+        f"  last step against the first: rate {rate:.2f}x, claim p99 {p99:.2f}x "
+        f"(goal: within 20%: {'met' if met else 'NOT met'})"
+    )
+    say(
+        f"  pgqueue.jobs at most {biggest:,.0f} MB (heap and indexes) over "
+        f"{last.processed:,} jobs; first step {size[0]:,.0f} MB, last {size[1]:,.0f} MB"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.database import scratch_database  # noqa: PLC0415
+    from benchmarks.run import FULL, Bench  # noqa: PLC0415
+    from pgqueue.logs import configure_logging  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", help="a server to run on (a scratch database is made there)")
+    parser.add_argument("--jobs", type=int, default=10_000_000, help="jobs in all")
+    parser.add_argument("--step", type=int, default=1_000_000, help="jobs per row of figures")
+    args = parser.parse_args(argv)
+    configure_logging("warning")
+    started = time.perf_counter()
+
+    async def run(dsn: str, log_dir: Path) -> None:
+        bench = Bench(dsn, FULL, log_dir)
+        await bench.open()
+        try:
+            await soak(bench, args.jobs, args.step)
+        finally:
+            await bench.close()
+
+    with (
+        scratch_database(args.dsn) as (dsn, _where),
+        tempfile.TemporaryDirectory(prefix="pgqbench-logs-") as log_dir,
+    ):
+        asyncio.run(run(dsn, Path(log_dir)))
+    print(f"the run took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
