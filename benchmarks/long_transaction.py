@@ -53,7 +53,7 @@ class Phase:
     name: str
     seconds: float = 0.0
     processed: int = 0
-    claims: list[float] = field(default_factory=list)  # probe samples, ms
+    claims: list[float] = field(default_factory=list)  # the claim probe's samples, ms
     cpu_seconds: float | None = 0.0
     dead: int = 0
     size_mb: float = 0.0
@@ -157,8 +157,9 @@ async def horizon(bench: Bench, *, rate: float, before: float, hold: float, afte
                 backlog = await stats.fetchval(UNFINISHED)
                 done, cpu_now = producers.enqueued - backlog, cpu.seconds()
                 table = await table_stats(stats)
-                p50, p99 = probe.take()
-                phase.claims += [p50, p99]
+                samples = probe.take()
+                p50, p99 = quantiles(samples)
+                phase.claims += samples
                 share = (
                     "     -"
                     if cpu_now is None or cpu_before is None
@@ -200,7 +201,7 @@ async def _summary(
         f"{'pickup p50':>11}"
     )
     for phase in phases.values():
-        _, p99 = quantiles(phase.claims[1::2])
+        _, p99 = quantiles(phase.claims)
         cpu = (
             "      -"
             if phase.cpu_seconds is None

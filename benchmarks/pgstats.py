@@ -69,10 +69,10 @@ class ClaimProbe:
     async def close(self) -> None:
         await self._conn.close()
 
-    def take(self) -> tuple[float, float]:
-        """p50 and p99 (ms) of the samples since the last take."""
+    def take(self) -> list[float]:
+        """The samples (ms) since the last take."""
         samples, self.samples = self.samples, []
-        return quantiles(samples)
+        return samples
 
 
 def quantiles(samples: list[float]) -> tuple[float, float]:

@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_app  # noqa: E402
-from benchmarks.pgstats import ClaimProbe, table_stats  # noqa: E402
+from benchmarks.pgstats import ClaimProbe, quantiles, table_stats  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -114,7 +114,7 @@ async def soak(bench: Bench, total: int, step_size: int = 1_000_000) -> list[Ste
                 continue
             now = time.monotonic()
             table = await table_stats(stats_conn)
-            p50, p99 = probe.take()
+            p50, p99 = quantiles(probe.take())
             step = Step(
                 processed=processed,
                 seconds=now - mark_at,
