@@ -27,12 +27,15 @@ def log_step(*, ctx, step, heads, run_args) -> None:  # noqa: ARG001 - alembic's
 
 
 def take_migration_lock(connection: sa.Connection) -> None:
-    """Wait for any other migrator of this database to finish (session-level lock)."""
+    """Wait for any other migrator of this database to finish. A transaction-level lock,
+    released by the migration's own commit or rollback: a session-level one would
+    outlive the transaction behind a transaction pooler (PgBouncer), on a server
+    connection the next migrator may not get."""
     key = {"key": MIGRATION_LOCK_KEY}
-    if connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
+    if connection.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"), key).scalar_one():
         return
     log.info("migration_lock_waiting", lock_key=MIGRATION_LOCK_KEY)
-    connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), key)
 
 
 def ensure_version_schema(connection: sa.Connection) -> None:
@@ -47,28 +50,17 @@ def ensure_version_schema(connection: sa.Connection) -> None:
 
 
 def run_migrations_online(connection: sa.Connection) -> None:
-    take_migration_lock(connection)
-    try:
+    # One transaction: the lock, the version table's schema, every migration.
+    context.configure(
+        connection=connection,
+        version_table_schema=VERSION_TABLE_SCHEMA,
+        transactional_ddl=True,
+        on_version_apply=log_step,
+    )
+    with context.begin_transaction():
+        take_migration_lock(connection)
         ensure_version_schema(connection)
-        connection.commit()
-        context.configure(
-            connection=connection,
-            version_table_schema=VERSION_TABLE_SCHEMA,
-            transactional_ddl=True,
-            on_version_apply=log_step,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    finally:
-        # A lost connection has released the lock already; trying would only hide the
-        # error that is on its way out.
-        if not (connection.closed or connection.invalidated):
-            # Ends a transaction a failed migration left aborted, so that the unlock runs.
-            connection.rollback()
-            connection.execute(
-                sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            )
-            connection.commit()
+        context.run_migrations()
 
 
 def run_migrations_offline() -> None:

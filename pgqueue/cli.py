@@ -52,7 +52,12 @@ from pgqueue import extras, migrate
 from pgqueue._version import __version__
 from pgqueue.admin import Admin, InvalidApiKeyError, validate_api_key_request
 from pgqueue.app import Queue
-from pgqueue.connect import psycopg_connect_args
+from pgqueue.connect import (
+    LISTEN_DSN_ENV,
+    POOLER_ENV,
+    behind_pooler,
+    psycopg_connect_args,
+)
 from pgqueue.dberrors import connection_failed, refused_for_good
 from pgqueue.embedded import (
     DATA_DIR_ENV,
@@ -171,6 +176,28 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _pooler_options(*, listen_dsn: bool) -> list[argparse.ArgumentParser]:
+    """The options for a DSN that leads to a transaction pooler (PgBouncer and the
+    like; see pgqueue.connect): ``--pooler``, and ``--listen-dsn`` for the commands
+    that LISTEN."""
+    pooler = argparse.ArgumentParser(add_help=False)
+    pooler.add_argument(
+        "--pooler",
+        action="store_true",
+        default=None,
+        help="the DSN leads to a transaction pooler (PgBouncer pool_mode=transaction): "
+        f"no prepared statements, no LISTEN through it (default: ${POOLER_ENV})",
+    )
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument(
+        "--listen-dsn",
+        metavar="DSN",
+        help="a direct DSN to the same database for LISTEN, beside a pooler "
+        f"(default: ${LISTEN_DSN_ENV}; none behind a pooler: poll)",
+    )
+    return [pooler, listen] if listen_dsn else [pooler]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -197,12 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    mig = sub.add_parser("migrate", parents=[common], help="upgrade the pgqueue schema to head")
+    mig = sub.add_parser(
+        "migrate",
+        parents=[common, *_pooler_options(listen_dsn=False)],
+        help="upgrade the pgqueue schema to head",
+    )
     mig.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if the database is behind"
     )
 
-    work = sub.add_parser("worker", parents=[common], help="run a worker")
+    work = sub.add_parser(
+        "worker", parents=[common, *_pooler_options(listen_dsn=True)], help="run a worker"
+    )
     work.add_argument("app", metavar="APP", help="module:attribute of your pgqueue.Queue")
     work.add_argument(
         "--queue",
@@ -272,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not run the scheduler of periodic jobs here (other workers do)",
     )
 
-    api = sub.add_parser("api", parents=[common], help="serve the HTTP API (API keys required)")
+    api = sub.add_parser(
+        "api",
+        parents=[common, *_pooler_options(listen_dsn=True)],
+        help="serve the HTTP API (API keys required)",
+    )
     api.add_argument("--host", default="127.0.0.1", help="address to listen on")
     api.add_argument("--port", type=_port, default=8000)
     api.add_argument("--workers", type=_positive_int, default=1, help="server processes")
@@ -345,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals.install()
     embedded: EmbeddedServer | None = None
     try:
+        _apply_pooler_options(args)
         app = _checked_app(args)  # before any server is started: fail fast
         if args.command in _SERVICE_COMMANDS:
             extras.require("service", f"pgqueue {args.command}")
@@ -485,6 +523,20 @@ class _Signals:
             raise outcome["error"]
         value: T = outcome["value"]
         return value
+
+
+def _apply_pooler_options(args: argparse.Namespace) -> None:
+    """``--pooler`` and ``--listen-dsn`` become the environment variables they stand
+    for: every connection of this process reads them (pgqueue.connect), and so do the
+    API's server processes, which are fresh interpreters."""
+    if getattr(args, "pooler", None):
+        os.environ[POOLER_ENV] = "1"
+    if getattr(args, "listen_dsn", None):
+        os.environ[LISTEN_DSN_ENV] = args.listen_dsn
+    try:
+        behind_pooler("")  # a bad PGQUEUE_POOLER is a usage error, said once, here
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _checked_app(args: argparse.Namespace) -> Queue | None:

@@ -8,6 +8,16 @@ asyncpg does not read by itself), else :data:`CONNECT_TIMEOUT`. A server that ac
 connections but never answers (a black-holed port, a frozen host) then fails one attempt
 within seconds, and whatever retries it logs each failure, instead of waiting a driver's
 default of a minute or more in silence.
+
+Behind a transaction pooler (PgBouncer in ``pool_mode = transaction``, and the like),
+each transaction may run on another server connection, so nothing may outlive a
+transaction: no prepared statement, no LISTEN, no session lock. A DSN is declared to be
+such a pooler by ``PGQUEUE_POOLER=1`` (``--pooler`` on the commands: every DSN of the
+process) or :func:`declare_pooler` (that DSN only). Connections to it are then opened
+without prepared statements (psycopg ``prepare_threshold=None``, asyncpg
+``statement_cache_size=0``), and LISTEN goes to the direct DSN :func:`listen_dsn` gives
+(``PGQUEUE_LISTEN_DSN``, ``--listen-dsn``), or nowhere: the listeners then poll.
+A direct DSN, the default, keeps prepared statements.
 """
 
 from __future__ import annotations
@@ -22,10 +32,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "LISTEN_DSN_ENV",
+    "POOLER_ENV",
     "ConnectTimeoutError",
     "asyncpg_connect",
+    "asyncpg_connect_args",
     "asyncpg_pool",
+    "behind_pooler",
     "connect_timeout",
+    "declare_pooler",
+    "listen_dsn",
     "psycopg_connect_args",
 ]
 
@@ -34,6 +50,14 @@ __all__ = [
 CONNECT_TIMEOUT = 5
 _ENV = "PGCONNECT_TIMEOUT"
 _PARAM = "connect_timeout"
+# Set to 1 (true, yes, on): the process's DSNs lead to a transaction pooler.
+POOLER_ENV = "PGQUEUE_POOLER"
+# A direct DSN (not through the pooler) for the connections that LISTEN.
+LISTEN_DSN_ENV = "PGQUEUE_LISTEN_DSN"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+# DSNs declared in code to lead to a pooler, with the direct DSN to LISTEN on (or None).
+_declared: dict[str, str | None] = {}
 
 
 class ConnectTimeoutError(ConnectionError):
@@ -65,10 +89,60 @@ def connect_timeout(dsn: str) -> int:
     return max(value, 2)
 
 
+def declare_pooler(dsn: str, *, listen_dsn: str | None = None) -> None:
+    """Declare that ``dsn`` leads to a transaction pooler (PgBouncer's
+    ``pool_mode = transaction``): every connection pgqueue opens to it goes without
+    prepared statements, and LISTEN goes to ``listen_dsn``, a direct connection to the
+    same database (None: nowhere, the listeners poll). For this DSN only; the same as
+    ``PGQUEUE_POOLER=1`` (and ``PGQUEUE_LISTEN_DSN``) for every DSN of the process."""
+    _declared[dsn] = listen_dsn
+
+
+def _env_pooler() -> bool:
+    raw = os.environ.get(POOLER_ENV, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw not in _FALSE:
+        raise ValueError(f"{POOLER_ENV}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+    return False
+
+
+def behind_pooler(dsn: str) -> bool:
+    """Whether ``dsn`` leads to a transaction pooler (see the module's docstring)."""
+    return dsn in _declared or _env_pooler()
+
+
+def listen_dsn(dsn: str) -> str | None:
+    """The DSN to LISTEN on for notifications sent in the database of ``dsn``: the
+    direct DSN declared with it or ``PGQUEUE_LISTEN_DSN``; else ``dsn`` itself, unless
+    it leads to a transaction pooler, where a LISTEN would be lost with the server
+    connection it ran on: then None (poll instead)."""
+    declared = _declared.get(dsn)
+    if declared:
+        return declared
+    env = os.environ.get(LISTEN_DSN_ENV, "").strip()
+    if env:
+        return env
+    return None if behind_pooler(dsn) else dsn
+
+
 def psycopg_connect_args(dsn: str) -> dict[str, Any]:
     """Keyword arguments giving a psycopg connection to ``dsn`` pgqueue's connect
-    timeout (also for a psycopg_pool's ``kwargs``)."""
-    return {_PARAM: connect_timeout(dsn)}
+    timeout (also for a psycopg_pool's ``kwargs``), and no prepared statements behind a
+    transaction pooler: psycopg prepares a statement on its fifth run, on whichever
+    server connection that transaction had, and a later run finds another one
+    (``prepared statement "_pg3_0" does not exist``)."""
+    args: dict[str, Any] = {_PARAM: connect_timeout(dsn)}
+    if behind_pooler(dsn):
+        args["prepare_threshold"] = None
+    return args
+
+
+def asyncpg_connect_args(dsn: str) -> dict[str, Any]:
+    """Keyword arguments for ``asyncpg.connect`` to ``dsn``: behind a transaction
+    pooler, no statement cache (asyncpg's cached statements are named server-side
+    prepared statements, as psycopg's above)."""
+    return {"statement_cache_size": 0} if behind_pooler(dsn) else {}
 
 
 def _asyncpg_dsn(dsn: str) -> str:
@@ -91,7 +165,9 @@ async def asyncpg_connect(dsn: str, **kwargs: Any) -> Any:
     ``acquire(timeout=...)`` also raises, for a different reason)."""
     timeout = float(connect_timeout(dsn) or _ASYNCPG_DEFAULT_TIMEOUT)
     try:
-        return await asyncpg.connect(_asyncpg_dsn(dsn), timeout=timeout, **kwargs)
+        return await asyncpg.connect(
+            _asyncpg_dsn(dsn), timeout=timeout, **{**asyncpg_connect_args(dsn), **kwargs}
+        )
     except TimeoutError as exc:
         raise ConnectTimeoutError(
             f"no answer from PostgreSQL within the connect timeout ({timeout:g} s)"

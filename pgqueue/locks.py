@@ -27,7 +27,8 @@ RESCUE = AdvisoryLock("rescue", 7215408337251730690, owner="pgqueue.worker.heart
 # Held for one batch by the worker elected to prune (not the rescue's: pruning must never
 # hold up a rescue).
 PRUNE = AdvisoryLock("prune", 7215408337251730691, owner="pgqueue.worker.pruning.Pruner")
-# Held for a whole migration run (session-level) by every migrator: b"pgqueue" read as a
+# Held for a whole migration run (transaction-level: the run is one transaction, which
+# also holds behind a transaction pooler) by every migrator: b"pgqueue" read as a
 # big-endian integer. Fixed for good: changing it would let old and new migrators race.
 MIGRATION = AdvisoryLock("migration", 0x70677175657565, owner="pgqueue.migrate")
 

@@ -26,7 +26,7 @@ from alembic.script import ScriptDirectory
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.pool import NullPool
 
-from pgqueue.connect import connect_timeout
+from pgqueue.connect import behind_pooler, connect_timeout
 from pgqueue.locks import MIGRATION
 
 if TYPE_CHECKING:
@@ -122,12 +122,16 @@ def make_engine(dsn: str) -> sa.Engine:
 
     Connections are opened by psycopg from the DSN itself, so every form libpq accepts
     works unchanged: ``postgresql://`` URLs (also ``postgresql://u@/db?host=/socket/dir``),
-    ``postgresql+psycopg://`` URLs, and ``key=value`` strings.
+    ``postgresql+psycopg://`` URLs, and ``key=value`` strings. Behind a transaction
+    pooler (:func:`pgqueue.connect.behind_pooler`) nothing is prepared: the migrations
+    repeat statements (the version table's), which psycopg would prepare on one server
+    connection and look for on another.
     """
     conninfo = _conninfo(dsn)
+    prepare_threshold = None if behind_pooler(dsn) else 5  # psycopg's default: 5
     return sa.create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(conninfo),
+        creator=lambda: psycopg.connect(conninfo, prepare_threshold=prepare_threshold),
         poolclass=NullPool,
     )
 

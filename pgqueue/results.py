@@ -12,6 +12,11 @@ after each reconnect: a lost notification delays a wake-up, it never loses it.
 
 A sync wait (:func:`wait_sync`) listens on a psycopg connection of its own for the
 length of the call: simple, and a thread blocked in it holds nothing anyone else needs.
+
+Both LISTEN on :func:`pgqueue.connect.listen_dsn`: the Queue's DSN, or the direct DSN
+given beside a transaction pooler. Behind a pooler with no direct DSN, a LISTEN would be
+lost with the server connection it ran on: waits then only poll (every
+:data:`POLL_SECONDS`), on a connection through the pooler.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import psycopg
 import structlog
 
 from pgqueue import driver, driver_sync
-from pgqueue.connect import asyncpg_connect, psycopg_connect_args
+from pgqueue.connect import asyncpg_connect, listen_dsn, psycopg_connect_args
 from pgqueue.dberrors import DATABASE_ERRORS
 from pgqueue.errors import (
     JobFailedError,
@@ -154,13 +159,16 @@ class FinishedWaiters:
         """Listen until :meth:`close`, through reconnects; ends (for the next wait to
         start again) when the connection is lost while nobody waits."""
         pause = RECONNECT_FIRST
+        listen = listen_dsn(self._dsn)
         while self._waiting:
             conn: Any = None
             try:
                 conn = await asyncpg_connect(
-                    self._dsn, server_settings={"application_name": WAITER_APPLICATION_NAME}
+                    listen or self._dsn,
+                    server_settings={"application_name": WAITER_APPLICATION_NAME},
                 )
-                await conn.add_listener(FINISHED_CHANNEL, self._on_notify)
+                if listen is not None:
+                    await conn.add_listener(FINISHED_CHANNEL, self._on_notify)
                 conn.add_termination_listener(lambda _conn: self._wake.set())
                 pause = RECONNECT_FIRST
                 await self._serve(conn)
@@ -259,16 +267,19 @@ def wait_sync(dsn: str, job_id: int, timeout: float | None) -> Job:
     connection's reconnect may overrun ``timeout`` by up to the connect timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = RECONNECT_FIRST
+    listen = listen_dsn(dsn)
+    connect_to = listen or dsn
     while True:
         try:
             with psycopg.connect(
-                dsn,
+                connect_to,
                 autocommit=True,
                 application_name=WAITER_APPLICATION_NAME,
-                **psycopg_connect_args(dsn),
+                **psycopg_connect_args(connect_to),
             ) as conn:
                 ex = PsycopgExecutor(conn)
-                driver_sync.listen_finished(ex)
+                if listen is not None:
+                    driver_sync.listen_finished(ex)
                 pause = RECONNECT_FIRST
                 while True:
                     # After LISTEN: a job that finished before is seen here, one that

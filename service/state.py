@@ -12,7 +12,7 @@ import structlog
 
 from pgqueue.admin import Admin
 from pgqueue.app import Queue
-from pgqueue.connect import asyncpg_connect, asyncpg_pool
+from pgqueue.connect import asyncpg_connect, asyncpg_pool, listen_dsn
 from pgqueue.dberrors import TRANSIENT_ERRORS
 from pgqueue.errors import DatabaseUnavailableError
 from pgqueue.pools import acquire, keep_session
@@ -44,10 +44,13 @@ class FinishedJobs:
         self._log = structlog.get_logger("pgqueue.service")
 
     async def _ensure_listening(self) -> None:
+        listen = listen_dsn(self._dsn)
+        if listen is None:  # a transaction pooler and no direct DSN: waits recheck only
+            return
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return
-            self._conn = await asyncpg_connect(self._dsn)
+            self._conn = await asyncpg_connect(listen)
             await self._conn.add_listener(FINISHED_CHANNEL, self._on_notify)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:

@@ -5,6 +5,12 @@ Enqueues send ``NOTIFY pgqueue_enqueued, '<queue>'`` and ``pgqueue.cancel_job`` 
 every ``poll_interval`` seconds runs the worker's poll, the fallback for a notification
 that was lost. A dropped connection is re-established with backoff; while it is down
 the listener says so (``listening`` is clear) and the worker's own poll keeps claiming.
+
+The LISTEN connection goes to :func:`pgqueue.connect.listen_dsn`: the worker's DSN, or
+the direct one given beside a transaction pooler (``--listen-dsn``), where a LISTEN
+would be lost with the server connection it ran on. With a pooler and no direct DSN the
+listener says once that the worker relies on polling (``listener_polling_only``) and
+only polls (for cancel requests; the claim loop polls for jobs on its own).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from pgqueue.connect import asyncpg_connect
+from pgqueue.connect import asyncpg_connect, listen_dsn
 from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
 
 if TYPE_CHECKING:
@@ -54,12 +60,33 @@ class Listener:
         self.listening = asyncio.Event()
 
     async def run(self) -> None:
-        """Hold a LISTEN connection until stopped; re-establish it whenever it drops."""
+        """Hold a LISTEN connection until stopped; re-establish it whenever it drops.
+        Only poll when there is no DSN to LISTEN on (behind a transaction pooler)."""
+        dsn = listen_dsn(self._dsn)
+        if dsn is None:
+            await self._poll_only()
+            return
+        await self._listen(dsn)
+
+    async def _poll_only(self) -> None:
+        self._log.warning(
+            "listener_polling_only",
+            reason="the DSN leads to a transaction pooler, and no direct DSN to LISTEN on "
+            "was given: wake-ups and cancel requests wait for the poll",
+            poll_interval=self._poll_interval,
+            hint="give --listen-dsn (PGQUEUE_LISTEN_DSN): a direct DSN to the same database",
+        )
+        while not self._stop.is_set():
+            await first_of(self._stop, timeout=self._poll_interval)
+            if not self._stop.is_set():
+                await self._poll()
+
+    async def _listen(self, dsn: str) -> None:
         failures = 0
         while not self._stop.is_set():
             conn: asyncpg.Connection[Any] | None = None
             try:
-                conn = await asyncpg_connect(self._dsn)
+                conn = await asyncpg_connect(dsn)
                 lost = asyncio.Event()
                 conn.add_termination_listener(functools.partial(set_event, lost))
                 await conn.add_listener(ENQUEUED_CHANNEL, self._on_notify)
