@@ -14,7 +14,6 @@ part, so concurrent runs against one external server do not collide.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -23,71 +22,46 @@ import signal
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
-from psycopg import sql
 
 # A source checkout without an install: make the repository's pgqueue importable.
 if importlib.util.find_spec("pgqueue") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pgqueue
-from pgqueue import migrate
-from pgqueue.embedded import EmbeddedServer, bundled_bin_dir
-from pgqueue.testing.servers import dsn_with_dbname, unique_db_name
+from pgqueue.embedded import bundled_bin_dir
+from pgqueue.testing.servers import (
+    CONTAINER_IMAGE_ENV,
+    DEFAULT_CONTAINER_IMAGE,
+    TEST_DSN_ENV,
+    NoTestServerError,
+    PostgresForTests,
+    planned_kind,
+    postgres_for_tests,
+    unique_db_name,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
-TEST_DSN_ENV = "PGQUEUE_TEST_DSN"
-CONTAINER_IMAGE = os.environ.get("PGQUEUE_TEST_PG_IMAGE", "postgres:17-alpine")
-CONNECT_TIMEOUT_S = 10
-# How CREATE DATABASE copies the template (PostgreSQL 15+). FILE_COPY was expected to
-# win for databases this small, but measured here it is about twice as slow as WAL_LOG
-# (~110 ms against ~50 ms per clone on PostgreSQL 15 and 18): it checkpoints before and
-# after the copy.
-CLONE_STRATEGY = "WAL_LOG"
+CONTAINER_IMAGE = os.environ.get(CONTAINER_IMAGE_ENV, DEFAULT_CONTAINER_IMAGE)
 
 # The server this session used, once started, for the terminal summary.
 _session_server: PgServer | None = None
 
 
 @dataclass(frozen=True)
-class PgServer:
-    kind: str  # "external" | "testcontainers" | "embedded"
-    admin_dsn: str  # the maintenance database
-    server_version_num: int
-    bin_dir: Path  # pg_dump, psql: version 18, so they serve older servers too
+class PgServer(PostgresForTests):
+    """The library's test server (pgqueue.testing.servers, which users' own test
+    sessions get from the pytest plugin), with the client binaries pgqueue's tests
+    use."""
 
-    def dsn_for(self, dbname: str) -> str:
-        return dsn_with_dbname(self.admin_dsn, dbname)
-
-    def admin_execute(self, statement: sql.Composable | str) -> None:
-        with psycopg.connect(
-            self.admin_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-        ) as conn:
-            conn.execute(statement if isinstance(statement, sql.Composable) else sql.SQL(statement))
-
-    def create_database(self, name: str, *, template: str = "template0") -> str:
-        """Create database ``name`` as a copy of ``template``; return its DSN."""
-        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template)
-        )
-        if self.server_version_num >= 150000:
-            statement += sql.SQL(" STRATEGY {}").format(sql.SQL(CLONE_STRATEGY))
-        self.admin_execute(statement)
-        return self.dsn_for(name)
-
-    def drop_database(self, name: str) -> None:
-        statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
-        if self.server_version_num >= 130000:
-            statement += sql.SQL(" WITH (FORCE)")
-        self.admin_execute(statement)
+    bin_dir: Path = field(default_factory=bundled_bin_dir)  # pg_dump, psql: 18, newest
 
     def describe(self) -> str:
         major, minor = divmod(self.server_version_num, 10000)
@@ -96,48 +70,12 @@ class PgServer:
         )
 
 
-# --- choosing the server ------------------------------------------------------------
-
-
-def docker_engine_answers() -> bool:
-    """Whether a Docker engine responds, asked quickly; never raises."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
-        # No socket, no engine. Checked first because the docker SDK leaks a socket
-        # (a ResourceWarning) when the connection fails.
-        return False
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-@functools.cache
-def planned_kind() -> str:
-    if os.environ.get(TEST_DSN_ENV):
-        return "external"
-    if docker_engine_answers():
-        return "testcontainers"
-    return "embedded"
-
-
 def postgres_container_class() -> type:
     try:
         from testcontainers.community.postgres import PostgresContainer
     except ImportError:  # testcontainers before the "community" split
         from testcontainers.postgres import PostgresContainer
     return PostgresContainer
-
-
-def server_version_num(admin_dsn: str) -> int:
-    with psycopg.connect(admin_dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-        return int(conn.info.server_version)
 
 
 def _embedded_version() -> str:
@@ -195,47 +133,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         log.unlink(missing_ok=True)
 
 
-@contextmanager
-def _external_server() -> Iterator[PgServer]:
-    admin_dsn = os.environ[TEST_DSN_ENV]
-    try:
-        version = server_version_num(admin_dsn)
-    except psycopg.Error as exc:
-        pytest.fail(f"{TEST_DSN_ENV} is set but its server cannot be reached: {exc}", pytrace=False)
-    yield PgServer("external", admin_dsn, version, bundled_bin_dir())
-
-
-@contextmanager
-def _container_server() -> Iterator[PgServer]:
-    container = postgres_container_class()(CONTAINER_IMAGE, driver=None)
-    with container:
-        admin_dsn = container.get_connection_url()
-        yield PgServer(
-            "testcontainers", admin_dsn, server_version_num(admin_dsn), bundled_bin_dir()
-        )
-
-
-@contextmanager
-def _embedded_server() -> Iterator[PgServer]:
-    # Outside pytest's basetemp (see embedded_data_dir), and deleted at the end: a data
-    # directory is ~40 MB, and pytest keeps the last few basetemps.
-    root = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))
-    server: EmbeddedServer | None = None
-    try:
-        server = EmbeddedServer.start(root / "pgdata")
-        admin_dsn = server.dsn("postgres")
-        # A throwaway cluster: durability only costs time here.
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-                conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
-            conn.execute("SELECT pg_reload_conf()")
-        yield PgServer("embedded", admin_dsn, server_version_num(admin_dsn), server.bin_dir)
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 # --- fixtures -----------------------------------------------------------------------
 
 
@@ -243,37 +140,26 @@ def _embedded_server() -> Iterator[PgServer]:
 def pg_server() -> Iterator[PgServer]:
     """The PostgreSQL server of this session (see the module docstring for the choice)."""
     global _session_server  # noqa: PLW0603 - read by pytest_terminal_summary
-    starters = {
-        "external": _external_server,
-        "testcontainers": _container_server,
-        "embedded": _embedded_server,
-    }
-    with starters[planned_kind()]() as server:
-        _session_server = server
-        yield server
+    try:
+        with postgres_for_tests() as server:
+            _session_server = PgServer(server.kind, server.admin_dsn, server.server_version_num)
+            yield _session_server
+    except NoTestServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: PgServer) -> Iterator[str]:
     """The name of a database migrated to head, cloned by ``dsn`` for every test."""
-    name = unique_db_name("pgqueue_tpl")
-    pg_server.create_database(name)
-    try:
-        migrate.upgrade(pg_server.dsn_for(name))
+    with pg_server.migrated_template() as name:
         yield name
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture
 def dsn(pg_server: PgServer, template_db: str) -> Iterator[str]:
     """A fresh database with the pgqueue schema at head, dropped after the test."""
-    name = unique_db_name("pgqueue_test")
-    url = pg_server.create_database(name, template=template_db)
-    try:
+    with pg_server.fresh_database(template_db) as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import (
-    CONTAINER_IMAGE,
-    PgServer,
-    docker_engine_answers,
-    dsn_with_dbname,
-    postgres_container_class,
-)
+from conftest import CONTAINER_IMAGE, PgServer, postgres_container_class
 
 from pgqueue import embedded
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
+from pgqueue.testing.servers import docker_engine_answers, dsn_with_dbname
 
 
 def _pgqueue_tables(dsn: str) -> set[str]:
