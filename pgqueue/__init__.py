@@ -35,6 +35,7 @@ from pgqueue.errors import (
     WaitTimeoutError,
 )
 from pgqueue.flow import KeyLimit, LimitStatus, QueueLimit, Rate
+from pgqueue.hooks import FailedJob
 from pgqueue.jobs import EnqueueResult, Job, JobOptions, JobSpec, QueueStats, SequenceStatus
 from pgqueue.retention import Retention
 from pgqueue.retry import RetryPolicy
@@ -53,6 +54,7 @@ __all__ = [
     "Admin",
     "DatabaseUnavailableError",
     "EnqueueResult",
+    "FailedJob",
     "IdempotencyConflictError",
     "InlineModeError",
     "InvalidJobError",

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from datetime import timedelta
 
+    from pgqueue.hooks import FailureHook, Instrumentation
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -218,6 +220,22 @@ class Queue(FlowDeclarations, QueueCalls, QueueCallsSync):
 
         decorator: PeriodicDecorator = declare
         return decorator
+
+    def on_failure(self, hook: FailureHook) -> FailureHook:
+        """Register ``hook(job, exc)``, called on every failed attempt of this Queue's
+        jobs: one to be retried, the last one, a timeout (a :class:`~pgqueue.hooks.
+        FailedJob` and the exception). Sync or ``async def``; usable as a decorator. A
+        hook that raises is logged (``hook_failed``) and changes nothing else. Workers
+        started on this Queue (``pgqueue worker app:queue``) and inline mode call it.
+        See :mod:`pgqueue.hooks`."""
+        self.hooks.failure_hooks.append(hook)
+        return hook
+
+    def instrument(self, instrumentation: Instrumentation) -> None:
+        """Add an instrumentation: context managers around each enqueue and each attempt
+        run (see :class:`~pgqueue.hooks.Instrumentation`;
+        ``pgqueue.contrib.opentelemetry.instrument`` adds one)."""
+        self.hooks.instrumentations.append(instrumentation)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

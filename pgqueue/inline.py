@@ -70,7 +70,8 @@ from pgqueue.errors import (
     PermanentError,
     Snooze,
 )
-from pgqueue.jobs import EnqueueResult
+from pgqueue.hooks import FailedJob, JobRun
+from pgqueue.jobs import ClaimedJob, EnqueueResult
 from pgqueue.rows import new_job
 from pgqueue.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
 from pgqueue.steps import JobStep
@@ -81,6 +82,7 @@ from pgqueue.workflows import EnqueuedWorkflow, ParentNotFoundError
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from pgqueue.hooks import Hooks
     from pgqueue.jobs import Job, JobSpec
     from pgqueue.tasks import Task
     from pgqueue.workflows import WorkflowPlan
@@ -190,30 +192,44 @@ class InlineJobs:
 
     # --- enqueueing ------------------------------------------------------------------
 
-    async def enqueue(self, tasks: Mapping[str, Task[Any, Any]], spec: JobSpec) -> EnqueueResult:
-        """Write the (checked) job and run it to its end; what an enqueue returns."""
-        return (await self.enqueue_many(tasks, [spec]))[0]
+    async def enqueue(
+        self, tasks: Mapping[str, Task[Any, Any]], spec: JobSpec, *, hooks: Hooks | None = None
+    ) -> EnqueueResult:
+        """Write the (checked) job and run it to its end; what an enqueue returns. Each
+        attempt runs inside the ``hooks``' instrumentations, and a failed one calls their
+        failure hooks, as in a worker (pgqueue.hooks)."""
+        return (await self.enqueue_many(tasks, [spec], hooks=hooks))[0]
 
-    def enqueue_sync(self, tasks: Mapping[str, Task[Any, Any]], spec: JobSpec) -> EnqueueResult:
-        return self.enqueue_many_sync(tasks, [spec])[0]
+    def enqueue_sync(
+        self, tasks: Mapping[str, Task[Any, Any]], spec: JobSpec, *, hooks: Hooks | None = None
+    ) -> EnqueueResult:
+        return self.enqueue_many_sync(tasks, [spec], hooks=hooks)[0]
 
     async def enqueue_many(
-        self, tasks: Mapping[str, Task[Any, Any]], specs: Sequence[JobSpec]
+        self,
+        tasks: Mapping[str, Task[Any, Any]],
+        specs: Sequence[JobSpec],
+        *,
+        hooks: Hooks | None = None,
     ) -> list[EnqueueResult]:
         """Write every (checked) job of the batch, then run the new ones in order."""
         results = self._add_all(tasks, specs)
         for result in results:
             if not result.duplicate:
-                await self._run(tasks, result.id)
+                await self._run(tasks, result.id, hooks)
         return results
 
     def enqueue_many_sync(
-        self, tasks: Mapping[str, Task[Any, Any]], specs: Sequence[JobSpec]
+        self,
+        tasks: Mapping[str, Task[Any, Any]],
+        specs: Sequence[JobSpec],
+        *,
+        hooks: Hooks | None = None,
     ) -> list[EnqueueResult]:
         results = self._add_all(tasks, specs)
         for result in results:
             if not result.duplicate:
-                self._run_sync(tasks, result.id)
+                self._run_sync(tasks, result.id, hooks)
         return results
 
     def _add_all(
@@ -362,25 +378,39 @@ class InlineJobs:
 
     # --- running ---------------------------------------------------------------------
 
-    async def _run(self, tasks: Mapping[str, Task[Any, Any]], job_id: int) -> None:
+    async def _run(
+        self, tasks: Mapping[str, Task[Any, Any]], job_id: int, hooks: Hooks | None = None
+    ) -> None:
         while (attempt := self._start(tasks, job_id)) is not None:
+            scope = _RunScope(hooks, attempt)
             try:
                 value = await _call_async(attempt)
                 self._succeeded(attempt.job, encode_result(value))
+                scope.run.outcome = "succeeded"
             except Snooze as snooze:
                 self._snoozed(attempt.job, snooze.after)
+                scope.run.outcome = "snoozed"
             except Exception as exc:
-                self._failed(attempt, exc)
+                self._failed(attempt, exc, scope)
+            finally:
+                scope.close()
 
-    def _run_sync(self, tasks: Mapping[str, Task[Any, Any]], job_id: int) -> None:
+    def _run_sync(
+        self, tasks: Mapping[str, Task[Any, Any]], job_id: int, hooks: Hooks | None = None
+    ) -> None:
         while (attempt := self._start(tasks, job_id)) is not None:
+            scope = _RunScope(hooks, attempt)
             try:
                 value = _call_sync(attempt)
                 self._succeeded(attempt.job, encode_result(value))
+                scope.run.outcome = "succeeded"
             except Snooze as snooze:
                 self._snoozed(attempt.job, snooze.after)
+                scope.run.outcome = "snoozed"
             except Exception as exc:
-                self._failed(attempt, exc)
+                self._failed(attempt, exc, scope)
+            finally:
+                scope.close()
 
     def _start(self, tasks: Mapping[str, Task[Any, Any]], job_id: int) -> _Attempt | None:
         """The job's next attempt, marked running; None once it is no longer queued."""
@@ -436,7 +466,7 @@ class InlineJobs:
             )
         _log.info("job_snoozed", job_id=job.id, task=job.task, after=after)
 
-    def _failed(self, attempt: _Attempt, exc: Exception) -> None:
+    def _failed(self, attempt: _Attempt, exc: Exception, scope: _RunScope) -> None:
         job = attempt.job
         entry = json.loads(error_entry(job.attempts, exc))
         entry["at"] = datetime.now(UTC).isoformat()
@@ -455,6 +485,44 @@ class InlineJobs:
             _log.info("job_retry_now", job_id=job.id, task=job.task, error=message)
         else:
             _log.info("job_failed", job_id=job.id, task=job.task, error=message)
+        retry_in = 0.0 if again else None  # inline mode retries at once
+        scope.run.outcome = "retrying" if again else "failed"
+        scope.run.error, scope.run.retry_in = exc, retry_in
+        if scope.hooks is not None and scope.hooks.failure_hooks:
+            scope.hooks.failed(FailedJob.of(scope.run.job, retry_in), exc)
+
+
+class _RunScope:
+    """The instrumentations' context around one inline attempt (pgqueue.hooks), entered
+    and left in the attempt's own context, so that what they make current is what the
+    task sees."""
+
+    def __init__(self, hooks: Hooks | None, attempt: _Attempt) -> None:
+        self.hooks = hooks
+        job = attempt.job
+        claimed = ClaimedJob(
+            job.id,
+            job.queue,
+            job.task,
+            job.args,
+            job.priority,
+            job.attempts,
+            job.max_attempts,
+            job.timeout,
+            job.trace_context,
+        )
+        self._context = attempt.context
+        self._scope: Any = None
+        self.run: JobRun
+        if hooks is None:
+            self.run = JobRun(claimed)
+        else:
+            self._scope = hooks.run(claimed)
+            self.run = self._context.run(self._scope.__enter__)
+
+    def close(self) -> None:
+        if self._scope is not None:
+            self._context.run(self._scope.__exit__, None, None, None)
 
 
 class _Progress:

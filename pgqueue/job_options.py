@@ -17,7 +17,9 @@ test_job_definition.py`` then fails until every path carries it.
 from __future__ import annotations
 
 import functools
+import json
 import keyword
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -164,6 +166,84 @@ def _arg_name(value: Any) -> str:
             field="parent_results_arg",
         )
     return value
+
+
+# A W3C trace context carrier (https://www.w3.org/TR/trace-context/): traceparent is
+# version-traceid-parentid-flags in lowercase hex (version ff is invalid, an all-zero
+# trace or parent id too); tracestate is at most 32 list members, and a platform may cut
+# it at 512 characters, the bound kept here, of printable ASCII.
+TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
+TRACEPARENT_PATTERN = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+_TRACEPARENT = re.compile(TRACEPARENT_PATTERN)
+TRACESTATE_MAX = 512
+TRACESTATE_PATTERN = "^[ -~]*$"
+_TRACESTATE = re.compile("[\x20-\x7e]*")
+
+
+def traceparent_shaped(value: object) -> bool:
+    """Whether ``value`` has the shape of a W3C traceparent (what a job stores)."""
+    return isinstance(value, str) and _TRACEPARENT.fullmatch(value) is not None
+
+
+def valid_traceparent(value: object) -> bool:
+    """Whether ``value`` is a valid W3C traceparent: shaped so, not version ff, its
+    trace id and parent id not all zeros (what a request's header must be to be taken).
+    A job stores any shaped one (its JSON Schema says no more): a tracer ignores an
+    invalid one and starts a trace of its own."""
+    return (
+        traceparent_shaped(value)
+        and isinstance(value, str)
+        and not value.startswith("ff")
+        and value[3:35] != "0" * 32
+        and value[36:52] != "0" * 16
+    )
+
+
+def _trace_context(value: Any) -> str:
+    """A job's trace context: a W3C carrier, ``{"traceparent": ..., "tracestate": ...}``
+    (tracestate optional), stored as canonical JSON text (what the insert statements
+    take). Also takes that JSON text, the stored form a JobSpec holds, so that checking
+    a JobSpec again (check_spec) gives the same value."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidJobError(
+                "trace_context must be an object (or its JSON text)", field="trace_context"
+            ) from exc
+    if not isinstance(value, dict):
+        raise InvalidJobError(
+            f"trace_context must be a dict of traceparent and tracestate, got "
+            f"{type(value).__name__}",
+            field="trace_context",
+        )
+    unknown = sorted(map(str, value.keys() - set(TRACE_CONTEXT_KEYS)))
+    if unknown:
+        raise InvalidJobError(
+            f"trace_context takes only traceparent and tracestate, not {', '.join(unknown)}",
+            field="trace_context",
+        )
+    parent = value.get("traceparent")
+    if not traceparent_shaped(parent):
+        shown = repr(parent) if len(repr(parent)) <= 80 else f"{repr(parent)[:77]}..."
+        raise InvalidJobError(
+            f"trace_context's traceparent must be a W3C traceparent "
+            f"(<2 hex>-<32 hex>-<16 hex>-<2 hex>, lowercase), got {shown}",
+            field="trace_context",
+        )
+    state = value.get("tracestate")
+    if state is not None and (
+        not isinstance(state, str)
+        or len(state) > TRACESTATE_MAX
+        or _TRACESTATE.fullmatch(state) is None
+    ):
+        raise InvalidJobError(
+            f"trace_context's tracestate must be text of at most {TRACESTATE_MAX} printable "
+            "ASCII characters",
+            field="trace_context",
+        )
+    carrier = {"traceparent": parent} if not state else {"traceparent": parent, "tracestate": state}
+    return json.dumps(carrier, separators=(",", ":"))
 
 
 def _key_rules(max_length: int) -> dict[str, Any]:
@@ -361,6 +441,31 @@ JOB_OPTIONS: tuple[JobOption, ...] = (
         "is released: one parent's result, or a list of them in depends_on order; needs "
         "depends_on",
         schema={"minLength": 1, "maxLength": ARG_NAME_MAX, "pattern": ARG_NAME_PATTERN},
+    ),
+    JobOption(
+        name="trace_context",
+        accepts="Mapping[str, str] | str",
+        stored="str | None",
+        default=None,
+        check=_trace_context,
+        on_job="dict[str, str] | None",
+        description="the W3C trace context of the enqueue (traceparent, and tracestate if "
+        "any), so that the job's run joins the trace that enqueued it; set by an "
+        "instrumentation (pgqueue.contrib.opentelemetry), or over HTTP from the "
+        "traceparent and tracestate headers",
+        api_type="dict[str, str]",
+        schema={
+            "required": ["traceparent"],
+            "additionalProperties": False,
+            "properties": {
+                "traceparent": {"type": "string", "pattern": TRACEPARENT_PATTERN},
+                "tracestate": {
+                    "type": "string",
+                    "maxLength": TRACESTATE_MAX,
+                    "pattern": TRACESTATE_PATTERN,
+                },
+            },
+        },
     ),
 )
 OPTIONS_BY_NAME: dict[str, JobOption] = {option.name: option for option in JOB_OPTIONS}

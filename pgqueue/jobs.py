@@ -15,7 +15,7 @@ from pgqueue.job_options import OPTION_DEFAULTS
 from pgqueue.sql import statement_params
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from datetime import datetime, timedelta
 
     from pgqueue.job_options import OnParentFailure, SequenceOnFailure
@@ -48,6 +48,7 @@ class JobSpec(NamedTuple):
     depends_on: tuple[int, ...] | None = None
     on_parent_failure: OnParentFailure | None = None
     parent_results_arg: str | None = None
+    trace_context: str | None = None
     # END generated
 
     @property
@@ -148,6 +149,7 @@ class Job:
     depends_on: tuple[int, ...] | None = None
     on_parent_failure: OnParentFailure | None = None
     parent_results_arg: str | None = None
+    trace_context: dict[str, str] | None = None
     # END generated
 
 
@@ -163,6 +165,9 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     timeout: float | None = None  # this job's own; the task's applies when None
+    # The W3C carrier stored at enqueue (pgqueue.job_options), for an instrumentation to
+    # continue the enqueue's trace (pgqueue.hooks); None when the enqueue had none.
+    trace_context: dict[str, str] | None = None
 
 
 class JobOptions(TypedDict, total=False):
@@ -188,6 +193,7 @@ class JobOptions(TypedDict, total=False):
     depends_on: list[int] | tuple[int, ...] | None
     on_parent_failure: OnParentFailure | None
     parent_results_arg: str | None
+    trace_context: Mapping[str, str] | str | None
     # END generated
 
 

@@ -82,14 +82,20 @@ class QueueCalls(QueueCore):
     async def enqueue_spec(self, spec: JobSpec, *, conn: Any = None) -> EnqueueResult:
         """Enqueue a job built with ``task.job(...)`` or ``queue.build(...)``. In inline
         mode the job runs now, before this returns (``conn`` is not used)."""
-        spec = check_spec(spec)
-        if self._inline is not None:
-            return await self._inline_enqueue(spec)
-        return await self._call(
-            lambda ex: driver.enqueue(ex, spec),
-            conn,
-            idempotent=spec.idempotency_key is not None,
-        )
+        # Around the write: the Queue's instrumentations (pgqueue.hooks), which may give
+        # the job a trace context first.
+        with self.hooks.enqueue([check_spec(spec)], bulk=False) as call:
+            written = call.specs[0]
+            if self._inline is not None:
+                result = await self._inline_enqueue(written)
+            else:
+                result = await self._call(
+                    lambda ex: driver.enqueue(ex, written),
+                    conn,
+                    idempotent=written.idempotency_key is not None,
+                )
+            call.results = [result]
+        return result
 
     async def enqueue_many(
         self, jobs: Iterable[JobSpec], *, conn: Any = None
@@ -99,11 +105,18 @@ class QueueCalls(QueueCore):
         specs = check_specs(jobs)
         if not specs:
             return []
-        if self._inline is not None:
-            return await self._inline_enqueue_many(specs)
-        return await self._call(
-            lambda ex: driver.enqueue_many(ex, specs), conn, idempotent=all_keyed(specs)
-        )
+        with self.hooks.enqueue(specs, bulk=True) as call:
+            written = call.specs
+            if self._inline is not None:
+                results = await self._inline_enqueue_many(written)
+            else:
+                results = await self._call(
+                    lambda ex: driver.enqueue_many(ex, written),
+                    conn,
+                    idempotent=all_keyed(written),
+                )
+            call.results = results
+        return results
 
     async def enqueue_workflow(
         self, workflow: Workflow | Step, *, conn: Any = None

@@ -76,14 +76,18 @@ class QueueCallsSync(QueueCore):
     def enqueue_spec_sync(self, spec: JobSpec, *, conn: Any = None) -> EnqueueResult:
         """Enqueue a job built with ``task.job(...)`` or ``queue.build(...)``. In inline
         mode the job runs now, before this returns (``conn`` is not used)."""
-        spec = check_spec(spec)
-        if self._inline is not None:
-            return self._inline_enqueue_sync(spec)
-        return self._call_sync(
-            lambda ex: driver_sync.enqueue(ex, spec),
-            conn,
-            idempotent=spec.idempotency_key is not None,
-        )
+        with self.hooks.enqueue([check_spec(spec)], bulk=False) as call:
+            written = call.specs[0]
+            if self._inline is not None:
+                result = self._inline_enqueue_sync(written)
+            else:
+                result = self._call_sync(
+                    lambda ex: driver_sync.enqueue(ex, written),
+                    conn,
+                    idempotent=written.idempotency_key is not None,
+                )
+            call.results = [result]
+        return result
 
     def enqueue_many_sync(
         self, jobs: Iterable[JobSpec], *, conn: Any = None
@@ -93,11 +97,18 @@ class QueueCallsSync(QueueCore):
         specs = check_specs(jobs)
         if not specs:
             return []
-        if self._inline is not None:
-            return self._inline_enqueue_many_sync(specs)
-        return self._call_sync(
-            lambda ex: driver_sync.enqueue_many(ex, specs), conn, idempotent=all_keyed(specs)
-        )
+        with self.hooks.enqueue(specs, bulk=True) as call:
+            written = call.specs
+            if self._inline is not None:
+                results = self._inline_enqueue_many_sync(written)
+            else:
+                results = self._call_sync(
+                    lambda ex: driver_sync.enqueue_many(ex, written),
+                    conn,
+                    idempotent=all_keyed(written),
+                )
+            call.results = results
+        return results
 
     def enqueue_workflow_sync(
         self, workflow: Workflow | Step, *, conn: Any = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 from pgqueue.checks import validate_queue_name
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
 from pgqueue.errors import InlineModeError
+from pgqueue.hooks import Hooks
 from pgqueue.inline import InlineJobs
 from pgqueue.job_options import DEFAULT_QUEUE
 from pgqueue.pools import AsyncConnections, SyncConnections
@@ -63,6 +64,8 @@ class QueueCore:
         # Inline mode (pgqueue.inline): jobs run at enqueue and are kept here, in memory;
         # no database is ever used. None: the normal mode.
         self._inline: InlineJobs | None = InlineJobs() if inline else None
+        # Failure hooks and instrumentations (pgqueue.hooks): on_failure(), instrument().
+        self.hooks = Hooks()
 
     # --- configuration ---------------------------------------------------------------
 
@@ -148,16 +151,16 @@ class QueueCore:
     # --- inline mode (pgqueue.inline) -----------------------------------------------------
 
     async def _inline_enqueue(self, spec: JobSpec) -> EnqueueResult:
-        return await self.inline_jobs.enqueue(self.tasks, spec)
+        return await self.inline_jobs.enqueue(self.tasks, spec, hooks=self.hooks)
 
     def _inline_enqueue_sync(self, spec: JobSpec) -> EnqueueResult:
-        return self.inline_jobs.enqueue_sync(self.tasks, spec)
+        return self.inline_jobs.enqueue_sync(self.tasks, spec, hooks=self.hooks)
 
     async def _inline_enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
-        return await self.inline_jobs.enqueue_many(self.tasks, specs)
+        return await self.inline_jobs.enqueue_many(self.tasks, specs, hooks=self.hooks)
 
     def _inline_enqueue_many_sync(self, specs: Sequence[JobSpec]) -> list[EnqueueResult]:
-        return self.inline_jobs.enqueue_many_sync(self.tasks, specs)
+        return self.inline_jobs.enqueue_many_sync(self.tasks, specs, hooks=self.hooks)
 
     def _result_of(self, job: Job) -> Any:
         """A finished job's return value, or JobFailedError (in inline mode chained to

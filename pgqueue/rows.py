@@ -44,11 +44,30 @@ def job_from_row(row: Any) -> Job:
     )
 
 
+# Read by the statements that read whole jobs (get_job, list_jobs), but not (yet) by
+# every statement whose rows are jobs (get_workflow's): a row without it has none.
+_OPTIONAL_COLUMNS = ("trace_context",)
+_ALWAYS_KEPT = tuple(name for name in JOB_KEPT if name not in _OPTIONAL_COLUMNS)
+
+
 def _kept_options(row: Any) -> dict[str, Any]:
-    kept = {name: row[name] for name in JOB_KEPT}
+    kept = {name: row[name] for name in _ALWAYS_KEPT}
     if kept["depends_on"] is not None:  # an array comes back as a list
         kept["depends_on"] = tuple(kept["depends_on"])
+    kept["trace_context"] = _trace_context_column(row)
     return kept
+
+
+def trace_context_of(text: str | None) -> dict[str, str] | None:
+    """A ``trace_context`` column (JSON text) as the carrier dict; None for anything that
+    is not an object of strings (a row written from psql must not break a read, nor a
+    worker: a bad carrier is no trace context)."""
+    if text is None:
+        return None
+    value = decode_json(text)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        return None
+    return value
 
 
 def new_job(spec: JobSpec, row: Any) -> Job:
@@ -57,6 +76,7 @@ def new_job(spec: JobSpec, row: Any) -> Job:
     ``created_at``, ``run_at``)."""
     kept = {name: getattr(spec, name) for name in JOB_KEPT}
     kept["run_at"] = row["run_at"]
+    kept["trace_context"] = trace_context_of(spec.trace_context)
     return Job(
         id=row["id"],
         task=spec.task,
@@ -87,7 +107,18 @@ def claimed_from_row(row: Any) -> ClaimedJob:
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
         timeout=row["timeout"],
+        trace_context=_trace_context_column(row),
     )
+
+
+def _trace_context_column(row: Any) -> dict[str, str] | None:
+    # A statement that does not return the column (claim_jobs_limited and get_workflow,
+    # until they do) gives no trace context rather than failing.
+    try:
+        text = row["trace_context"]
+    except KeyError:
+        return None
+    return trace_context_of(text)
 
 
 _QUEUE_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(QueueStats))

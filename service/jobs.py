@@ -16,7 +16,13 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 
 from pgqueue.checks import validate_job_id, validate_queue_name, validate_task_name
 from pgqueue.errors import InvalidJobError, JobNotFoundError
-from pgqueue.job_options import OPTIONS_BY_NAME, QUEUE_NAME_RULES, TASK_NAME_RULES
+from pgqueue.job_options import (
+    OPTIONS_BY_NAME,
+    QUEUE_NAME_RULES,
+    TASK_NAME_RULES,
+    TRACESTATE_MAX,
+    valid_traceparent,
+)
 from pgqueue.limits import JOB_ID_MAX
 from pgqueue.states import TERMINAL_STATES, JobState
 
@@ -40,6 +46,8 @@ from .schemas import (
 from .state import RECHECK_SECONDS, service_state
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pgqueue.jobs import Job, JobSpec
 
     from .state import ServiceState
@@ -89,8 +97,32 @@ async def check_json_types(request: Request[Any, Any, Any], struct: type[msgspec
         raise nested_too_deeply() from exc
 
 
-def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = None) -> JobSpec:
-    """The job a request asks for, checked (InvalidJobError -> 422, too big -> 413)."""
+def trace_context_of(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The W3C trace context of a request (its ``traceparent`` and ``tracestate``
+    headers), for the jobs it enqueues: the caller's trace goes on in the job's run,
+    whatever language the caller is written in. As the W3C recommendation has it, an
+    invalid traceparent is ignored (not refused), and so is a tracestate pgqueue would
+    not store (over TRACESTATE_MAX characters, or not printable ASCII)."""
+    parent = headers.get("traceparent")
+    if parent is None or not valid_traceparent(parent):
+        return None
+    carrier = {"traceparent": parent}
+    state = headers.get("tracestate")
+    if state and len(state) <= TRACESTATE_MAX and state.isascii() and state.isprintable():
+        carrier["tracestate"] = state
+    return carrier
+
+
+def build_spec(
+    service: ServiceState,
+    item: JobIn,
+    *,
+    header_key: str | None = None,
+    trace_context: dict[str, str] | None = None,
+) -> JobSpec:
+    """The job a request asks for, checked (InvalidJobError -> 422, too big -> 413). The
+    request's ``trace_context`` (:func:`trace_context_of`) goes with the job when the body
+    gives none."""
     limit = service.settings.max_args_bytes
     size = len(msgspec.json.encode(item.args))
     if size > limit:
@@ -119,6 +151,8 @@ def build_spec(service: ServiceState, item: JobIn, *, header_key: str | None = N
     options = item.options()
     if key is not None:
         options["idempotency_key"] = key
+    if trace_context is not None and "trace_context" not in options:
+        options["trace_context"] = trace_context
     try:
         return service.queue.build(item.task, item.args, **options)
     except InvalidJobError as exc:
@@ -178,10 +212,17 @@ class JobsController(Controller):
         the Idempotency-Key header) that a job already holds: 200 with that job when the
         request is the same, 409 when it differs. 200 too with the job that holds the
         unique key (unique_for_seconds: the window's first job, as it stands;
-        debounce_seconds: the pending job, which took this request's args)."""
+        debounce_seconds: the pending job, which took this request's args). The W3C
+        traceparent and tracestate headers are the job's trace_context when the body
+        gives none: its run joins the caller's trace."""
         service = service_state(request)
         await check_json_types(request, JobIn)
-        spec = build_spec(service, data, header_key=idempotency_key)
+        spec = build_spec(
+            service,
+            data,
+            header_key=idempotency_key,
+            trace_context=trace_context_of(request.headers),
+        )
         async with service.connection() as conn:
             # One round trip for a new job; a duplicate's holder is read back.
             result = await service.admin.enqueue_job(spec, conn=conn)
@@ -212,7 +253,9 @@ class JobsController(Controller):
     async def enqueue_batch(
         self, request: Request[Any, Any, Any], data: JSONBody[BatchIn]
     ) -> EnqueuedBatch:
-        """All the jobs in one transaction, or none: a bad item is a 4xx naming it."""
+        """All the jobs in one transaction, or none: a bad item is a 4xx naming it. The
+        W3C traceparent and tracestate headers go with every job whose body gives no
+        trace_context, as for one job."""
         service = service_state(request)
         await check_json_types(request, BatchIn)
         if not data.jobs:
@@ -225,9 +268,10 @@ class JobsController(Controller):
                 field="jobs",
             )
         specs = []
+        trace_context = trace_context_of(request.headers)
         for index, item in enumerate(data.jobs):
             try:
-                specs.append(build_spec(service, item))
+                specs.append(build_spec(service, item, trace_context=trace_context))
             except InvalidJobError as exc:
                 raise InvalidJobError(
                     f"jobs[{index}]: {exc}", field=exc.field, index=index

@@ -116,6 +116,7 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True):
         Annotated[Literal["cancel", "run"], option_meta("on_parent_failure")] | None
     ) = None
     parent_results_arg: Annotated[str, option_meta("parent_results_arg")] | None = None
+    trace_context: Annotated[dict[str, str], option_meta("trace_context")] | None = None
     # END generated
 
     def options(self) -> dict[str, Any]:
@@ -159,6 +160,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     depends_on: list[int] | None
     on_parent_failure: Literal["cancel", "run"] | None
     parent_results_arg: str | None
+    trace_context: dict[str, str] | None
     # END generated
 
     @classmethod

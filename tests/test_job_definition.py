@@ -47,6 +47,10 @@ SAMPLES: dict[str, Any] = {
     "depends_on": (1,),
     "on_parent_failure": "run",
     "parent_results_arg": "definition_results",
+    "trace_context": {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "definition=1",
+    },
 }
 # delay excludes run_at: it is checked on its own (what it sets is run_at).
 DELAY = 3600.0
@@ -60,6 +64,13 @@ MODES = (
     {"sequence_key", "sequence_on_failure"},
     {"depends_on", "on_parent_failure", "parent_results_arg"},
 )
+# Options the statements of some modes do not write yet: trace_context is written by the
+# plain, idempotent and bulk statements (queries.sql) but not yet by those of
+# uniqueness.sql, sequences.sql and workflows.sql (a job of those modes runs outside the
+# enqueue's trace until they do). Empty this once they do.
+NOT_YET_CARRIED: dict[str, tuple[set[str], ...]] = {
+    "trace_context": MODES[1:],
+}
 # What each option is called in the API where it is not called the same (the public
 # names, pinned here).
 API_NAMES = {
@@ -115,14 +126,15 @@ def test_each_insert_names_as_many_fields_as_it_has_parameters(statement):
 def test_a_job_picks_the_statement_of_its_mode_and_passes_it_its_fields():
     spec = JobSpec("t", "{}", "q", 5, 2, None, 1.5, "key", 30.0, "tenant")
     assert spec.enqueue_statement == "enqueue_idempotent"
-    assert spec.insert_params() == ("q", "t", "{}", 5, 2, None, 1.5, 30.0, "tenant", "key")
+    assert spec.insert_params() == ("q", "t", "{}", 5, 2, None, 1.5, 30.0, "tenant", "key", None)
     sequenced = spec._replace(idempotency_key=None, sequence_key="s")
     params = dict(
         zip(statement_params("enqueue_sequenced"), sequenced.insert_params(), strict=True)
     )
     # Every field but a dependant's, which a job of a sequence cannot be.
     dependants = {"depends_on", "on_parent_failure", "parent_results_arg"}
-    assert params == {k: v for k, v in sequenced._asdict().items() if k not in dependants}
+    left = dependants | {"trace_context"}  # see NOT_YET_CARRIED
+    assert params == {k: v for k, v in sequenced._asdict().items() if k not in left}
     dependent = spec._replace(idempotency_key=None, depends_on=(7, 8), on_parent_failure="run")
     assert dependent.enqueue_statement == "enqueue_dependent"
     params = dict(
@@ -204,7 +216,12 @@ def variants() -> list[dict[str, Any]]:
     """Every option in at least one variant: each mode with run_at, and with delay."""
     out = []
     for mode in MODES:
-        options = {k: v for k, v in SAMPLES.items() if k in mode or k not in set().union(*MODES)}
+        options = {
+            k: v
+            for k, v in SAMPLES.items()
+            if k in mode
+            or (k not in set().union(*MODES) and mode not in NOT_YET_CARRIED.get(k, ()))
+        }
         without_run_at = {k: v for k, v in options.items() if k != "run_at"}
         out += [options, {**without_run_at, "delay": DELAY}]
     return out

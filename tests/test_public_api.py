@@ -8,6 +8,7 @@ def test_all_is_pinned():
         "Admin",
         "DatabaseUnavailableError",
         "EnqueueResult",
+        "FailedJob",
         "IdempotencyConflictError",
         "InlineModeError",
         "InvalidJobError",

@@ -4,25 +4,26 @@
 -- drivers' different jsonb codecs never matter.
 
 -- name: enqueue
--- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, trace_context
 -- One job, no idempotency key: a plain INSERT, as cheap as the table allows. Also
 -- returns the two values the database decides (created_at, run_at), so that the new
 -- job can be described without reading it back.
-INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key)
+INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key,
+                          trace_context)
 VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
-        make_interval(secs => $8::float8), $9)
+        make_interval(secs => $8::float8), $9, $10::jsonb)
 RETURNING id, false AS duplicate, created_at, run_at;
 
 -- name: enqueue_idempotent
--- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, trace_context
 -- One job with a key. The unique index decides; a conflict returns the holder. When the
 -- holder was committed after this statement's snapshot was taken, the second branch
 -- sees nothing and the caller runs the statement again (a new snapshot sees it).
 WITH inserted AS (
     INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key,
-                              idempotency_key)
+                              idempotency_key, trace_context)
     VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
-            make_interval(secs => $8::float8), $9, $10)
+            make_interval(secs => $8::float8), $9, $10, $11::jsonb)
     ON CONFLICT (idempotency_key)
         WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
         DO NOTHING
@@ -42,27 +43,30 @@ WHERE j.idempotency_key = $10
 SELECT array_agg(nextval('pgqueue.jobs_id_seq')) FROM generate_series(1, $1::integer);
 
 -- name: enqueue_many
--- params: ids, queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key
+-- params: ids, queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, trace_context
 -- Many jobs in one statement; rows whose key is held are skipped and not returned.
 INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout, concurrency_key,
-                          idempotency_key)
+                          idempotency_key, trace_context)
 SELECT u.id, u.queue, u.task, u.args::jsonb, u.priority, u.max_attempts,
        COALESCE(u.run_at, now() + make_interval(secs => u.delay)),
-       make_interval(secs => u.timeout), u.concurrency_key, u.idempotency_key
+       make_interval(secs => u.timeout), u.concurrency_key, u.idempotency_key,
+       u.trace_context::jsonb
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::integer[],
-            $7::timestamptz[], $8::float8[], $9::float8[], $10::text[], $11::text[])
+            $7::timestamptz[], $8::float8[], $9::float8[], $10::text[], $11::text[], $12::text[])
      AS u(id, queue, task, args, priority, max_attempts, run_at, delay, timeout, concurrency_key,
-          idempotency_key)
+          idempotency_key, trace_context)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded')
     DO NOTHING
 RETURNING id;
 
 -- name: copy_jobs
--- params: id, task, args_json, queue, priority, max_attempts
+-- params: id, task, args_json, queue, priority, max_attempts, trace_context
 -- The bulk fast path, for batches with no keys, run_at, delay or timeout (ids from reserve_ids;
 -- every other column takes its default). COPY fires the statement trigger like INSERT.
-COPY pgqueue.jobs (id, task, args, queue, priority, max_attempts) FROM STDIN;
+-- trace_context goes too: an instrumented bulk enqueue gives every job the same one, and
+-- must keep this path.
+COPY pgqueue.jobs (id, task, args, queue, priority, max_attempts, trace_context) FROM STDIN;
 
 -- name: find_by_idempotency_keys
 SELECT idempotency_key, id
@@ -103,12 +107,15 @@ WITH candidates AS (
     -- An array, not a join: a generic plan cannot know how few candidates there are,
     -- and would hash the whole table to join them.
     WHERE j.id = ANY (ARRAY(SELECT c.id FROM candidates c))
+    -- trace_context: read from the row the UPDATE has in hand anyway (NULL, and so
+    -- nothing to send, for a job enqueued without one).
     RETURNING j.id, j.queue, j.task, j.args::text AS args, j.priority, j.attempts AS attempt,
-              j.max_attempts, EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout
+              j.max_attempts, EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout,
+              j.trace_context::text AS trace_context
 )
 SELECT * FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = ANY ($1::text[]));
 
 -- name: seconds_until_next_job
@@ -311,7 +318,7 @@ SELECT id, queue, task, args::text AS args, state::text AS state, priority, atte
        CASE WHEN parents_waiting IS NOT NULL THEN
            (SELECT array_agg(d.parent_id ORDER BY d.position)
             FROM pgqueue.job_dependencies d WHERE d.job_id = jobs.id) END AS depends_on,
-       on_parent_failure, parent_results_arg
+       on_parent_failure, parent_results_arg, trace_context::text AS trace_context
 FROM pgqueue.jobs
 WHERE id = $1;
 
@@ -346,7 +353,7 @@ SELECT id, queue, task, args::text AS args, state::text AS state, priority, atte
        CASE WHEN parents_waiting IS NOT NULL THEN
            (SELECT array_agg(d.parent_id ORDER BY d.position)
             FROM pgqueue.job_dependencies d WHERE d.job_id = jobs.id) END AS depends_on,
-       on_parent_failure, parent_results_arg
+       on_parent_failure, parent_results_arg, trace_context::text AS trace_context
 FROM pgqueue.jobs
 WHERE ($1::bigint IS NULL OR id < $1)
   AND ($2::text IS NULL OR queue = $2)

@@ -1703,3 +1703,12 @@ SELECT w.id AS workflow_id,
 FROM pgqueue.workflows w
 LEFT JOIN pgqueue.jobs j ON j.workflow_id = w.id
 GROUP BY w.id;
+
+-- == Trace context (migration 0017) ==
+-- The W3C trace context of the enqueue, so that a job's run joins the trace that enqueued
+-- it (pgqueue.hooks, pgqueue.contrib.opentelemetry). Nullable and without a default: the
+-- column costs nothing on a job without one, and adding it rewrites no row.
+ALTER TABLE pgqueue.jobs ADD COLUMN trace_context jsonb;
+
+COMMENT ON COLUMN pgqueue.jobs.trace_context IS
+    'The W3C trace context of the enqueue ({"traceparent": ..., "tracestate": ...}); NULL: none.';

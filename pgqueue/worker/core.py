@@ -59,6 +59,9 @@ DEFAULT_BATCH_SIZE = 100
 # Plain functions running at once, in the thread pool: threads are not free, and a busy
 # thread holds the GIL that the event loop needs.
 DEFAULT_THREADS = 10
+# How long a stopping worker waits for async failure hooks still running (a report
+# being sent): bounded, so that a hung reporter never holds a shutdown.
+HOOKS_GRACE_SECONDS = 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -230,6 +233,8 @@ class Worker:
             # queue at once, their attempt uncounted. The running ones get the grace.
             await started.claimer.release(started.jobs.withdraw_unstarted())
             await started.jobs.drain(self.grace_period)
+            # Async failure hooks still reporting (pgqueue.hooks): a few seconds to end.
+            await self.app.hooks.wait_failure_hooks(HOOKS_GRACE_SECONDS)
             self.abandoned_threads = await started.close(log, self.grace_period)
             log.info("worker_stopped", **dataclasses.asdict(self.stats), **started.counters())
         return self.stats
@@ -277,6 +282,7 @@ class _Started:
             stats=worker.stats,
             worker_id=worker_id,
             on_outcome_lost=hand_back.outcome_lost,
+            hooks=worker.app.hooks,
         )
         self.listener = Listener(
             worker.dsn,

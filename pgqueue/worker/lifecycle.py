@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pgqueue.context import RunningJob
-from pgqueue.errors import PermanentError, Snooze
+from pgqueue.errors import JobTimeoutError, PermanentError, Snooze
+from pgqueue.hooks import FailedJob
 from pgqueue.retry import RetryPolicy, retry_in
 from pgqueue.worker.outcome import CommitOutcomeUnknownError, OwnershipLostError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from pgqueue.hooks import Hooks, JobRun
     from pgqueue.jobs import ClaimedJob
     from pgqueue.tasks import Task
     from pgqueue.worker.completer import Completer
@@ -73,6 +75,7 @@ class Jobs:
         stats: WorkerStats,
         worker_id: Callable[[], str],
         on_outcome_lost: Callable[[], None],
+        hooks: Hooks,
     ) -> None:
         self._tasks = tasks
         self._runner = runner
@@ -81,6 +84,8 @@ class Jobs:
         self._stats = stats
         self._worker_id = worker_id
         self._on_outcome_lost = on_outcome_lost
+        # The Queue's failure hooks and instrumentations (pgqueue.hooks).
+        self._hooks = hooks
         # Resolved once, when the worker starts (structlog is configured by then): the
         # lazy proxy get_logger returns would resolve it again on every job's line.
         self._log = structlog.get_logger("pgqueue.worker").bind()
@@ -160,6 +165,18 @@ class Jobs:
     # --- one job -----------------------------------------------------------------------
 
     async def _execute(self, job: ClaimedJob) -> None:
+        # The instrumentations' context is entered here, in the job's own asyncio task:
+        # what they make current (a span) is current for the task's code, in its thread
+        # too (execution.py runs it in a copy of this context).
+        try:
+            with self._hooks.run(job) as run:
+                await self._attempt(job, run)
+        finally:
+            del self.running[job.id]
+            self._contexts.pop(job.id, None)
+            self.slot_freed.set()
+
+    async def _attempt(self, job: ClaimedJob, run: JobRun) -> None:
         task = self._tasks.get(job.task)
         started = time.perf_counter()
         # One info line per job: its outcome. The start is for debugging. A success logs
@@ -169,26 +186,30 @@ class Jobs:
         )
         try:
             ran = await self._call(task, job)
-        except asyncio.CancelledError:
-            if not self._after_cancellation(self._job_log(job), task, job):
+        except asyncio.CancelledError as exc:
+            if not self._after_cancellation(self._job_log(job), task, job, run, exc):
                 raise
         except Snooze as snooze:
+            run.outcome = "snoozed"
             self._completer.snoozed(job.id, job.attempt, snooze.after)
             self._stats.snoozed += 1
             self._job_log(job).info("job_snoozed", after=snooze.after)
         except OwnershipLostError:
+            run.outcome = "abandoned"
             # Rescued or cancelled while it ran: its transaction was rolled back.
             self._job_log(job).warning(
                 "job_abandoned", reason="no longer this worker's job at commit"
             )
         except CommitOutcomeUnknownError as exc:
+            run.outcome, run.error = "abandoned", exc
             # Committed or not, we cannot tell: if the job is still ours in the
             # database it goes back to the queue before the next claim.
             self._job_log(job).warning("job_outcome_unknown", error=str(exc))
             self._on_outcome_lost()
         except Exception as exc:
-            self._record_failure(self._job_log(job), task, job, exc)
+            self._record_failure(self._job_log(job), task, job, exc, run)
         else:
+            run.outcome = "succeeded"
             if not ran.committed:
                 self._completer.succeeded(job.id, job.attempt, ran.result_json)
             self._stats.succeeded += 1
@@ -200,29 +221,35 @@ class Jobs:
                 attempt=job.attempt,
                 duration_ms=round((time.perf_counter() - started) * 1e3, 3),
             )
-        finally:
-            del self.running[job.id]
-            self._contexts.pop(job.id, None)
-            self.slot_freed.set()
 
     def _job_log(self, job: ClaimedJob) -> Any:
         return self._log.bind(job_id=job.id, queue=job.queue, task=job.task, attempt=job.attempt)
 
-    def _after_cancellation(self, log: Any, task: Task[Any, Any] | None, job: ClaimedJob) -> bool:
+    def _after_cancellation(
+        self,
+        log: Any,
+        task: Task[Any, Any] | None,
+        job: ClaimedJob,
+        run: JobRun,
+        exc: asyncio.CancelledError,
+    ) -> bool:
         """Account for a job whose run was cancelled; False if the cancellation was not
         ours (the worker's own task is being cancelled) and must go on up."""
         if job.id in self._withdrawn:
+            run.outcome = "withdrawn"
             self._withdrawn.discard(job.id)
         elif job.id in self._cancelled:
+            run.outcome, run.error = "cancelled", exc
             self._cancelled.discard(job.id)
             log.info("job_cancelled")
         elif job.id in self._lost:
+            run.outcome = "abandoned"
             self._lost.discard(job.id)
             log.warning("job_abandoned", reason="this worker was declared dead")
         elif self.interrupting:
             self._stats.interrupted += 1
             self._record_failure(
-                log, task, job, _Interrupted("worker stopped before the job finished")
+                log, task, job, _Interrupted("worker stopped before the job finished"), run
             )
         else:
             return False
@@ -251,6 +278,7 @@ class Jobs:
         task: Task[Any, Any] | None,
         job: ClaimedJob,
         exc: BaseException,
+        run: JobRun,
     ) -> None:
         permanent = isinstance(exc, PermanentError)
         if isinstance(exc, _Interrupted):
@@ -267,3 +295,11 @@ class Jobs:
         else:
             self._stats.retried += 1
             log.warning("job_retry_scheduled", error=message, retry_in=round(wait, 3))
+        run.error, run.retry_in = exc, wait
+        if isinstance(exc, JobTimeoutError):
+            run.outcome = "timed_out"
+        else:
+            run.outcome = "failed" if wait is None else "retrying"
+        # After the outcome is handed to the completer: a hook never delays it.
+        if self._hooks.failure_hooks:
+            self._hooks.failed(FailedJob.of(job, wait), exc)
