@@ -56,7 +56,38 @@ async def test_schemathesis_finds_no_failure_in_any_check(dsn, tmp_path):
                 await process.wait()
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-30_000:]
-    assert "No issues found" in text, text[-5_000:]
+    assert "No issues found" in text or only_expected_warnings(text), text[-5_000:]
+
+
+# Operations whose success depends on the job's state, which generated requests cannot set
+# up: a retry is for failed or cancelled jobs, and the jobs a run creates are queued, so
+# most retries are rightly refused with 409. schemathesis then warns of a low rate of
+# accepted requests (how low depends on the seed and on every other operation's share
+# of the run); its per-operation warning settings do not reach that warning (4.32).
+STATE_DEPENDENT = ("POST /v1/jobs/{job_id}/retry",)
+
+
+def only_expected_warnings(text: str) -> bool:
+    """Whether the run's only warnings are low valid-input rates of STATE_DEPENDENT
+    operations, each refused by conflicts (409), never by validation (4xx of the
+    description's making)."""
+    if "WARNINGS" not in text:
+        return False
+    section = text.split("WARNINGS", 1)[1].split("SUMMARY", 1)[0]
+    items = [line.strip() for line in section.splitlines() if line.strip().startswith("- ")]
+    headings = [
+        line.strip()
+        for line in section.splitlines()
+        if line.strip() and not line.strip().startswith(("- ", "\N{ELECTRIC LIGHT BULB}", "="))
+    ]
+    return (
+        bool(items)
+        and all(h.startswith("Low valid-input rate") for h in headings)
+        and all(
+            any(item.startswith(f"- {op} ") for op in STATE_DEPENDENT) and "conflicts)" in item
+            for item in items
+        )
+    )
 
 
 def test_the_description_states_the_servers_rules():
@@ -102,3 +133,22 @@ async def test_options_lists_every_method_the_description_gives(dsn):
             allowed = {m.strip().lower() for m in response.headers["allow"].split(",")}
             template = path.replace("/1", "/{job_id}")
             assert allowed - {"options"} == set(described[template]), path
+
+
+def test_only_a_state_dependent_low_valid_rate_is_excused():
+    def run(item: str, heading: str = "Low valid-input rate: 1 operation accepted few") -> str:
+        return (
+            "=== WARNINGS ===\n\n"
+            f"{heading}\n\n  {item}\n\n"
+            "\N{ELECTRIC LIGHT BULB} Most requests collided with existing resources\n\n"
+            "=== SUMMARY ===\n"
+        )
+
+    retry = "- POST /v1/jobs/{job_id}/retry (fuzzing): 9% accepted (2/22, 18 conflicts)"
+    assert only_expected_warnings(run(retry))
+    other = "- POST /v1/jobs (fuzzing): 9% accepted (2/22, 18 conflicts)"
+    assert not only_expected_warnings(run(other))
+    invalid = "- POST /v1/jobs/{job_id}/retry (fuzzing): 9% accepted (2/22, 20 invalid)"
+    assert not only_expected_warnings(run(invalid))
+    assert not only_expected_warnings(run(retry, heading="Schema validation mismatch: 1 op"))
+    assert not only_expected_warnings("No warnings here")
