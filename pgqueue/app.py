@@ -74,6 +74,11 @@ class Queue(FlowDeclarations, QueueCalls, QueueCallsSync):
     wait for a free connection when all ``pool_size`` are busy (``PoolTimeoutError``).
     Each connection attempt gives up after the connect timeout (5 s, see
     :mod:`pgqueue.connect`), and each failed try is logged (``queue_call_retrying``).
+
+    ``pooler=True``: the DSN leads to a transaction pooler (PgBouncer's ``pool_mode =
+    transaction``): no prepared statements on it, and LISTEN (wake-ups, waits for
+    results) on ``listen_dsn``, a direct DSN to the same database, or, without one,
+    polling; the same as ``PGQUEUE_POOLER=1`` and ``PGQUEUE_LISTEN_DSN`` for this DSN.
     """
 
     @overload

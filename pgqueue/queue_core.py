@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from pgqueue.checks import validate_queue_name
+from pgqueue.connect import declare_pooler
 from pgqueue.embedded import EmbeddedServer, resolve_dsn
 from pgqueue.errors import InlineModeError
 from pgqueue.hooks import Hooks
@@ -40,10 +41,20 @@ class QueueCore:
         pool_size: int = 10,
         pool_timeout: float = 10.0,
         inline: bool = False,
+        pooler: bool = False,
+        listen_dsn: str | None = None,
     ) -> None:
         validate_queue_name(default_queue)
         if not pool_timeout > 0:
             raise ValueError("pool_timeout must be positive")
+        if listen_dsn is not None and not pooler:
+            raise ValueError("listen_dsn is the direct DSN beside a pooler: give pooler=True too")
+        # Behind a transaction pooler (PgBouncer): no prepared statements on this DSN, and
+        # LISTEN on listen_dsn (see pgqueue.connect.declare_pooler).
+        self._pooler = pooler
+        self._listen_dsn = listen_dsn
+        if pooler and dsn is not None:
+            declare_pooler(dsn, listen_dsn=listen_dsn)
         self.default_queue = default_queue
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._dsn_arg = dsn
@@ -109,6 +120,8 @@ class QueueCore:
                 self._resolved_dsn, self._embedded = resolve_dsn(
                     self._dsn_arg, data_dir=self._data_dir
                 )
+                if self._pooler:  # the DSN came from PGQUEUE_DSN
+                    declare_pooler(self._resolved_dsn, listen_dsn=self._listen_dsn)
             return self._resolved_dsn
 
     def build(

@@ -149,6 +149,25 @@ def test_declare_pooler_concerns_that_dsn_only(monkeypatch):
     assert connect.listen_dsn(direct) == direct
 
 
+def test_a_queue_declares_its_own_dsn_a_pooler(monkeypatch):
+    monkeypatch.delenv(connect.POOLER_ENV, raising=False)
+    monkeypatch.delenv(connect.LISTEN_DSN_ENV, raising=False)
+    monkeypatch.setattr(connect, "_declared", {})
+    pooled_dsn, direct = "postgresql://u@bouncer:6432/app", "postgresql://u@db/app"
+    pgqueue.Queue(pooled_dsn, pooler=True, listen_dsn=direct)
+    assert connect.behind_pooler(pooled_dsn)
+    assert connect.listen_dsn(pooled_dsn) == direct
+    with pytest.raises(ValueError, match="pooler=True"):
+        pgqueue.Queue(direct, listen_dsn=direct)
+    # From PGQUEUE_DSN: declared once the Queue resolves it.
+    monkeypatch.setenv("PGQUEUE_DSN", "postgresql://u@bouncer:6432/other")
+    queue = pgqueue.Queue(pooler=True)
+    assert not connect.behind_pooler("postgresql://u@bouncer:6432/other")
+    assert queue.dsn == "postgresql://u@bouncer:6432/other"
+    assert connect.behind_pooler(queue.dsn)
+    assert connect.listen_dsn(queue.dsn) is None
+
+
 # --- through a real pgbouncer ----------------------------------------------------------
 
 
@@ -203,6 +222,19 @@ def test_enqueues_through_pgbouncer(bouncer, dsn, pooled):
     assert count_jobs(dsn, "t.rolled_back") == 0
     # More clients than server connections: transactions really changed connections.
     assert server_connections(dsn) <= POOL_SIZE
+
+
+def test_queue_pooler_true_enqueues_through_pgbouncer(bouncer, dsn, monkeypatch):
+    """Queue(dsn, pooler=True), no environment: concurrent sync enqueues on rotating
+    server connections (without it, psycopg's prepared statements break them)."""
+    monkeypatch.delenv(connect.POOLER_ENV, raising=False)
+    monkeypatch.delenv(connect.LISTEN_DSN_ENV, raising=False)
+    queue = pgqueue.Queue(through(bouncer, dsn), pooler=True)
+    try:
+        in_threads(8, lambda i: [queue.enqueue_sync("t.declared", {"i": i}) for _ in range(40)])
+    finally:
+        queue.close_sync()
+    assert count_jobs(dsn, "t.declared") == 320
 
 
 def test_a_worker_and_a_producer_through_pgbouncer_lose_nothing(bouncer, dsn, pooled, monkeypatch):
