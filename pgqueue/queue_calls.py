@@ -127,9 +127,13 @@ class QueueCalls(QueueCore):
         whose task is registered here must take their ``parent_results_arg``. In inline
         mode the jobs run now, parents first."""
         plan = as_workflow(workflow).plan(self.tasks)
-        if self._inline is not None:
-            return await self._inline.enqueue_workflow(self.tasks, plan)
-        return await self._call(lambda ex: driver.enqueue_workflow(ex, plan), conn)
+        # One bulk enqueue to the instrumentations: every job of the workflow may take
+        # the enqueue's trace context (a job's own one stays).
+        with self.hooks.enqueue(plan.specs, bulk=True) as call:
+            traced = plan.with_specs(call.specs)
+            if self._inline is not None:
+                return await self._inline.enqueue_workflow(self.tasks, traced)
+            return await self._call(lambda ex: driver.enqueue_workflow(ex, traced), conn)
 
     # --- operations ---------------------------------------------------------------------
 

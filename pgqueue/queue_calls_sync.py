@@ -119,9 +119,11 @@ class QueueCallsSync(QueueCore):
         whose task is registered here must take their ``parent_results_arg``. In inline
         mode the jobs run now, parents first."""
         plan = as_workflow(workflow).plan(self.tasks)
-        if self._inline is not None:
-            return self._inline.enqueue_workflow_sync(self.tasks, plan)
-        return self._call_sync(lambda ex: driver_sync.enqueue_workflow(ex, plan), conn)
+        with self.hooks.enqueue(plan.specs, bulk=True) as call:
+            traced = plan.with_specs(call.specs)
+            if self._inline is not None:
+                return self._inline.enqueue_workflow_sync(self.tasks, traced)
+            return self._call_sync(lambda ex: driver_sync.enqueue_workflow(ex, traced), conn)
 
     def cancel_sync(self, job_id: int, *, conn: Any = None) -> JobState:
         """Cancel a queued or running job (a running one's worker is told at once);

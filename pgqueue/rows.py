@@ -44,17 +44,13 @@ def job_from_row(row: Any) -> Job:
     )
 
 
-# Read by the statements that read whole jobs (get_job, list_jobs), but not (yet) by
-# every statement whose rows are jobs (get_workflow's): a row without it has none.
-_OPTIONAL_COLUMNS = ("trace_context",)
-_ALWAYS_KEPT = tuple(name for name in JOB_KEPT if name not in _OPTIONAL_COLUMNS)
-
-
 def _kept_options(row: Any) -> dict[str, Any]:
-    kept = {name: row[name] for name in _ALWAYS_KEPT}
+    # Every statement whose rows are jobs returns every kept column: one left out fails
+    # here rather than reading as None.
+    kept = {name: row[name] for name in JOB_KEPT}
     if kept["depends_on"] is not None:  # an array comes back as a list
         kept["depends_on"] = tuple(kept["depends_on"])
-    kept["trace_context"] = _trace_context_column(row)
+    kept["trace_context"] = trace_context_of(kept["trace_context"])
     return kept
 
 
@@ -107,18 +103,8 @@ def claimed_from_row(row: Any) -> ClaimedJob:
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
         timeout=row["timeout"],
-        trace_context=_trace_context_column(row),
+        trace_context=trace_context_of(row["trace_context"]),
     )
-
-
-def _trace_context_column(row: Any) -> dict[str, str] | None:
-    # A statement that does not return the column (claim_jobs_limited and get_workflow,
-    # until they do) gives no trace context rather than failing.
-    try:
-        text = row["trace_context"]
-    except KeyError:
-        return None
-    return trace_context_of(text)
 
 
 _QUEUE_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(QueueStats))

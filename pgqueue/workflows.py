@@ -327,7 +327,15 @@ class WorkflowPlan:
             edge_jobs,
             local,
             outside,
+            [s.trace_context for s in specs],
         )
+
+    def with_specs(self, specs: Sequence[JobSpec]) -> WorkflowPlan:
+        """This plan with its jobs replaced, one for one and in the same order (the jobs
+        an instrumentation gave a trace context: pgqueue.hooks.EnqueueCall.specs)."""
+        if len(specs) != len(self.specs):
+            raise ValueError(f"a plan of {len(self.specs)} jobs takes as many, not {len(specs)}")
+        return dataclasses.replace(self, specs=list(specs))
 
     def enqueued(self, rows: Sequence[Any]) -> EnqueuedWorkflow:
         """What ``enqueue_workflow`` returned (one row per job, in input order)."""

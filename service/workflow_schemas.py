@@ -20,7 +20,8 @@ REF_RULES = {"minLength": 1, "maxLength": REF_MAX, "pattern": "^[^\\u0000]*$"}
 
 
 # What a job of a workflow cannot take: its parents are the refs in ``after``, and a key
-# that returned another job would swap the job its dependants wait for.
+# that returned another job would swap the job its dependants wait for. (Its
+# trace_context it takes, and keeps: pgqueue.enqueue_dependants writes it, migration 0018.)
 NOT_IN_WORKFLOWS = frozenset(
     {
         "depends_on",
@@ -29,6 +30,7 @@ NOT_IN_WORKFLOWS = frozenset(
         "unique_for_seconds",
         "debounce_seconds",
         "sequence_key",
+        "sequence_on_failure",  # without a sequence_key, which workflows do not take
     }
 )
 

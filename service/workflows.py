@@ -12,7 +12,7 @@ from pgqueue.errors import InvalidJobError, JobNotFoundError
 from pgqueue.workflows import Workflow
 
 from .auth import requires
-from .jobs import build_spec, check_json_types, parse_job_id
+from .jobs import build_spec, check_json_types, parse_job_id, trace_context_of
 from .problems import ProblemError, problem_responses
 from .schemas import id_schema
 from .state import service_state
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 WorkflowIdPath = Annotated[str, PathParameter(schema_extra=id_schema("the workflow's id"))]
 
 
-def build_workflow(service: ServiceState, data: WorkflowIn) -> Workflow:
+def build_workflow(
+    service: ServiceState, data: WorkflowIn, trace_context: dict[str, str] | None = None
+) -> Workflow:
     """The workflow a request asks for, every job checked as ``POST /v1/jobs`` checks one
     (a 4xx naming the item), its ``after`` refs resolved to jobs listed before it."""
     if len(data.jobs) > service.settings.max_batch_jobs:
@@ -62,7 +64,7 @@ def build_workflow(service: ServiceState, data: WorkflowIn) -> Workflow:
                     index=index,
                 )
         try:
-            spec = build_spec(service, job_in(item.job))
+            spec = build_spec(service, job_in(item.job), trace_context=trace_context)
         except InvalidJobError as exc:
             raise InvalidJobError(f"{where}: {exc}", field=exc.field, index=index) from exc
         except ProblemError as exc:
@@ -93,7 +95,7 @@ class WorkflowsController(Controller):
         its parents' results."""
         service = service_state(request)
         await check_json_types(request, WorkflowIn)
-        workflow = build_workflow(service, data)
+        workflow = build_workflow(service, data, trace_context_of(request.headers))
         async with service.connection() as conn:
             status = await service.admin.enqueue_workflow(workflow, conn=conn)
         # The admin call gives the jobs in the order they were added: the n-th listed.

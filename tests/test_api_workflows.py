@@ -85,6 +85,64 @@ async def test_a_diamond_is_written_at_once_and_read_back(client, dsn):
     assert counts(dsn) == (4, 4, 1)
 
 
+def stored_trace_contexts(dsn: str, ids: list[int]) -> list[object]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT trace_context FROM pgqueue.jobs WHERE id = ANY (%s) ORDER BY id", (ids,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_a_workflows_jobs_keep_the_trace_context_they_are_given(client, dsn):
+    # A workflow's job takes trace_context like any job (it is no key: nothing refuses
+    # it), and it is stored, read back with the workflow and with the job.
+    traced = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "vendor=1"}
+    plain = {"traceparent": f"00-{'c' * 32}-{'d' * 16}-00"}
+    body = {
+        "jobs": [
+            {"ref": "first", "job": {"task": "wf.first", "trace_context": traced}},
+            {"ref": "second", "job": {"task": "wf.second", "trace_context": plain}},
+            {"ref": "last", "job": {"task": "wf.last"}, "after": ["first", "second"]},
+        ]
+    }
+    posted = await client.post("/v1/workflows", json=body)
+    assert posted.status_code == 202, posted.text
+    ids = posted.json()["jobs"]
+    got = await client.get(posted.headers["location"])
+    assert got.status_code == 200, got.text
+    by_id = {job["id"]: job["trace_context"] for job in got.json()["jobs"]}
+    assert by_id == {ids["first"]: traced, ids["second"]: plain, ids["last"]: None}
+    one = await client.get(f"/v1/jobs/{ids['first']}")
+    assert one.json()["trace_context"] == traced
+    assert stored_trace_contexts(dsn, [ids["first"], ids["second"], ids["last"]]) == [
+        traced,
+        plain,
+        None,
+    ]
+
+
+async def test_a_workflow_over_http_joins_the_callers_trace(client, dsn):
+    # The W3C headers, as for POST /v1/jobs: every job without a trace_context of its
+    # own takes the request's.
+    header = f"00-{'e' * 32}-{'f' * 16}-01"
+    own = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"}
+    body = {
+        "jobs": [
+            {"ref": "a", "job": {"task": "wf.a"}},
+            {"ref": "b", "job": {"task": "wf.b", "trace_context": own}, "after": ["a"]},
+        ]
+    }
+    posted = await client.post(
+        "/v1/workflows", json=body, headers={"traceparent": header, "tracestate": "k=v"}
+    )
+    assert posted.status_code == 202, posted.text
+    ids = posted.json()["jobs"]
+    assert stored_trace_contexts(dsn, [ids["a"], ids["b"]]) == [
+        {"traceparent": header, "tracestate": "k=v"},
+        own,
+    ]
+
+
 @pytest.mark.parametrize(
     ("jobs", "status", "field", "index"),
     [

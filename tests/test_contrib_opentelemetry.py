@@ -2,7 +2,9 @@
 the SDK's in-memory exporter: an enqueue's PRODUCER span and its job's CONSUMER run span
 share a trace (the run the enqueue's child, through the trace context stored with the
 job), with the messaging attributes; failures are recorded; a bulk enqueue is one span;
-a job enqueued over HTTP with a traceparent header runs in the caller's trace."""
+a job enqueued over HTTP with a traceparent header runs in the caller's trace; so does a
+job of every mode (unique, debounced: the last enqueue's trace, sequenced, dependent, of
+a workflow, of a limited queue)."""
 
 from __future__ import annotations
 
@@ -261,3 +263,154 @@ async def test_the_tracing_example_puts_request_enqueue_run_and_task_in_one_trac
     for parent, child in itertools.pairwise(chain):
         assert spans[child].parent is not None
         assert spans[child].parent.span_id == spans[parent].context.span_id
+
+
+# --- every way of enqueueing carries the context ----------------------------------------
+
+
+def run_of(exporter: InMemorySpanExporter, job_id: int) -> ReadableSpan:
+    """The one run span of the job ``job_id``."""
+    (run,) = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.kind is SpanKind.CONSUMER
+        and (s.attributes or {})["messaging.message.id"] == str(job_id)
+    ]
+    return run
+
+
+def sends_of(exporter: InMemorySpanExporter, job_id: int) -> list[ReadableSpan]:
+    """The enqueue spans that wrote or returned the job ``job_id``, oldest first."""
+    return sorted(
+        (
+            s
+            for s in exporter.get_finished_spans()
+            if s.kind is SpanKind.PRODUCER
+            and (s.attributes or {}).get("messaging.message.id") == str(job_id)
+        ),
+        key=lambda s: s.start_time or 0,
+    )
+
+
+def assert_child_of(run: ReadableSpan, parent: ReadableSpan) -> None:
+    assert run.context.trace_id == parent.context.trace_id
+    assert run.parent is not None
+    assert run.parent.span_id == parent.context.span_id
+
+
+async def test_unique_debounced_sequenced_and_dependent_jobs_run_in_their_enqueues_trace(
+    queue, provider, exporter
+):
+    instrument(queue, tracer_provider=provider)
+
+    @queue.task(name="otel.keyed", queue="keyed")
+    async def keyed(n: int) -> int:
+        return n
+
+    unique = keyed.with_options(unique_for=3600, unique_key="otel-unique")
+    first = await unique.enqueue(n=1)
+    held = await unique.enqueue(n=2)  # inside the window: the first job, as it was
+    assert (held.id, held.duplicate) == (first.id, True)
+    # Each enqueue of a pending debounced job gives it its args, and its trace context.
+    debounced = keyed.with_options(debounce=0.05, unique_key="otel-debounce")
+    edits = [await debounced.enqueue(n=10 + n) for n in range(3)]
+    assert {e.id for e in edits} == {edits[0].id}
+    # The second of a sequence is written blocked, and queued by trigger once the first
+    # ends: it runs in its own enqueue's trace all the same.
+    sequenced = keyed.with_options(sequence_key="otel-sequence")
+    ahead, behind = await sequenced.enqueue(n=20), await sequenced.enqueue(n=21)
+    dependent = await keyed.with_options(depends_on=[ahead.id]).enqueue(n=30)
+
+    async with running_worker(queue, queues=["keyed"], poll_interval=0.2):
+        for job_id in (first.id, edits[0].id, ahead.id, behind.id, dependent.id):
+            assert (await wait_for_job(queue, job_id)).state is JobState.SUCCEEDED
+
+    first_send, held_send = sends_of(exporter, first.id)
+    assert (held_send.attributes or {})["pgqueue.duplicate"] is True
+    assert_child_of(run_of(exporter, first.id), first_send)
+    edit_sends = sends_of(exporter, edits[0].id)
+    assert len(edit_sends) == 3
+    debounced_run = run_of(exporter, edits[0].id)
+    assert (debounced_run.attributes or {})["pgqueue.attempt"] == 1
+    assert_child_of(debounced_run, edit_sends[-1])  # the last enqueue's trace
+    job = await queue.get_job(edits[0].id)
+    assert job is not None
+    assert (job.args, job.trace_context) == (
+        {"n": 12},
+        {"traceparent": traceparent_of(edit_sends[-1])},
+    )
+    for result in (ahead, behind, dependent):
+        (send,) = sends_of(exporter, result.id)
+        assert_child_of(run_of(exporter, result.id), send)
+
+
+async def test_jobs_of_a_limited_queue_run_in_their_enqueues_trace(queue, provider, exporter):
+    # One at a time: the first claim is claim_jobs_limited, the next ones the refills
+    # made with the previous job's outcome (complete_and_claim_limited).
+    instrument(queue, tracer_provider=provider)
+    queue.limit("otel.limited", concurrency=1)
+
+    @queue.task(name="otel.limited", queue="otel.limited")
+    async def limited(n: int) -> int:
+        return n
+
+    results = [await limited.enqueue(n=n) for n in range(4)]
+    async with running_worker(queue, queues=["otel.limited"], concurrency=2, poll_interval=0.2):
+        for result in results:
+            assert (await wait_for_job(queue, result.id)).result is not None
+    for result in results:
+        (send,) = sends_of(exporter, result.id)
+        assert_child_of(run_of(exporter, result.id), send)
+
+
+async def test_a_workflows_jobs_run_in_the_trace_of_the_context_they_were_given(
+    queue, provider, exporter
+):
+    # enqueue_dependants writes each job's trace context (a workflow, and a job enqueued
+    # with depends_on): here the caller's own, given with each job.
+    instrument(queue, tracer_provider=provider)
+
+    @queue.task(name="otel.step", queue="steps")
+    async def step(n: int) -> int:
+        return n
+
+    with provider.get_tracer("test").start_as_current_span("request"):
+        pass
+    (request,) = spans_named(exporter, "request")
+    carrier = {"traceparent": traceparent_of(request), "tracestate": "caller=1"}
+    traced = step.with_options(trace_context=carrier)
+    done = await queue.enqueue_workflow(
+        pgqueue.chain(traced.job(n=1), pgqueue.group(traced.job(n=2), traced.job(n=3)))
+    )
+    async with running_worker(queue, queues=["steps"], poll_interval=0.2):
+        for job_id in done.job_ids:
+            assert (await wait_for_job(queue, job_id)).state is JobState.SUCCEEDED
+    for job_id in done.job_ids:
+        assert_child_of(run_of(exporter, job_id), request)
+    status = await queue.get_workflow(done.id)  # get_workflow reads it back
+    assert status is not None
+    assert [job.trace_context for job in status.jobs] == [carrier] * 3
+
+
+async def test_a_workflow_enqueued_in_a_span_runs_every_job_in_that_trace(
+    queue, provider, exporter
+):
+    instrument(queue, tracer_provider=provider)
+
+    @queue.task(name="otel.node", queue="nodes")
+    async def node(n: int) -> int:
+        return n
+
+    with provider.get_tracer("test").start_as_current_span("request"):
+        done = await queue.enqueue_workflow(
+            pgqueue.chord(pgqueue.group(node.job(n=1), node.job(n=2)), node.job(n=3))
+        )
+    async with running_worker(queue, queues=["nodes"], poll_interval=0.2):
+        for job_id in done.job_ids:
+            await wait_for_job(queue, job_id)
+    (send,) = spans_named(exporter, "send otel.node")
+    assert (send.attributes or {})["messaging.batch.message_count"] == 3
+    (request,) = spans_named(exporter, "request")
+    assert_child_of(send, request)
+    for job_id in done.job_ids:
+        assert_child_of(run_of(exporter, job_id), send)

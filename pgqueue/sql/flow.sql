@@ -41,7 +41,7 @@ ORDER BY queue, concurrency_key NULLS FIRST;
 -- marker row (id NULL) while any of the queues is limited; without one the worker goes
 -- back to claim_jobs, whose plan is cheaper.
 SELECT id, queue, task, args::text AS args, priority, attempts AS attempt, max_attempts,
-       EXTRACT(EPOCH FROM timeout)::float8 AS timeout
+       EXTRACT(EPOCH FROM timeout)::float8 AS timeout, trace_context::text AS trace_context
 FROM pgqueue.claim_jobs_limited($1::text[], $2::integer, $3::uuid, $4::integer);
 
 -- name: complete_and_claim_limited
@@ -65,7 +65,8 @@ WITH done AS (
     FROM done
 )
 SELECT c.id, c.queue, c.task, c.args::text AS args, c.priority, c.attempts AS attempt,
-       c.max_attempts, EXTRACT(EPOCH FROM c.timeout)::float8 AS timeout
+       c.max_attempts, EXTRACT(EPOCH FROM c.timeout)::float8 AS timeout,
+       c.trace_context::text AS trace_context
 FROM told
 CROSS JOIN LATERAL pgqueue.claim_jobs_limited(
     $4::text[], $5::integer + 0 * told.n::integer, $6::uuid, $7::integer) AS c;

@@ -19,7 +19,7 @@ SELECT w.id AS waited_id, j.id, j.queue, j.task, j.args::text AS args,
        CASE WHEN j.parents_waiting IS NOT NULL THEN
            (SELECT array_agg(d.parent_id ORDER BY d.position)
             FROM pgqueue.job_dependencies d WHERE d.job_id = j.id) END AS depends_on,
-       j.on_parent_failure, j.parent_results_arg
+       j.on_parent_failure, j.parent_results_arg, j.trace_context::text AS trace_context
 FROM unnest($1::bigint[]) AS w(id)
 LEFT JOIN pgqueue.jobs AS j ON j.id = w.id
 WHERE j.id IS NULL OR j.state IN ('succeeded', 'failed', 'cancelled');

@@ -1565,7 +1565,9 @@ CREATE TRIGGER jobs_dependency_deleted
 -- has_dependants' write) and read: one that has ended counts as such at once (a
 -- dependant of succeeded jobs is queued, of a failed or cancelled one cancelled or run
 -- per its on_parent_failure); an id that names no job raises foreign_key_violation and
--- nothing is written. Returns each job's id and state, in input order.
+-- nothing is written. Returns each job's id and state, in input order. p_trace_contexts
+-- (migration 0018): the jobs' trace contexts as JSON text, last and NULL by default so
+-- that a caller of the 16 arguments before it (code older than 0018) still works.
 CREATE FUNCTION pgqueue.enqueue_dependants(
     workflow_name text,
     new_workflow boolean,
@@ -1582,7 +1584,8 @@ CREATE FUNCTION pgqueue.enqueue_dependants(
     p_parent_results_args text[],
     edge_jobs integer[],
     edge_local_parents integer[],
-    edge_parent_ids bigint[]
+    edge_parent_ids bigint[],
+    p_trace_contexts text[] DEFAULT NULL
 ) RETURNS TABLE (out_workflow_id bigint, out_id bigint, out_state text,
                  out_created_at timestamptz, out_run_at timestamptz)
 LANGUAGE plpgsql AS $$
@@ -1635,18 +1638,21 @@ BEGIN
     )
     INSERT INTO pgqueue.jobs (id, queue, task, args, priority, max_attempts, run_at, timeout,
                               concurrency_key, workflow_id, parents_waiting, on_parent_failure,
-                              parent_results_arg, has_dependants, state)
+                              parent_results_arg, has_dependants, trace_context, state)
     SELECT ids[u.i], u.queue, u.task, u.args::jsonb, u.priority, u.max_attempts,
            COALESCE(u.run_at, now() + make_interval(secs => u.delay)),
            make_interval(secs => u.timeout), u.concurrency_key, wf, w.waiting,
            CASE WHEN w.job_id IS NOT NULL THEN COALESCE(u.on_parent_failure, 'cancel') END,
            CASE WHEN w.job_id IS NOT NULL THEN u.parent_results_arg END,
-           p.local_parent IS NOT NULL,
+           p.local_parent IS NOT NULL, u.trace_context::jsonb,
            (CASE WHEN w.job_id IS NULL THEN 'queued' ELSE 'blocked' END)::pgqueue.job_state
+    -- A NULL p_trace_contexts (an older caller's) is padded with NULLs as a short array is.
     FROM unnest(p_queues, p_tasks, p_args, p_priorities, p_max_attempts, p_run_ats, p_delays,
-                p_timeouts, p_concurrency_keys, p_on_parent_failures, p_parent_results_args)
+                p_timeouts, p_concurrency_keys, p_on_parent_failures, p_parent_results_args,
+                p_trace_contexts)
          WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, run_at, delay, timeout,
-                              concurrency_key, on_parent_failure, parent_results_arg, i)
+                              concurrency_key, on_parent_failure, parent_results_arg,
+                              trace_context, i)
     LEFT JOIN waits w ON w.job_id = ids[u.i]
     LEFT JOIN parents p ON p.local_parent = u.i;
     IF found_states IS NOT NULL

@@ -5,7 +5,7 @@
 -- params line ($10-$13, the other keys, are always NULL here).
 
 -- name: enqueue_sequenced
--- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, unique_key, unique_for, debounce, sequence_key, sequence_on_failure
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, idempotency_key, unique_key, unique_for, debounce, sequence_key, sequence_on_failure, trace_context
 -- The sequence's row counts its unfinished jobs. ON CONFLICT DO UPDATE counts on the
 -- row as last committed (it waits for a concurrent enqueue or finish to commit, then
 -- locks the row until this transaction ends), never on this statement's snapshot: the
@@ -20,11 +20,11 @@ WITH counted AS (
 )
 INSERT INTO pgqueue.jobs (queue, task, args, priority, max_attempts, run_at, timeout,
                           concurrency_key, idempotency_key, unique_key, unique_for, debounce,
-                          sequence_key, sequence_on_failure, state)
+                          sequence_key, sequence_on_failure, trace_context, state)
 SELECT $1, $2, $3::jsonb, $4, $5,
        COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)),
        make_interval(secs => $8::float8), $9, $10, $11, make_interval(secs => $12::float8),
-       make_interval(secs => $13::float8), $14, $15,
+       make_interval(secs => $13::float8), $14, $15, $16::jsonb,
        (CASE WHEN c.unfinished = 1 THEN 'queued' ELSE 'blocked' END)::pgqueue.job_state
 FROM counted c
 RETURNING id, false AS duplicate, created_at, run_at, state::text AS state;

@@ -5,7 +5,7 @@
 -- caller's transaction without a savepoint of its own.
 
 -- name: enqueue_dependent
--- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, depends_on, on_parent_failure, parent_results_arg
+-- params: queue, task, args_json, priority, max_attempts, run_at, delay, timeout, concurrency_key, depends_on, on_parent_failure, parent_results_arg, trace_context
 -- One job and its parents ($10, existing jobs). Its state is that of the job as
 -- written: blocked, or queued (or cancelled) when its parents had all ended already.
 SELECT out_id AS id, false AS duplicate, out_created_at AS created_at, out_run_at AS run_at,
@@ -16,17 +16,18 @@ FROM pgqueue.enqueue_dependants(
     ARRAY[$9::text], ARRAY[$11::text], ARRAY[$12::text],
     array_fill(1, ARRAY[cardinality($10::bigint[])]),
     array_fill(NULL::integer, ARRAY[cardinality($10::bigint[])]),
-    $10::bigint[]);
+    $10::bigint[], ARRAY[$13::text]);
 
 -- name: enqueue_workflow
--- A whole workflow: its name ($1), its jobs' fields as arrays in input order ($2-$12),
--- its edges ($13 the waiting job's 1-based index, $14 a parent's index in the batch or
--- $15 an existing job's id). One row per job, in input order.
+-- A whole workflow: its name ($1), its jobs' fields as arrays in input order ($2-$12,
+-- and $16 their trace contexts), its edges ($13 the waiting job's 1-based index, $14 a
+-- parent's index in the batch or $15 an existing job's id). One row per job, in input
+-- order.
 SELECT out_workflow_id AS workflow_id, out_id AS id, out_state AS state
 FROM pgqueue.enqueue_dependants(
     $1::text, true, $2::text[], $3::text[], $4::text[], $5::smallint[], $6::integer[],
     $7::timestamptz[], $8::float8[], $9::float8[], $10::text[], $11::text[], $12::text[],
-    $13::integer[], $14::integer[], $15::bigint[]);
+    $13::integer[], $14::integer[], $15::bigint[], $16::text[]);
 
 -- name: get_workflow
 -- The workflow $1 and its jobs (the columns of get_job), by id; no row when there is no
@@ -43,7 +44,7 @@ SELECT w.id AS workflow_id, w.name AS workflow_name, w.created_at AS workflow_cr
        CASE WHEN j.parents_waiting IS NOT NULL THEN
            (SELECT array_agg(d.parent_id ORDER BY d.position)
             FROM pgqueue.job_dependencies d WHERE d.job_id = j.id) END AS depends_on,
-       j.on_parent_failure, j.parent_results_arg
+       j.on_parent_failure, j.parent_results_arg, j.trace_context::text AS trace_context
 FROM pgqueue.workflows w
 LEFT JOIN pgqueue.jobs j ON j.workflow_id = w.id
 WHERE w.id = $1
