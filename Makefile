@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-api soak soak-scale soak-horizon fuzz clean
+.PHONY: demo test lint bench bench-api soak soak-scale soak-horizon docker-test fuzz clean
 
 # The dashboard's browser test drives Debian's Chromium through Playwright (which must
 # never download a browser of its own): installed here when missing and apt-get is at
@@ -52,6 +52,12 @@ soak-scale: $(VENV)/.installed
 # p99, server CPU and dead tuples before, during and after (benchmarks/long_transaction.py).
 soak-horizon: $(VENV)/.installed
 	$(PY) -m benchmarks.long_transaction
+
+# The container image built and run for real (tests/test_docker_image.py): a Docker engine
+# of the test's own and, where no registry is reachable, a Debian stand-in for the official
+# base image. Needs root; skipped, saying why, elsewhere. Part of `make test` too.
+docker-test: $(VENV)/.installed
+	$(VENV)/bin/pytest -p no:cacheprovider -v tests/test_docker_files.py tests/test_docker_image.py
 
 # schemathesis against the live API for PGQUEUE_FUZZ_SECONDS (default 300), every check on
 # (scripts/fuzz_api.py; the test suite runs a bounded one).
