@@ -7,7 +7,8 @@ PYTHON ?= python3
 
 # The dashboard's browser test drives Debian's Chromium through Playwright (which must
 # never download a browser of its own): installed here when missing and apt-get is at
-# hand. Not fatal: without it, that one test is skipped and says why.
+# hand. Not fatal: without it, that one test is skipped and says why. The same for
+# Debian's faketime (libfaketime), which the clock-skew test of tests/test_hosts.py uses.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -18,6 +19,13 @@ $(VENV)/.installed: pyproject.toml
 		{ $$sudo apt-get update -qq && \
 		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "could not install chromium: the dashboard's browser test will be skipped"; \
+	fi
+	@if ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing faketime (apt-get) for the clock-skew test of several hosts"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		{ $$sudo apt-get update -qq && \
+		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; } \
+		|| echo "could not install faketime: the clock-skew test will be skipped"; \
 	fi
 	touch $@
 

@@ -10,20 +10,37 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 APPS = Path(__file__).parent / "apps"
 
 
 class WorkerProcess:
-    def __init__(self, app: str, dsn: str, *args: str, env: dict[str, str] | None = None):
+    """``python -m pgqueue worker APP --dsn DSN ARGS``, logging JSON to a file of its own.
+
+    ``prefix`` goes before the command: a program that sets something up and then execs
+    the rest (``ip netns exec NS``), so that :attr:`pid` is still the worker's own.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        dsn: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ):
         log_dir = Path(tempfile.gettempdir())
         self.log_path = log_dir / f"pgqueue-worker-{os.getpid()}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "pgqueue",
