@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import dockerkit
 import psycopg
 import pytest
+from pgcluster import Cluster
 
 from pgqueue.testing.servers import unique_db_name
 
@@ -62,16 +63,27 @@ def image(engine: dockerkit.Engine) -> str:
 @pytest.fixture
 def container_dsn(pg_server: PgServer) -> Iterator[tuple[str, list[str]]]:
     """A scratch database without a schema, its DSN as seen from a container on the host's
-    network, and the `docker run` options that make it reachable (a unix socket's
-    directory is mounted at the same path)."""
-    name = unique_db_name("pgqueue_docker")
-    dsn = pg_server.create_database(name)
-    host = psycopg.conninfo.conninfo_to_dict(dsn).get("host") or ""
-    mounts = [f"--volume={host}:{host}"] if str(host).startswith("/") else []
+    network, and the `docker run` options that make it reachable. A server reached by a
+    unix socket (the embedded one: its directory is its own user's alone, which the
+    image's user 10001 may not enter) gives way to a throwaway cluster of the same
+    binaries on a loopback TCP port."""
+    host = str(psycopg.conninfo.conninfo_to_dict(pg_server.admin_dsn).get("host") or "")
+    if not host.startswith("/"):
+        name = unique_db_name("pgqueue_docker")
+        dsn = pg_server.create_database(name)
+        try:
+            yield dsn, []
+        finally:
+            pg_server.drop_database(name)
+        return
+    cluster = Cluster(pg_server.bin_dir, port=free_port(), prefix="pgqueue-test-docker-pg-")
     try:
-        yield dsn, mounts
+        cluster.start()
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pgqueue_docker")
+        yield cluster.dsn("pgqueue_docker"), []
     finally:
-        pg_server.drop_database(name)
+        cluster.close()
 
 
 class Containers:
