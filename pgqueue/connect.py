@@ -30,6 +30,8 @@ import asyncpg
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from pgqueue.dberrors import refused_for_good
+
 __all__ = [
     "CONNECT_TIMEOUT",
     "LISTEN_DSN_ENV",
@@ -145,7 +147,20 @@ def asyncpg_connect_args(dsn: str) -> dict[str, Any]:
     return {"statement_cache_size": 0} if behind_pooler(dsn) else {}
 
 
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
 def _asyncpg_dsn(dsn: str) -> str:
+    # asyncpg reads URLs only: libpq's key=value form ("host=a,b port=5432,5433
+    # target_session_attrs=read-write", which psycopg reads) becomes a URL whose query
+    # holds the same parameters (asyncpg reads host, port, dbname, user, ... there too).
+    if "=" in dsn and not dsn.lstrip().lower().startswith(_URL_SCHEMES):
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:  # asyncpg will say what is wrong with it
+            return dsn
+        query = [(k, str(v)) for k, v in params.items() if k != _PARAM and v is not None]
+        return "postgresql://?" + urlencode(query, quote_via=quote)
     # asyncpg knows no connect_timeout parameter: it would send it to the server as a
     # setting, which refuses the connection. It becomes asyncpg's timeout argument.
     parts = urlsplit(dsn)
@@ -159,15 +174,57 @@ def _asyncpg_dsn(dsn: str) -> str:
 _ASYNCPG_DEFAULT_TIMEOUT = 60.0
 
 
+def _one_dsn_per_host(dsn: str) -> list[str]:
+    """A multi-host DSN (``postgresql://u@a:5432,b:5432/db``, ``host=a,b``) as one DSN
+    per host, in order; any other DSN as itself.
+
+    libpq tries the hosts in turn, each within the connect timeout. asyncpg's timeout
+    covers them all: a first host that never answers (the old primary's machine gone,
+    after a failover) would use it up, every time, and the next host, the new primary,
+    would never be tried. So pgqueue tries them in turn, as libpq does."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return [dsn]
+    hosts = str(params.get("host") or "").split(",")
+    if len(hosts) < 2 or params.get("hostaddr"):
+        return [dsn]
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    if len(ports) != len(hosts):  # asyncpg will say what is wrong with it
+        return [dsn]
+    one_each = []
+    for host, port in zip(hosts, ports, strict=True):
+        single = {**params, "host": host, "port": port}
+        query = [(k, str(v)) for k, v in single.items() if k != _PARAM and v not in (None, "")]
+        one_each.append("postgresql://?" + urlencode(query, quote_via=quote))
+    return one_each
+
+
 async def asyncpg_connect(dsn: str, **kwargs: Any) -> Any:
     """``asyncpg.connect`` with pgqueue's connect timeout; a timeout raises
     :class:`ConnectTimeoutError` (not a bare ``TimeoutError``, which a pool's
-    ``acquire(timeout=...)`` also raises, for a different reason)."""
+    ``acquire(timeout=...)`` also raises, for a different reason). The hosts of a
+    multi-host DSN are tried in turn, each within the timeout (see
+    :func:`_one_dsn_per_host`), until one connects; the last one's error is raised,
+    or at once a refusal for good (an unknown role or database, failed
+    authentication), as libpq does."""
     timeout = float(connect_timeout(dsn) or _ASYNCPG_DEFAULT_TIMEOUT)
+    options = {**asyncpg_connect_args(dsn), **kwargs}
+    *others, last = _one_dsn_per_host(dsn)
+    for target in others:
+        try:
+            return await _asyncpg_connect_once(target, timeout, options)
+        except Exception as exc:
+            if refused_for_good(exc):
+                raise
+    return await _asyncpg_connect_once(last, timeout, options)
+
+
+async def _asyncpg_connect_once(dsn: str, timeout: float, options: dict[str, Any]) -> Any:
     try:
-        return await asyncpg.connect(
-            _asyncpg_dsn(dsn), timeout=timeout, **{**asyncpg_connect_args(dsn), **kwargs}
-        )
+        return await asyncpg.connect(_asyncpg_dsn(dsn), timeout=timeout, **options)
     except TimeoutError as exc:
         raise ConnectTimeoutError(
             f"no answer from PostgreSQL within the connect timeout ({timeout:g} s)"

@@ -2,8 +2,9 @@
 /usr/lib/postgresql/<major>/bin, pg_config's, ...): initdb into a temporary directory,
 start and stop with that major's pg_ctl, and remove the directory at the end.
 
-Used by scripts/run_tests.py (the second server, when none answers) and by
-test_db_restart (a server of the session's major that it may restart at will). Only
+Used by scripts/run_tests.py (the second server, when none answers), by
+test_db_restart (a server of the session's major that it may restart at will) and by
+test_failover (a primary and its streaming standby, promoted at will). Only
 the postmaster this object started is ever stopped, through its own data directory.
 """
 
@@ -134,6 +135,10 @@ class Cluster:
     ``port`` None: the server listens on its unix socket only (in its directory);
     otherwise on that loopback TCP port as well. fsync is off (a crash of the machine
     is never tested, only of the server); ``settings`` add or override settings.
+
+    ``standby_of`` a running cluster (listening on TCP): instead of an initdb, a copy
+    of it by ``pg_basebackup -R`` (a streaming standby once started, through the
+    replication slot ``slot``, created on the primary), to be promoted at will.
     """
 
     def __init__(
@@ -143,6 +148,8 @@ class Cluster:
         port: int | None = None,
         prefix: str = "pgqueue-cluster-",
         settings: dict[str, str] | None = None,
+        standby_of: Cluster | None = None,
+        slot: str | None = None,
     ) -> None:
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
@@ -158,10 +165,13 @@ class Cluster:
                 os.chown(self.root, entry.pw_uid, entry.pw_gid)
                 # The unprivileged user must reach its socket and data directory.
                 self.root.chmod(0o755)
-            self._run(
-                "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--no-sync",
-            )  # fmt: skip
+            if standby_of is None:
+                self._run(
+                    "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+                    "--encoding=UTF8", "--no-sync",
+                )  # fmt: skip
+            else:
+                self._base_backup(standby_of, slot)
         except BaseException:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
@@ -183,6 +193,25 @@ class Cluster:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
             raise ClusterError(f"{tool} {args} failed: {exc.stderr!r}\n{tail}") from exc
+
+    def _base_backup(self, primary: Cluster, slot: str | None) -> None:
+        if not primary.port:
+            raise ClusterError("a standby streams over TCP: start its primary with a port")
+        if not (self.bin_dir / "pg_basebackup").is_file():
+            raise ClusterError(f"no pg_basebackup in {self.bin_dir}")
+        # The conninfo -R writes into the copy's primary_conninfo: the primary's
+        # loopback port (initdb's default pg_hba trusts replication from there).
+        conninfo = f"host=127.0.0.1 port={primary.port} user=postgres"
+        slot_args = ["--create-slot", f"--slot={slot}"] if slot else []
+        self._run(
+            "pg_basebackup", "-D", str(self.data_dir), "-d", conninfo, "-R",
+            "--checkpoint=fast", "--wal-method=stream", "--no-sync", *slot_args,
+        )  # fmt: skip
+
+    def promote(self) -> None:
+        """End a standby's recovery: it becomes a primary (``pg_ctl promote`` waits
+        until it accepts writes)."""
+        self.pg_ctl("promote")
 
     def pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", *args)
