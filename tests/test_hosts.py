@@ -8,14 +8,18 @@ fault_app's jobs (each run writes a ledger row timed by the database's clock).
   database's clock), nothing is lost, no job's effect exists twice or overlaps another
   run's, the cut-off worker's late commits are refused, and it rejoins under a new id
   and runs jobs again.
+- Self-fencing: plain (not transactional) async and process tasks, whose runs a
+  cut-off worker cannot withhold, each run recording on this machine when it started
+  and how long it went on: across a cut past the lease, no job runs twice at once,
+  since the cut-off worker gives its jobs up before the lease runs out.
 - Clock skew: workers whose wall clocks are an hour ahead and an hour behind (libfaketime,
   that process alone) keep their leases, rescue by the database's clock, run delayed jobs
   when the database says they are due and give a periodic schedule the ticks the
   database's clock says.
 
-Every job is transactional (its ledger row commits with its success): a cut-off worker's
-runs go on while it cannot hear the database, and only a transactional task's effects
-are withheld when they turn out stale (README, Several hosts). Needs root and
+In the first test every job is transactional (its ledger row commits with its success):
+a cut-off worker's late commits are refused. Plain tasks' effects cannot be withheld;
+they are kept apart by the worker fencing itself (README, Several hosts). Needs root and
 ``ip netns`` (and libfaketime for the skew), else skipped with the reason;
 PGQUEUE_TEST_HOSTS=require makes that a failure.
 """
@@ -69,11 +73,13 @@ class Site:
     def host_dsn(self, k: int) -> str:
         return self.cluster.tcp_dsn(self.hosts.db_address(k), DATABASE)
 
-    def spawn(self, k: int, *, env: dict[str, str] | None = None) -> WorkerProcess:
+    def spawn(
+        self, k: int, *, env: dict[str, str] | None = None, app: str = "fault_app:queue"
+    ) -> WorkerProcess:
         """A worker on host ``k``, reaching the database (and its ledger) over its link."""
         dsn = self.host_dsn(k)
         return WorkerProcess(
-            "fault_app:queue", dsn,
+            app, dsn,
             "--concurrency", CONCURRENCY, "--lease", str(LEASE), "--poll-interval", "0.5",
             "--log-level", "info",
             env={"LEDGER_DSN": dsn, **(env or {})},
@@ -173,10 +179,13 @@ def all_done(dsn: str) -> bool:
     return not one(dsn, "SELECT count(*) FROM pgqueue.jobs WHERE state IN ('queued', 'running')")
 
 
-def cut_past_the_lease(site: Site, k: int, worker: WorkerProcess, figures: Figures) -> str:
+def cut_past_the_lease(
+    site: Site, k: int, worker: WorkerProcess, figures: Figures, *, hold: float = 0.0
+) -> str:
     """Cut host ``k`` while its worker holds jobs, until another worker has rescued them
-    and taken them up; check the rescue came a lease after the host's last heartbeat
-    (by the database's clock), not sooner and not much later. The cut-off worker's id."""
+    and taken them up (and ``hold`` seconds more: the cut's length, not a wait);
+    check the rescue came a lease after the host's last heartbeat (by the database's
+    clock), not sooner and not much later. The cut-off worker's id."""
     dsn = site.dsn
     old_id = wait_for(
         f"host {k}'s worker running jobs", lambda: holding(dsn, worker.pid, 2), 30, dsn
@@ -224,6 +233,7 @@ def cut_past_the_lease(site: Site, k: int, worker: WorkerProcess, figures: Figur
             30,
             dsn,
         )
+        time.sleep(hold)
     finally:
         site.hosts.restore(k)
     longest = max(r[1] for r in rescues).total_seconds()
@@ -305,6 +315,117 @@ def test_host_cut_off_past_the_lease_loses_nothing_and_rejoins(site, capsys):
     with capsys.disabled():
         print("\n" + figures.report("a host cut off past the lease"))
     assert figures.rescues >= 1
+
+
+def fenced_runs_apart(ledger: Path) -> list[tuple[int, float]]:
+    """Each run's span (its first record to its last) from fence_app's ledger files,
+    by job; asserts no two runs of a job overlap. The overlaps' absence is the point;
+    returns, for the report, each job's runs as (job id, seconds run)."""
+    runs: dict[int, list[tuple[float, float, str]]] = {}
+    for path in ledger.iterdir():
+        stamps = [float(t) for t in path.read_text().split()]
+        if stamps:
+            job_id = int(path.name.split("-")[0])
+            runs.setdefault(job_id, []).append((stamps[0], stamps[-1], path.name))
+    overlaps = []
+    for spans in runs.values():
+        spans.sort()
+        ended, last = spans[0][1], spans[0][2]  # the run that ends latest so far
+        for start, end, name in spans[1:]:
+            if start < ended:
+                overlaps.append(f"{last} and {name} overlap by {ended - start:.2f} s")
+            if end > ended:
+                ended, last = end, name
+    assert overlaps == [], f"{len(overlaps)} jobs ran twice at once: {overlaps}"
+    return [(j, end - start) for j, spans in runs.items() for start, end, _ in spans]
+
+
+def holding_a_process_run(dsn: str, pid: int, ledger: Path) -> str | None:
+    """The id of worker process ``pid`` once it holds a running job of each kind, and a
+    process one has started (its pool's process is up)."""
+    worker_id = holding(dsn, pid, 2)
+    if worker_id is None:
+        return None
+    with psycopg.connect(dsn) as conn:
+        held = {
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM pgqueue.jobs WHERE state = 'running' AND worker_id = %s "
+                "AND task = 'fence.proc_nap'",
+                (worker_id,),
+            )
+        }
+    started = {int(p.name.split("-")[0]) for p in ledger.glob("*-process-*")}
+    return worker_id if held & started else None
+
+
+@pytest.mark.slow
+def test_a_host_cut_off_past_the_lease_never_runs_a_job_beside_its_rescuer(site, tmp_path, capsys):
+    """Plain async and process tasks, longer than the lease: the cut-off worker fences
+    itself (a lease minus a fifth after its last beat was sent, before any rescue), so
+    its runs end before the rescued jobs start elsewhere; it rejoins once back."""
+    dsn = site.dsn
+    ledger = tmp_path / "runs"
+    ledger.mkdir()
+    prepare(dsn, 0)
+    rng = random.Random(3)
+    queue = pgqueue.Queue(dsn)
+    jobs = 16
+    queue.enqueue_many_sync(
+        [
+            queue.build(
+                "fence.proc_nap" if n % 4 == 0 else "fence.nap",
+                {"pause": round(rng.uniform(LEASE * 4, LEASE * 5), 3)},
+                queue="fence",
+                max_attempts=20,
+            )
+            for n in range(jobs)
+        ]
+    )
+    queue.close_sync()
+    figures = Figures(jobs=jobs)
+    env = {"FENCE_LEDGER": str(ledger)}
+    # Host 1 first, to take its fill; the others then have room to take its jobs up as
+    # soon as they are rescued, while its own runs would still be going.
+    workers = [site.spawn(1, env=env, app="fence_app:queue")]
+    try:
+        victim = workers[0]
+        wait_for(
+            "host 1's worker running a process job",
+            lambda: holding_a_process_run(dsn, victim.pid, ledger),
+            30,
+            dsn,
+        )
+        workers += [site.spawn(k, env=env, app="fence_app:queue") for k in (2, 3)]
+        for worker in workers:
+            assert worker.wait_for_event("worker_started", timeout=30)
+        # The link stays down a lease after the rescued jobs started elsewhere: a
+        # worker that learnt of its fate only from the database would run them all
+        # along beside their new runs.
+        old_id = cut_past_the_lease(site, 1, victim, figures, hold=LEASE)
+        rejoined(site, victim, old_id, 1)
+        wait_for("every job finished", lambda: all_done(dsn), 90, dsn)
+        stop_all(workers)
+        events = victim.events()
+    finally:
+        for w in workers:
+            w.close()
+    assert one(dsn, "SELECT count(*) FROM pgqueue.jobs WHERE state = 'succeeded'") == jobs
+    runs = fenced_runs_apart(ledger)
+    fenced = [e for e in events if e.get("event") == "worker_fenced"]
+    assert len(fenced) == 1, fenced
+    assert fenced[0]["worker_id"] == old_id
+    # A lease minus the margin (a fifth) after the last beat was sent: before the
+    # rescue, which counts a whole lease from when the database took that beat.
+    assert LEASE * 0.8 <= fenced[0]["seconds_since_beat"] < LEASE, fenced
+    assert fenced[0]["running"] >= 2
+    given_up = [e for e in events if e.get("event") == "job_abandoned"]
+    assert given_up, "the cut-off worker gave up none of its jobs"
+    with capsys.disabled():
+        print(
+            f"\n{len(runs)} runs of {jobs} jobs, none beside another of its job; "
+            f"{len(given_up)} given up by the fenced worker; " + "; ".join(figures.notes)
+        )
 
 
 def _faketime_library() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -20,6 +21,7 @@ from pgqueue.executors import PsycopgExecutor
 from pgqueue.locks import RESCUE
 from pgqueue.sql import query
 from pgqueue.testing import running_worker, wait_for_job
+from pgqueue.worker.heartbeat import fence_in, fence_margin, must_fence
 
 
 def _job_row(dsn: str, job_id: int) -> tuple:
@@ -371,3 +373,94 @@ def test_a_worker_entry_with_a_nonsensical_lease_is_refused(dsn):
 def test_a_lease_the_database_cannot_record_is_refused_at_once(lease):
     with pytest.raises(ValueError, match="lease must be between"):
         pgqueue.Worker(pgqueue.Queue("postgresql://unused"), queues=["q"], lease=lease)
+
+
+# --- self-fencing ----------------------------------------------------------------------
+
+
+def test_the_fence_falls_a_lease_minus_the_margin_after_the_last_beat_was_sent():
+    lease = 15.0
+    margin = fence_margin(lease)
+    assert margin == 3.0  # a fifth: one heartbeat interval
+    sent = 1000.0  # time.monotonic() when the last beat the database took was sent
+    assert fence_in(sent, sent + 5.0, lease=lease, margin=margin) == 7.0
+    assert not must_fence(sent, sent + 11.999, lease=lease, margin=margin)
+    assert must_fence(sent, sent + 12.0, lease=lease, margin=margin)
+    # The rescue can come a whole lease after the database took the beat, which it did
+    # no sooner than it was sent: the fence always falls a margin before.
+    assert sent + lease - fence_in(sent, sent, lease=lease, margin=margin) == sent + margin
+    # A worker frozen (SIGSTOP) or cut off past its lease fences at once when it runs.
+    assert must_fence(sent, sent + 3600, lease=lease, margin=margin)
+    # A beat sent before the silence that is answered only now is no fresh lease: it
+    # counts from when it was sent, so the fence stays.
+    late_answer = sent + 13.0
+    assert must_fence(sent + 0.5, late_answer, lease=lease, margin=margin)
+
+
+async def test_a_worker_without_beats_for_most_of_its_lease_gives_up_its_jobs_and_hands_them_back(
+    dsn,
+):
+    """The beats fail (as when the link is cut) and no one rescues: the worker fences
+    itself before its lease is out (its job cancelled, claims stopped); once a beat
+    gets through it hands the job back and claims again, under the same id."""
+    queue = pgqueue.Queue(dsn)
+    runs: list[str] = []
+    started = [asyncio.Event(), asyncio.Event()]
+    cancelled = asyncio.Event()
+
+    @queue.task(name="fenced", queue="fence")
+    async def fenced() -> str:
+        run = len(runs)
+        runs.append("started")
+        started[min(run, 1)].set()
+        try:
+            await asyncio.sleep(60 if run == 0 else 0)
+        except asyncio.CancelledError:
+            runs[run] = "cancelled"
+            cancelled.set()
+            raise
+        runs[run] = "finished"
+        return "done"
+
+    @queue.task(name="later", queue="fence")
+    async def later() -> float:
+        return time.monotonic()
+
+    async with running_worker(queue, lease=1.0, poll_interval=0.1) as worker:
+        heartbeat = worker.heartbeat
+        assert heartbeat is not None
+        worker_id = worker.worker_id
+        job_id = (await fenced.enqueue()).id
+        await asyncio.wait_for(started[0].wait(), 10)
+        cut = threading.Event()
+        cut.set()
+        beat = heartbeat.run_round
+
+        def beat_unless_cut() -> None:
+            if cut.is_set():
+                raise psycopg.OperationalError("the link is down (simulated)")
+            beat()
+
+        heartbeat.run_round = beat_unless_cut  # type: ignore[method-assign]
+        cut_at = time.monotonic()
+        await asyncio.wait_for(cancelled.wait(), 10)
+        # Before the lease (1 s) ran out: 0.8 s after the last beat was sent, at most.
+        assert time.monotonic() - cut_at < 1.0
+        # Given up here, but still this worker's in the database, where no one took it.
+        assert _job_row(dsn, job_id)[:2] == ("running", 1)
+        later_id = (await later.enqueue()).id  # not claimed while fenced
+        cut.clear()
+        back_at = time.monotonic()
+        done = await wait_for_job(queue, job_id, timeout=20)
+        ran_later = await wait_for_job(queue, later_id, timeout=20)
+        assert worker.worker_id == worker_id  # not declared dead: no new id
+    # Handed back as if never claimed (no one's fault), then run to the end.
+    assert (done.state, done.attempts, done.errors, done.result) == (
+        JobState.SUCCEEDED,
+        1,
+        [],
+        "done",
+    )
+    assert runs == ["cancelled", "finished"]
+    assert ran_later.result > back_at  # claimed only once the beats got through
+    await queue.close()

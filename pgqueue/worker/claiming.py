@@ -244,6 +244,9 @@ class Claimer:
             if stop.is_set():
                 await self.release([j.id for j in jobs], worker_id)
                 return
+            if not self._registered.is_set():  # fenced or declared dead meanwhile
+                await self.release([j.id for j in jobs], worker_id)
+                continue
             self._full = len(jobs) == want
             self._started(jobs)
             if len(jobs) < want:
@@ -315,9 +318,13 @@ class Claimer:
         """The outcomes and the refill committed together: start the jobs claimed."""
         self._reserved -= refill.want
         self._limited = refill.limited
-        if self._stop.is_set() or refill.worker_id != self._worker_id():
-            # Stopping, or declared dead meanwhile (the jobs are under the old id):
-            # back to the queue, as if never claimed.
+        if (
+            self._stop.is_set()
+            or not self._registered.is_set()
+            or refill.worker_id != self._worker_id()
+        ):
+            # Stopping, or fenced or declared dead meanwhile (the jobs may be under the
+            # old id): back to the queue, as if never claimed.
             task = asyncio.ensure_future(
                 self.release([j.id for j in refill.jobs], refill.worker_id)
             )

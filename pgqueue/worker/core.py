@@ -34,7 +34,7 @@ from pgqueue.worker.claiming import (
 )
 from pgqueue.worker.completer import Completer
 from pgqueue.worker.execution import ProgressWriter, TaskRunner
-from pgqueue.worker.heartbeat import Heartbeat
+from pgqueue.worker.heartbeat import Heartbeat, SelfFence
 from pgqueue.worker.lifecycle import Jobs
 from pgqueue.worker.listener import Listener
 from pgqueue.worker.maintenance import ServiceContext, build_services
@@ -260,9 +260,11 @@ class _Started:
         def worker_id() -> str:
             return membership.worker_id
 
-        # Set while this worker is in pgqueue.workers (it is, once joined): claims wait.
+        # Set while this worker is in pgqueue.workers (it is, once joined) and not fenced:
+        # claims wait.
         self.registered = asyncio.Event()
         self.registered.set()
+        self._rejoining = False
         wake = asyncio.Event()
         self.threads = ThreadPoolExecutor(worker.threads, thread_name_prefix="pgqueue-task")
         self.runner = TaskRunner(
@@ -272,7 +274,7 @@ class _Started:
             processes=worker.processes,
             lease=worker.lease,
         )
-        hand_back = HandBack(wake, worker.stats)
+        hand_back = self._hand_back = HandBack(wake, worker.stats)
         self.completer = Completer(pool, on_requeued=wake.set, on_dropped=hand_back.outcome_lost)
         self.jobs = Jobs(
             worker.app.tasks,
@@ -324,14 +326,23 @@ class _Started:
             on_declared_dead=functools.partial(_call_on_loop, loop, self._declared_dead),
         )
         self.services = ServiceRunner(build_services(context))
+        heartbeat = self._heartbeat = next(
+            s for s in self.services.services if isinstance(s, Heartbeat)
+        )
+        heartbeat.renewed(membership.registered_at)  # the lease runs from the registration
+        self.fence = SelfFence(
+            heartbeat, lease=worker.lease, on_fence=self._fence, on_renewed=self._unfence
+        )
         # Started here: this object exists only while the worker runs.
         self._completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
         self._tasks = [asyncio.create_task(self.listener.run(), name="pgqueue-listener")]
         self.services.start()
+        self.fence.start()
 
     async def close(self, log: Any, grace_period: float) -> bool:
         """Write the outcomes left, stop the rest, leave; whether task threads were
         abandoned (a sync task outlived an immediate stop)."""
+        self.fence.close()
         await self.completer.close()
         try:
             await asyncio.wait_for(self._completer_task, timeout=max(grace_period, 10.0))
@@ -366,13 +377,42 @@ class _Started:
         if dead_id != self._membership.worker_id:
             return
         self.registered.clear()
+        self._rejoining = True
         self._log.error("worker_rejoining", old_worker_id=dead_id, running=len(self.jobs.running))
-        self.jobs.abandon_all()
+        self.jobs.abandon_all("this worker was declared dead")
         self._membership.renew()
         self._tasks.append(asyncio.create_task(self._rejoin(), name="pgqueue-rejoin"))
 
     async def _rejoin(self) -> None:
         if await self._membership.rejoin(self.pool, self.stop, self._log):
+            self._heartbeat.renewed(self._membership.registered_at)
+            self._rejoining = False
+            if not self.fence.fenced:  # else the fence lifts once it sees the renewal
+                self.registered.set()
+
+    def _fence(self, silent_for: float) -> None:
+        """No beat of ours reached the database for most of a lease (cut off, frozen):
+        a rescue may hand our jobs to others as soon as the lease is out. Give them up
+        first, as if declared dead, and claim nothing until a beat is taken again."""
+        self.registered.clear()
+        self._log.error(
+            "worker_fenced",
+            worker_id=self._membership.worker_id,
+            seconds_since_beat=round(silent_for, 3),
+            lease=self.fence.lease,
+            running=len(self.jobs.running),
+        )
+        self.jobs.abandon_all("this worker fenced itself: no heartbeat for most of its lease")
+
+    def _unfence(self) -> None:
+        """A beat sent after the fence was taken: the database answers again. If no one
+        declared us dead meanwhile, the jobs given up are still ours in the database,
+        running for no one: they go back to the queue before the next claim (as if
+        never claimed: a job that ran when the link went is no one's fault). If we
+        were, they were rescued and we rejoined: that hand-back finds nothing."""
+        self._log.info("worker_unfenced", worker_id=self._membership.worker_id)
+        self._hand_back.outcome_lost()
+        if not self._rejoining:
             self.registered.set()
 
     async def _poll_cancellations(self) -> None:

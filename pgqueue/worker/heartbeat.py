@@ -8,10 +8,21 @@ holds. After each beat it tries the rescue; the one worker whose statement gets 
 rescue lock (:data:`pgqueue.locks.RESCUE`) hands back the jobs of workers whose
 heartbeat is older than their own lease, as each recorded it when it registered:
 workers with different leases never judge one another by their own.
+
+A worker that cannot reach the database never hears that it was declared dead, so it
+fences itself first (:class:`SelfFence`, on the worker's loop): once its last successful
+beat was *sent* a lease minus :func:`fence_margin` ago, by its own monotonic clock, it
+gives up its running jobs and stops claiming. The database recorded that beat no
+sooner than it was sent, and the rescue counts a whole lease from that record, so the
+jobs are given up before anyone can have taken them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -23,6 +34,24 @@ from pgqueue.worker.services import ThreadService
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+
+def fence_margin(lease: float) -> float:
+    """How long before a rescue could come a silent worker fences itself: a fifth of
+    the lease (one heartbeat interval). Time for the loop to notice, cancel its tasks
+    and have its task processes killed (pebble's pool acts within a tenth of a second),
+    while a live worker fences only after four beat intervals without a success."""
+    return lease / 5
+
+
+def fence_in(last_beat_sent: float, now: float, *, lease: float, margin: float) -> float:
+    """Seconds until a worker whose last successful beat was sent at ``last_beat_sent``
+    must fence itself (zero or less: now); both times on its own monotonic clock."""
+    return last_beat_sent + lease - margin - now
+
+
+def must_fence(last_beat_sent: float, now: float, *, lease: float, margin: float) -> bool:
+    return fence_in(last_beat_sent, now, lease=lease, margin=margin) <= 0
 
 
 class Heartbeat(ThreadService):
@@ -46,15 +75,28 @@ class Heartbeat(ThreadService):
         self._conn: psycopg.Connection[Any] | None = None
         self.beats = 0
         self.rescued = 0
+        # When the latest beat (or registration) the database took was sent, by
+        # time.monotonic(): what SelfFence measures the silence from. The worker gives
+        # its registration's before the first beat.
+        self._renewed_lock = threading.Lock()
+        self.last_renewed = -math.inf
+
+    def renewed(self, sent_at: float) -> None:
+        """The database took a beat or a registration of ours sent at ``sent_at``."""
+        with self._renewed_lock:
+            self.last_renewed = max(self.last_renewed, sent_at)
 
     def run_round(self) -> None:
         """One heartbeat, then one rescue attempt."""
         conn = self._connection()
         worker_id = self._worker_id()
+        sent_at = time.monotonic()  # before sending: never later than the database's now()
         with psycopg.RawCursor(conn) as cur:
             alive = cur.execute(query("heartbeat"), (worker_id,)).fetchone() is not None
         self.beats += 1
-        if not alive:
+        if alive:
+            self.renewed(sent_at)
+        else:
             self.log.error("worker_declared_dead", worker_id=worker_id)
             self._on_declared_dead(worker_id)
         self.rescue()
@@ -95,3 +137,46 @@ class Heartbeat(ThreadService):
                 self._dsn, autocommit=True, **psycopg_connect_args(self._dsn)
             )
         return self._conn
+
+
+class SelfFence:
+    """On the worker's loop: calls ``on_fence(seconds_silent)`` once no beat the
+    database took was sent for a lease minus the margin, and ``on_renewed()`` once one
+    sent since then is taken (the database answers again, and the lease is fresh)."""
+
+    def __init__(
+        self,
+        heartbeat: Heartbeat,
+        *,
+        lease: float,
+        on_fence: Callable[[float], None],
+        on_renewed: Callable[[], None],
+    ) -> None:
+        self._heartbeat = heartbeat
+        self.lease = lease
+        self.margin = fence_margin(lease)
+        self._on_fence = on_fence
+        self._on_renewed = on_renewed
+        self.fenced = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._check()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _check(self) -> None:
+        last, now = self._heartbeat.last_renewed, time.monotonic()
+        left = fence_in(last, now, lease=self.lease, margin=self.margin)
+        if left <= 0 and not self.fenced:
+            self.fenced = True
+            self._on_fence(now - last)
+        elif left > 0 and self.fenced:
+            self.fenced = False
+            self._on_renewed()
+        # Fenced: look for a fresh beat a few times a margin. Else: wake at the
+        # deadline, which a beat since pushed on (checked then, not at every beat).
+        wait = self.margin / 4 if self.fenced else left
+        self._timer = asyncio.get_running_loop().call_later(wait, self._check)

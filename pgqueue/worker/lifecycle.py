@@ -3,8 +3,9 @@
 :class:`Jobs` holds the jobs in flight. Each runs as an asyncio task (the call itself
 is :class:`~pgqueue.worker.execution.TaskRunner`'s); its outcome goes to the
 :class:`~pgqueue.worker.completer.Completer`, which writes outcomes in batches. A job
-can also end by a cancel request, by its worker being declared dead (then it is no
-longer ours: nothing is written), or by the worker stopping before it finished.
+can also end by a cancel request, by its worker giving it up (declared dead, or fenced
+for want of a heartbeat: then it is no longer ours and nothing is written), or by the
+worker stopping before it finished.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ class Jobs:
         # Jobs cancelled while running here (by NOTIFY or the poll): already marked
         # cancelled in the database, so their outcomes are not written.
         self._cancelled: set[int] = set()
-        # Jobs given up when this worker learnt it had been declared dead: rescued and
-        # perhaps running elsewhere already, so their outcomes are not ours to write.
-        self._lost: set[int] = set()
+        # Jobs given up (by id, with why) when this worker learnt it had been declared
+        # dead or fenced itself: rescued, or about to be, and perhaps running elsewhere
+        # already, so their outcomes are not ours to write.
+        self._lost: dict[int, str] = {}
         # Jobs that waited for a thread or a process when the worker stopped: they never
         # started, and go back to the queue as if never claimed.
         self._withdrawn: set[int] = set()
@@ -125,10 +127,17 @@ class Jobs:
             context.request_cancel()  # what a sync task can see
         task.cancel()
 
-    def abandon_all(self) -> None:
-        """This worker was declared dead: its jobs were rescued, none is ours now."""
+    def abandon_all(self, reason: str) -> None:
+        """Give up every running job: this worker was declared dead (its jobs were
+        rescued) or fenced itself (they may be, any moment). An async task is cancelled;
+        cancelling a process task's call ends its process; a function in a thread
+        cannot be stopped: it is told (``cancel_requested()``) and left to finish, its
+        outcome never written."""
         for job_id, task in self.running.items():
-            self._lost.add(job_id)
+            self._lost[job_id] = reason
+            context = self._contexts.get(job_id)
+            if context is not None:
+                context.request_cancel()
             task.cancel()
 
     def withdraw_unstarted(self) -> list[int]:
@@ -244,8 +253,7 @@ class Jobs:
             log.info("job_cancelled")
         elif job.id in self._lost:
             run.outcome = "abandoned"
-            self._lost.discard(job.id)
-            log.warning("job_abandoned", reason="this worker was declared dead")
+            log.warning("job_abandoned", reason=self._lost.pop(job.id))
         elif self.interrupting:
             self._stats.interrupted += 1
             self._record_failure(

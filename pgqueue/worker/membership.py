@@ -7,8 +7,10 @@ declared dead.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,9 @@ class Membership:
         self, *, queues: list[str], concurrency: int, lease: float, heartbeat_interval: float
     ) -> None:
         self.worker_id = str(uuid.uuid4())
+        # When the last registration that succeeded was sent (time.monotonic()): the
+        # lease of a new entry runs from no sooner than that.
+        self.registered_at = -math.inf
         self._queues = queues
         self._concurrency = concurrency
         self._lease = lease
@@ -43,6 +48,7 @@ class Membership:
         """Enter this worker in pgqueue.workers; False (logged) if the database failed."""
         try:
             async with acquire(pool) as conn:
+                sent_at = time.monotonic()
                 await driver.register_worker(
                     AsyncpgExecutor(conn),
                     self.worker_id,
@@ -56,6 +62,7 @@ class Membership:
         except DATABASE_ERRORS as exc:
             log.warning("worker_register_failed", error=repr(exc))
             return False
+        self.registered_at = sent_at
         return True
 
     async def deregister(self, pool: asyncpg.Pool[Any], log: Any) -> None:
