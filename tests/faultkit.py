@@ -242,3 +242,27 @@ def in_thread(outcome: dict[str, object], name: str, fn: Callable[[], object]) -
     thread = threading.Thread(target=target)
     thread.start()
     return thread
+
+
+def query_value(dsn: str, sql: str) -> int:
+    """One number, asked on a fresh connection, retried for up to a minute while no
+    server answers (it may just have restarted, or failed over)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with psycopg.connect(dsn, connect_timeout=5) as conn:
+                row = conn.execute(sql).fetchone()
+                assert row is not None
+                return int(row[0])
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)

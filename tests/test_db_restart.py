@@ -32,8 +32,10 @@ from faultkit import (
     diagnose,
     in_thread,
     prepare,
+    query_value,
     spawn,
     stop_all,
+    wait_until,
 )
 from pgcluster import Cluster, ClusterError, binary_major, find_bin_dir
 
@@ -185,29 +187,6 @@ def server(pg_server: PgServer, embedded_data_dir: Path) -> Iterator[Restartable
         yield dedicated
     finally:
         dedicated.close()
-
-
-def query_value(dsn: str, sql: str) -> int:
-    """One number, asked on a fresh connection (the server may just have restarted)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with psycopg.connect(dsn, connect_timeout=5) as conn:
-                row = conn.execute(sql).fetchone()
-                assert row is not None
-                return int(row[0])
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def all_up(dsn: str) -> bool:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
-from faultkit import spawn, stop_all
+from faultkit import query_value, spawn, stop_all, wait_until
 from pgcluster import binary_major, find_bin_dir
 from replication import FailoverTimes, ReplicatedPair
 
@@ -132,29 +132,6 @@ def ledger_dsn(make_empty_dsn: Callable[[], str]) -> str:
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def query_value(dsn: str, sql: str) -> int:
-    """One number, asked on a fresh connection, retried while no primary answers."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with psycopg.connect(dsn, connect_timeout=5) as conn:
-                row = conn.execute(sql).fetchone()
-                assert row is not None
-                return int(row[0])
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def all_up(dsn: str) -> bool:
