@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 import structlog
 from examplekit import loaded_example
-from workerproc import wait_until_handling
+from workerproc import WorkerProcess
 
 import pgqueue
 from pgqueue import FailedJob, JobState, JobTimeoutError, PermanentError, RetryPolicy
@@ -249,31 +244,27 @@ def test_pgqueue_worker_runs_the_hooks_of_the_queue_it_loads(dsn):
     """``pgqueue worker error_reporting:queue``, a real process: the reporter registered
     on the example's Queue prints each failed attempt."""
     examples = Path(__file__).resolve().parent.parent / "examples"
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "pgqueue", "worker", "error_reporting:queue"),
-                *("--dsn", dsn, "--log-format", "json", "--poll-interval", "0.2"),
-            ],
-            cwd=examples,
-            env={**os.environ, "PYTHONPATH": str(examples)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            with pgqueue.Queue(dsn) as queue:
-                result = queue.enqueue_sync("example.charge", {"order": 13})
-                job = queue.wait_sync(result.id, timeout=30)
-            assert job.state is JobState.FAILED
-            wait_until_handling(proc, signal.SIGTERM, 30)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        out.seek(0)
-        reports = [line for line in out.read().splitlines() if line.startswith("reported ")]
+    worker = WorkerProcess(
+        "error_reporting:queue",
+        dsn,
+        "--poll-interval",
+        "0.2",
+        cwd=examples,
+        env={"PYTHONPATH": str(examples)},
+    )
+    try:
+        with pgqueue.Queue(dsn) as queue:
+            result = queue.enqueue_sync("example.charge", {"order": 13})
+            job = queue.wait_sync(result.id, timeout=30)
+        assert job.state is JobState.FAILED
+        assert worker.stop() == 0
+        reports = [
+            line
+            for line in worker.log_path.read_text().splitlines()
+            if line.startswith("reported ")
+        ]
+    finally:
+        worker.close()
     assert len(reports) == 3
     assert "'level': 'error'" in reports[-1]
     assert f"'job_id': {job.id}" in reports[-1]

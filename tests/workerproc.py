@@ -25,6 +25,7 @@ class WorkerProcess:
 
     ``prefix`` goes before the command: a program that sets something up and then execs
     the rest (``ip netns exec NS``), so that :attr:`pid` is still the worker's own.
+    ``cwd``: where APP is imported from (tests/apps by default).
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class WorkerProcess:
         *args: str,
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
+        cwd: Path = APPS,
     ):
         log_dir = Path(tempfile.gettempdir())
         self.log_path = log_dir / f"pgqueue-worker-{os.getpid()}-{time.monotonic_ns()}.log"
@@ -52,7 +54,7 @@ class WorkerProcess:
                 "json",
                 *args,
             ],
-            cwd=APPS,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
