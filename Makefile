@@ -9,6 +9,7 @@ PYTHON ?= python3
 # never download a browser of its own): installed here when missing and apt-get is at
 # hand. Not fatal: without it, that one test is skipped and says why. The same for
 # Debian's faketime (libfaketime), which the clock-skew test of tests/test_hosts.py uses.
+# And Debian's prometheus, for its promtool (tests/test_alert_rules.py).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -26,6 +27,13 @@ $(VENV)/.installed: pyproject.toml
 		{ $$sudo apt-get update -qq && \
 		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; } \
 		|| echo "could not install faketime: the clock-skew test will be skipped"; \
+	fi
+	@if [ ! -x /usr/bin/promtool ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing prometheus (apt-get) for promtool, which checks the alert rules"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		{ $$sudo apt-get update -qq && \
+		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+		|| echo "could not install prometheus: the alert rules' promtool tests will be skipped"; \
 	fi
 	touch $@
 

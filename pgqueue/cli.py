@@ -109,6 +109,9 @@ class UsageError(Exception):
     """Bad command-line input: exit 2 with this message."""
 
 
+# The API's read replica (pgqueue.service.settings.READ_DSN_ENV; not imported from
+# there: the service's modules load only for the commands that serve it).
+READ_DSN_ENV = "PGQUEUE_READ_DSN"
 # The commands that serve the HTTP service: the `service` extra's.
 _SERVICE_COMMANDS = frozenset({"api", "dev"})
 
@@ -196,6 +199,18 @@ def _pooler_options(*, listen_dsn: bool) -> list[argparse.ArgumentParser]:
         f"(default: ${LISTEN_DSN_ENV}; none behind a pooler: poll)",
     )
     return [pooler, listen] if listen_dsn else [pooler]
+
+
+def _read_replica_option() -> argparse.ArgumentParser:
+    """``api --read-dsn``: the service's reads that may lag go to a streaming replica."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--read-dsn",
+        metavar="DSN",
+        help="a streaming replica for the dashboard, /metrics and GET endpoints; writes "
+        f"and waits stay on the primary (default: ${READ_DSN_ENV}; none: all on --dsn)",
+    )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser(
         "api",
-        parents=[common, *_pooler_options(listen_dsn=True)],
+        parents=[common, *_pooler_options(listen_dsn=True), _read_replica_option()],
         help="serve the HTTP API (API keys required)",
     )
     api.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -651,6 +666,9 @@ def _migrate(dsn: str, signals: _Signals, *, check: bool) -> int:
     log = structlog.get_logger("pgqueue.cli")
     if check:
         current, head = signals.call(migrate.current_revision, dsn), migrate.head_revision()
+        if migrate.is_ahead(current):
+            log.info("database_ahead", current=current, head=head)
+            return 0
         if current != head:
             log.error("database_behind", current=current, head=head)
             return EXIT_FAILURE
@@ -750,8 +768,15 @@ def _api(dsn: str, args: argparse.Namespace, signals: _Signals) -> int:
 
     if not _schema_ready(dsn, signals):
         return EXIT_FAILURE
+    read_dsn = args.read_dsn or os.environ.get(READ_DSN_ENV) or None
+    if read_dsn is not None:
+        source: Source = "flag" if args.read_dsn else "env"
+        structlog.get_logger("pgqueue.cli").info(
+            "read_replica_selected", **describe_database(Database(read_dsn, source))
+        )
     run_api(
         dsn,
+        read_dsn=read_dsn,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -805,6 +830,16 @@ def _schema_ready(dsn: str, signals: _Signals, *, wait: bool = False) -> bool:
         # lasts (an unknown database: exit 3) or not (a server starting up: it waits).
         if not exc.server_refused:
             log.warning("database_unreachable", error=str(exc), hint="the worker waits for it")
+        return True
+    if migrate.is_ahead(current):
+        # A later release migrated it (a rolling deploy): its schema keeps this release
+        # working, so this process runs (restarted after the migration, it comes back).
+        log.warning(
+            "database_ahead",
+            current=current,
+            head=migrate.head_revision(),
+            hint="a later release migrated this database; upgrade this process",
+        )
         return True
     if current != migrate.head_revision():
         log.error(

@@ -360,9 +360,36 @@ async def throughput_rows(ex: AsyncExecutor, minutes: int) -> list[Any]:
     return await ex.fetch(query("dashboard_throughput"), (minutes,))
 
 
-async def metrics_job_rows(ex: AsyncExecutor, bounds_us: Sequence[int]) -> list[Any]:
-    """The ``metrics_jobs`` rows; ``bounds_us``: bucket bounds in microseconds, ascending."""
-    return await ex.fetch(query("metrics_jobs"), (list(bounds_us),))
+async def metrics_job_rows(ex: AsyncExecutor) -> list[Any]:
+    """The ``metrics_jobs`` rows: the job counters (queue, task, metric, n)."""
+    return await ex.fetch(query("metrics_jobs"), ())
+
+
+async def job_duration_bounds(ex: AsyncExecutor) -> list[float]:
+    """The job duration histogram's bounds in seconds, as the schema fixes them."""
+    rows = await ex.fetch(query("job_duration_bounds"), ())
+    return [float(b) for b in rows[0]["bounds"]]
+
+
+async def live_worker_count(ex: AsyncExecutor) -> int:
+    """How many workers heartbeat within their lease (the ``live_workers`` query)."""
+    return int((await ex.fetch(query("live_workers"), ()))[0]["live"])
+
+
+async def replica_status_row(ex: AsyncExecutor) -> Any:
+    """The ``replica_status`` row: whether this server is a standby, and how far behind."""
+    return (await ex.fetch(query("replica_status"), ()))[0]
+
+
+async def roll_up_counters(ex: AsyncExecutor, lock_key: int | None = None) -> int | None:
+    """Fold the job counters' deltas into their totals: how many delta rows moved. With
+    ``lock_key``, only when this statement gets that advisory lock (None otherwise)."""
+    if lock_key is None:
+        rows = await ex.fetch(query("roll_up_job_counters"), ())
+    else:
+        rows = await ex.fetch(query("roll_up_job_counters_elected"), (lock_key,))
+    moved = rows[0][0]
+    return None if moved is None else int(moved)
 
 
 async def metrics_queue_rows(ex: AsyncExecutor) -> list[Any]:

@@ -330,9 +330,36 @@ def throughput_rows(ex: SyncExecutor, minutes: int) -> list[Any]:
     return ex.fetch(query("dashboard_throughput"), (minutes,))
 
 
-def metrics_job_rows(ex: SyncExecutor, bounds_us: Sequence[int]) -> list[Any]:
-    """The ``metrics_jobs`` rows; ``bounds_us``: bucket bounds in microseconds, ascending."""
-    return ex.fetch(query("metrics_jobs"), (list(bounds_us),))
+def metrics_job_rows(ex: SyncExecutor) -> list[Any]:
+    """The ``metrics_jobs`` rows: the job counters (queue, task, metric, n)."""
+    return ex.fetch(query("metrics_jobs"), ())
+
+
+def job_duration_bounds(ex: SyncExecutor) -> list[float]:
+    """The job duration histogram's bounds in seconds, as the schema fixes them."""
+    rows = ex.fetch(query("job_duration_bounds"), ())
+    return [float(b) for b in rows[0]["bounds"]]
+
+
+def live_worker_count(ex: SyncExecutor) -> int:
+    """How many workers heartbeat within their lease (the ``live_workers`` query)."""
+    return int(ex.fetch(query("live_workers"), ())[0]["live"])
+
+
+def replica_status_row(ex: SyncExecutor) -> Any:
+    """The ``replica_status`` row: whether this server is a standby, and how far behind."""
+    return ex.fetch(query("replica_status"), ())[0]
+
+
+def roll_up_counters(ex: SyncExecutor, lock_key: int | None = None) -> int | None:
+    """Fold the job counters' deltas into their totals: how many delta rows moved. With
+    ``lock_key``, only when this statement gets that advisory lock (None otherwise)."""
+    if lock_key is None:
+        rows = ex.fetch(query("roll_up_job_counters"), ())
+    else:
+        rows = ex.fetch(query("roll_up_job_counters_elected"), (lock_key,))
+    moved = rows[0][0]
+    return None if moved is None else int(moved)
 
 
 def metrics_queue_rows(ex: SyncExecutor) -> list[Any]:

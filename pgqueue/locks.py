@@ -38,4 +38,10 @@ MIGRATION = AdvisoryLock("migration", 0x70677175657565, owner="pgqueue.migrate")
 # A 32-bit key ("pgqf"): the two-key form takes two integers.
 FLOW = AdvisoryLock("flow", 0x70677166, owner="pgqueue.worker.claiming.Claimer")
 
-ALL: tuple[AdvisoryLock, ...] = (RESCUE, PRUNE, MIGRATION, FLOW)
+# Held for one rollup by the worker elected to fold the job counters' deltas into their
+# totals (pgqueue.roll_up_job_counters; two at once would be safe, one is enough).
+COUNTERS = AdvisoryLock(
+    "counters", 7215408337251730692, owner="pgqueue.worker.counters.CounterRollup"
+)
+
+ALL: tuple[AdvisoryLock, ...] = (RESCUE, PRUNE, MIGRATION, FLOW, COUNTERS)

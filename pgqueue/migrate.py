@@ -228,6 +228,21 @@ def head_revision() -> str:
     return head
 
 
+def is_ahead(revision: str | None) -> bool:
+    """Whether a database at ``revision`` is ahead of this pgqueue: at a revision its
+    chain does not hold, which a later release's ``pgqueue migrate`` wrote. Its workers
+    run on such a schema (migrations keep the previous release working: README,
+    "Upgrading"), so a rolling deploy may restart them after the migration."""
+    if revision is None:
+        return False
+    script = ScriptDirectory.from_config(_config())
+    try:
+        script.get_revision(revision)
+    except alembic.util.CommandError:
+        return True
+    return False
+
+
 def is_up_to_date(dsn: str) -> bool:
     """Whether ``dsn`` is at the head revision."""
     return current_revision(dsn) == head_revision()

@@ -21,7 +21,7 @@ import uvicorn
 
 from pgqueue.service import ServiceSettings, create_app
 from pgqueue.service.http_limits import LimitedHttpToolsProtocol
-from pgqueue.service.settings import HttpLimits
+from pgqueue.service.settings import READ_DSN_ENV, HttpLimits
 from pgqueue.worker import Worker
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ HTTP_PROTOCOL = f"{LimitedHttpToolsProtocol.__module__}:{LimitedHttpToolsProtoco
 def run_api(
     dsn: str,
     *,
+    read_dsn: str | None = None,
     host: str,
     port: int,
     workers: int,
@@ -44,7 +45,8 @@ def run_api(
     grace_period: float,
 ) -> None:
     """Serve the API until SIGTERM/SIGINT, then finish in-flight requests (within
-    ``grace_period`` seconds) and stop."""
+    ``grace_period`` seconds) and stop. ``read_dsn``: a streaming replica for the reads
+    that may lag (the service's replica.py)."""
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Request metrics summed over the server's processes, not one process's share.
@@ -56,6 +58,8 @@ def run_api(
         PGQUEUE_LOG_LEVEL=log_level,
         PGQUEUE_LOG_FORMAT=log_format,
     )
+    if read_dsn:
+        os.environ[READ_DSN_ENV] = read_dsn
     # Each server process reads these itself; a bad value fails here, once, instead.
     limits = HttpLimits.from_env(os.environ)
     structlog.get_logger("pgqueue.api").info(

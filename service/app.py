@@ -25,6 +25,7 @@ from .logs import RequestObserver
 from .metrics import Metrics, metrics_endpoint
 from .problems import EXCEPTION_HANDLERS
 from .queues import QueuesController
+from .replica import ReadHeaders, ReplicaCollector
 from .schedule_schemas import document_schedules
 from .schedules import SchedulesController
 from .schemas import document
@@ -90,6 +91,11 @@ def create_app(settings: ServiceSettings) -> Litestar:
     document(app.openapi_schema, settings)
     document_schedules(app.openapi_schema)
     document_limits(app.openapi_schema)
-    # Around everything, 404s included: access log, request id, request metrics.
-    app.asgi_handler = RequestObserver(RequestLimits(app.asgi_handler, settings.http), metrics)
+    if state.replica is not None:
+        metrics.registry.register(ReplicaCollector(state.replica))
+    # Around everything, 404s included: access log, request id, request metrics; inside
+    # them, where each request's reads went (the read replica's headers).
+    app.asgi_handler = RequestObserver(
+        RequestLimits(ReadHeaders(app.asgi_handler), settings.http), metrics
+    )
     return app

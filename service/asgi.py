@@ -2,6 +2,8 @@
 for its worker processes, which start fresh interpreters):
 
 - ``PGQUEUE_DSN`` (required): the database.
+- ``PGQUEUE_READ_DSN``: a streaming replica of it for the dashboard, ``/metrics`` and
+  the GET endpoints (see replica.py).
 - ``PGQUEUE_API_MAX_BODY_BYTES``, ``PGQUEUE_API_MAX_ARGS_BYTES``,
   ``PGQUEUE_API_MAX_WAIT_SECONDS``: limits (see ServiceSettings).
 - ``PGQUEUE_API_MAX_HEADER_BYTES``, ``PGQUEUE_API_MAX_HEADERS``,
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 from pgqueue.logs import configure_logging
 
 from .app import create_app
-from .settings import HttpLimits, ServiceSettings
+from .settings import READ_DSN_ENV, HttpLimits, ServiceSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -39,6 +41,7 @@ def settings_from_env(env: Mapping[str, str]) -> ServiceSettings:
     defaults = ServiceSettings(dsn=dsn)
     return ServiceSettings(
         dsn=dsn,
+        read_dsn=env.get(READ_DSN_ENV) or None,
         max_body_bytes=int(env.get("PGQUEUE_API_MAX_BODY_BYTES", defaults.max_body_bytes)),
         max_args_bytes=int(env.get("PGQUEUE_API_MAX_ARGS_BYTES", defaults.max_args_bytes)),
         max_wait_seconds=float(env.get("PGQUEUE_API_MAX_WAIT_SECONDS", defaults.max_wait_seconds)),

@@ -60,6 +60,7 @@ from .dashboard_views import (
 )
 from .jobs import parse_job_id
 from .problems import ProblemError
+from .replica import after_action, banner, read_note
 
 if TYPE_CHECKING:
     from pgqueue.jobs import Job
@@ -155,6 +156,7 @@ def render(
         "csrf": csrf_token(nonce, request_key(request)),
         "refresh_seconds": REFRESH_SECONDS,
         "nav": "",
+        "read_banner": banner(read_note(request)),
     }
     return Template(
         template_name=template,
@@ -183,8 +185,7 @@ class DashboardController(Controller):
 
     @get("/")
     async def overview(self, request: Request[Any, Any, Any]) -> Template:
-        service = _service(request)
-        queues, jobs = await _overview(service)
+        queues, jobs = await _overview(request)
         return render(
             request,
             "overview.html.j2",
@@ -210,8 +211,8 @@ class DashboardController(Controller):
         filters = JobFilter.parse(queue, state_name, task)
         before = None if not cursor else parse_job_id(cursor, "cursor")
         base = dashboard_base(request.scope)
-        jobs, next_url = await _job_page(service, base, filters, PAGE_JOBS, before)
-        async with service.connection() as conn:
+        jobs, next_url = await _job_page(request, base, filters, PAGE_JOBS, before)
+        async with service.reading(request) as conn:
             queue_names = [s.queue for s in await service.admin.queue_stats(conn=conn)]
         refresh = None
         if before is None:  # the first page follows new jobs; older pages stay put
@@ -231,7 +232,7 @@ class DashboardController(Controller):
     @get("/jobs/{job_id:str}")
     async def job(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Template:
         ident = parse_job_id(job_id)
-        job = await _get_job(_service(request), ident)
+        job = await _get_job(request, ident)
         if job is None:
             return render(request, "missing.html.j2", status_code=404, job_id=ident, nav="jobs")
         return render(
@@ -248,7 +249,7 @@ class DashboardController(Controller):
 
     @get("/partials/queues")
     async def queues_partial(self, request: Request[Any, Any, Any]) -> Template:
-        queues, _ = await _overview(_service(request), jobs=False)
+        queues, _ = await _overview(request, jobs=False)
         return render(request, "_queues.html.j2", queues=queues, minutes=THROUGHPUT_MINUTES)
 
     @get("/partials/jobs")
@@ -262,13 +263,13 @@ class DashboardController(Controller):
     ) -> Template:
         filters = JobFilter.parse(queue, state_name, task)
         base = dashboard_base(request.scope)
-        jobs, next_url = await _job_page(_service(request), base, filters, limit, None)
+        jobs, next_url = await _job_page(request, base, filters, limit, None)
         return render(request, "_jobs.html.j2", jobs=jobs, next_url=next_url)
 
     @get("/partials/jobs/{job_id:str}")
     async def job_partial(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Template:
         ident = parse_job_id(job_id)
-        job = await _get_job(_service(request), ident)
+        job = await _get_job(request, ident)
         if job is None:
             raise JobNotFoundError(f"there is no job {ident}")
         return render(request, "_job.html.j2", **_job_context(job))
@@ -371,10 +372,11 @@ def _static_file(name: str) -> bytes:
 
 
 async def _overview(
-    service: ServiceState, *, jobs: bool = True
+    request: Request[Any, Any, Any], *, jobs: bool = True
 ) -> tuple[list[QueueRow], list[Job]]:
+    service = _service(request)
     admin = service.admin
-    async with service.connection() as conn:
+    async with service.reading(request, primary=after_action(request)) as conn:
         stats = await admin.queue_stats(conn=conn)
         throughput = await admin.throughput(THROUGHPUT_MINUTES, conn=conn)
         limits = await admin.list_limits(conn=conn)
@@ -385,9 +387,14 @@ async def _overview(
 
 
 async def _job_page(
-    service: ServiceState, base: str, filters: JobFilter, limit: int, before: int | None
+    request: Request[Any, Any, Any],
+    base: str,
+    filters: JobFilter,
+    limit: int,
+    before: int | None,
 ) -> tuple[list[Job], str | None]:
-    async with service.connection() as conn:
+    service = _service(request)
+    async with service.reading(request) as conn:
         page = await service.admin.list_jobs(
             queue=filters.queue,
             state=filters.state,
@@ -401,9 +408,13 @@ async def _job_page(
     return page.jobs, f"{base}/jobs?{filters.query_string(cursor=page.next_cursor)}"
 
 
-async def _get_job(service: ServiceState, job_id: int) -> Job | None:
-    async with service.connection() as conn:
-        return await service.admin.get_job(job_id, conn=conn)
+async def _get_job(request: Request[Any, Any, Any], job_id: int) -> Job | None:
+    """The job, from the replica, else the primary (one the replica has not yet)."""
+    service = _service(request)
+    if after_action(request):
+        async with service.reading(request, primary=True) as conn:
+            return await service.admin.get_job(job_id, conn=conn)
+    return await service.read_one(request, lambda c: service.admin.get_job(job_id, conn=c))
 
 
 def _job_context(job: Job) -> dict[str, Any]:

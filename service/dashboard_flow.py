@@ -19,6 +19,7 @@ from .auth import DASHBOARD_PATH, requires, under_root
 from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render
 from .dashboard_session import checked_form
 from .problems import ProblemError
+from .replica import after_action
 from .state import service_state
 
 FLOW_PATH = f"{DASHBOARD_PATH}/flow"
@@ -43,7 +44,7 @@ class DashboardFlowController(Controller):
     @get("/")
     async def flow(self, request: Request[Any, Any, Any]) -> Template:
         service = service_state(request)
-        async with service.connection() as conn:
+        async with service.reading(request, primary=after_action(request)) as conn:
             limits = await service.admin.list_limits(conn=conn)
             sequences = await service.admin.list_sequences(limit=SEQUENCES_SHOWN, conn=conn)
         return render(

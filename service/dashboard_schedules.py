@@ -18,6 +18,7 @@ from .auth import DASHBOARD_PATH, requires, under_root
 from .dashboard import REFRESH_SECONDS, SECURITY_HEADERS, dashboard_user, render
 from .dashboard_session import checked_form
 from .problems import ProblemError
+from .replica import after_action
 from .state import service_state
 
 SCHEDULES_PATH = f"{DASHBOARD_PATH}/schedules"
@@ -41,7 +42,7 @@ class DashboardSchedulesController(Controller):
     @get("/")
     async def schedules(self, request: Request[Any, Any, Any]) -> Template:
         service = service_state(request)
-        async with service.connection() as conn:
+        async with service.reading(request, primary=after_action(request)) as conn:
             schedules = await service.admin.list_schedules(conn=conn)
         return render(
             request,

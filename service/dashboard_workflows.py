@@ -107,7 +107,7 @@ class DashboardWorkflowsController(Controller):
     @get("/")
     async def workflows(self, request: Request[Any, Any, Any]) -> Template:
         service = service_state(request)
-        async with service.connection() as conn:
+        async with service.reading(request) as conn:
             workflows = await service.admin.list_workflows(limit=WORKFLOWS_SHOWN, conn=conn)
         return render(
             request,
@@ -124,8 +124,9 @@ class DashboardWorkflowsController(Controller):
     ) -> Template:
         ident = parse_job_id(workflow_id, "workflow_id")
         service = service_state(request)
-        async with service.connection() as conn:
-            status = await service.admin.get_workflow(ident, conn=conn)
+        status = await service.read_one(
+            request, lambda c: service.admin.get_workflow(ident, conn=c)
+        )
         if status is None:
             return render(
                 request, "missing.html.j2", status_code=404, workflow_id=ident, nav="workflows"

@@ -312,18 +312,25 @@ class JobsController(Controller):
                 f"wait must be from 0 to {service.settings.max_wait_seconds:g} seconds",
                 field="wait",
             )
-        job = await self._get(service, ident)
-        if not wait or job.state in TERMINAL_STATES:
+        if not wait:
+            # May be read from the replica; one it has not got yet, from the primary.
+            job = await service.read_one(request, lambda c: service.admin.get_job(ident, conn=c))
+            if job is None:
+                raise JobNotFoundError(f"there is no job {ident}")
+            return JobOut.of(job)
+        # A wait reads the primary throughout: the NOTIFY that wakes it comes from there.
+        job = await self._get(request, ident)
+        if job.state in TERMINAL_STATES:
             return JobOut.of(job)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         async with service.finished.watch(ident) as finished:
-            job = await self._get(service, ident)  # it may have finished before LISTEN
+            job = await self._get(request, ident)  # it may have finished before LISTEN
             while job.state not in TERMINAL_STATES and (left := deadline - loop.time()) > 0:
                 finished.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finished.wait(), min(left, RECHECK_SECONDS))
-                job = await self._get(service, ident)
+                job = await self._get(request, ident)
         return JobOut.of(job)
 
     @get(
@@ -364,7 +371,7 @@ class JobsController(Controller):
         if task is not None:
             validate_task_name(task)
         before = None if cursor is None else parse_job_id(cursor, "cursor")
-        async with service.connection() as conn:
+        async with service.reading(request) as conn:
             page = await service.admin.list_jobs(
                 queue=queue, state=job_state, task=task, before=before, limit=limit, conn=conn
             )
@@ -400,8 +407,9 @@ class JobsController(Controller):
             return JobOut.of(await service.admin.retry_job(ident, conn=conn))
 
     @staticmethod
-    async def _get(service: ServiceState, job_id: int) -> Job:
-        async with service.connection() as conn:
+    async def _get(request: Request[Any, Any, Any], job_id: int) -> Job:
+        service = service_state(request)
+        async with service.reading(request, primary=True) as conn:
             job = await service.admin.get_job(job_id, conn=conn)
         if job is None:
             raise JobNotFoundError(f"there is no job {job_id}")

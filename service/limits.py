@@ -4,7 +4,7 @@ each beside what runs against it (read scope), set and cleared (admin scope). Th
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, put
 from litestar.params import JSONBody, PathParameter
@@ -18,6 +18,11 @@ from .limit_schemas import KeyLimitIn, LimitList, LimitOut, QueueLimitIn
 from .problems import ProblemError, problem_responses
 from .routing import allow, options_route
 from .state import service_state
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from pgqueue.flow import LimitStatus
 
 QueueNamePath = Annotated[str, PathParameter(schema_extra=QUEUE_NAME_RULES)]
 KeyPath = Annotated[str, PathParameter(schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH})]
@@ -49,7 +54,7 @@ class LimitsController(Controller):
     )
     async def list_limits(self, request: Request[Any, Any, Any]) -> LimitList:
         service = service_state(request)
-        async with service.connection() as conn:
+        async with service.reading(request) as conn:
             found = await service.admin.list_limits(conn=conn)
         return LimitList(limits=[LimitOut.of(s) for s in found])
 
@@ -61,8 +66,9 @@ class LimitsController(Controller):
     )
     async def get_limit(self, request: Request[Any, Any, Any], queue: QueueNamePath) -> LimitList:
         service = service_state(request)
-        async with service.connection() as conn:
-            found = await service.admin.list_limits(queue, conn=conn)
+        found = await service.read_one(
+            request, lambda c: _or_none(service.admin.list_limits(queue, conn=c))
+        )
         if not found:
             raise ProblemError(404, f"queue {queue} has no limits")
         return LimitList(limits=[LimitOut.of(s) for s in found])
@@ -143,3 +149,8 @@ class LimitsController(Controller):
             gone = await service.admin.clear_key_limit(queue, key, conn=conn)
         if not gone:
             raise ProblemError(404, f"key {key} of queue {queue} has no limits of its own")
+
+
+async def _or_none(found: Awaitable[list[LimitStatus]]) -> list[LimitStatus] | None:
+    """No limits as None: ``read_one`` asks the primary then (one just set)."""
+    return (await found) or None

@@ -3,42 +3,60 @@
 Two kinds of figure, from two places:
 
 **Jobs and queues, from the database at scrape time.** The API process never sees a
-worker's outcomes, so it reads them from ``pgqueue.jobs``: one aggregate query per
-refresh (``Admin.job_counts``), cached for ``metrics_cache_seconds`` so that
-concurrent or close scrapes share one query (per server process). Every such figure
-is the same whichever server process answers. They count the rows *still in the table*:
+worker's outcomes, so it reads them from the job counters that the database keeps as
+jobs move (migration 0019; the section "Job counters" of pgqueue/sql/schema.sql):
+statement-level triggers on ``pgqueue.jobs`` write each statement's changes to an
+insert-only table of deltas, which a worker's ``counter_rollup`` service folds into
+totals about every second. Two reads per refresh (``Admin.job_counters`` and
+``Admin.queue_stats``), each summing totals and pending deltas in one snapshot: exact at
+any instant, whichever server process answers, before or after a restart of the API or
+of the database. Cached for ``metrics_cache_seconds`` so that concurrent or close
+scrapes share one refresh (per server process).
 
-- ``pgqueue_jobs_enqueued_total{queue,task}``: jobs in the table (each was enqueued once);
+- ``pgqueue_jobs_enqueued_total{queue,task}``: jobs inserted;
 - ``pgqueue_jobs_succeeded_total``, ``pgqueue_jobs_failed_total``,
-  ``pgqueue_jobs_cancelled_total`` ``{queue,task}``: jobs in that state now;
-- ``pgqueue_jobs_retried_total{queue,task}``: attempts started beyond each job's first
-  (automatic retries, rescues after a lost worker, retries by hand; a snooze gives its
-  attempt back and is not one);
-- ``pgqueue_job_duration_seconds{queue,task}`` (histogram): the run time of the last
-  attempt of each succeeded or failed job, from its claim to its end;
+  ``pgqueue_jobs_cancelled_total`` ``{queue,task}``: moves into that state (a job
+  retried by hand that fails again counts twice);
+- ``pgqueue_jobs_retried_total{queue,task}``: attempts beyond each job's first, counted
+  as each ends (automatic retries, rescues after a lost worker, attempts after a retry by
+  hand; a snoozed attempt, or one handed back at shutdown, gives its attempt back and is
+  not one);
+- ``pgqueue_jobs_rescued_total{queue,task}``: jobs the rescue handed back (or failed, on
+  their last attempt) after their worker stopped heartbeating (written by the rescue's
+  own statement: to the triggers it looks like a retry);
+- ``pgqueue_workers_live``: workers whose last heartbeat is within their own lease, by
+  the database's clock (the rescue's judgement);
+- ``pgqueue_job_duration_seconds{queue,task}`` (histogram; bounds fixed by
+  ``pgqueue.job_duration_bounds()``, DURATION_BUCKETS here): the run time of the attempt
+  that ended each move into succeeded or failed, from its claim to its end;
 - ``pgqueue_queue_depth{queue}``: jobs that could run now (queued and due);
   ``pgqueue_queue_scheduled{queue}``: queued for later (delays, retry backoff);
   ``pgqueue_queue_running{queue}``; ``pgqueue_queue_oldest_claimable_age_seconds{queue}``
   (0 when none is due); ``pgqueue_queue_paused{queue}`` (1 or 0);
-- ``pgqueue_metrics_database_up``: 1 when the last refresh's query worked (0: the job
+- ``pgqueue_metrics_database_up``: 1 when the last refresh's queries worked (0: the job
   figures are left out of the answer rather than shown stale);
-  ``pgqueue_metrics_query_seconds``: how long that query took, to watch its cost.
+  ``pgqueue_metrics_query_seconds``: how long those queries took, to watch their cost.
 
-The ``_total`` figures are counters as long as rows stay: deleting finished jobs, or
-retrying a failed or cancelled one by hand (it leaves that state), lowers them, which
-Prometheus reads as a counter reset. Prune in bulk and rarely, and expect one odd point
-in ``rate()`` when you do.
+The ``_total`` figures are true Prometheus counters: they only ever grow. Deleting or
+pruning jobs, a retry by hand, a TRUNCATE, a restart of the API or several API
+processes never lower them (a job's gauges go when its row goes; its counts stay).
+History from before migration 0019 is what rows were left then (the migration counted
+them).
 
-Cost: the query is one sequential scan of ``pgqueue.jobs`` grouped by queue, task and
-duration bucket: measured at about 0.6-1 s per million rows (a 300 MB table) on a busy
-2-vCPU machine, a few times what ``pgqueue.queue_stats`` costs. No index is used or
-needed, and no write path pays anything: counting rows at scrape time rather than events
-as they happen is what keeps enqueue and completion free of bookkeeping writes. It runs
-at most once per cache period per server process, whatever the number of scrapers, and
-never more often than ten times its own duration (QUERY_SHARE), so a huge table costs
-staler figures, not a busier database. A scrape waits for the query when the figures are
-due; on tables of tens of millions of rows, raise Prometheus' scrape_timeout or prune
-finished jobs.
+Cost: O(queues x tasks + deltas not yet rolled up), whatever the size of ``pgqueue.jobs``:
+no query here reads the jobs table but through its claim index, for what time rather
+than an event moves (how many queued jobs are due, and the oldest one's age): per queue
+with queued jobs, a loose index scan of its priorities in ``jobs_claim_idx`` and per
+priority one probe and a count of the jobs scheduled for later. Measured with 5 million
+jobs in the table (benchmarks/counters.py, a busy 2-vCPU machine): 2-3 ms for either
+read, where the old count over the table took 1.1 s (queue_stats) and 4.4 s (this
+query). The price is paid on the write path instead: each statement that inserts, moves
+or deletes jobs adds a few delta rows (one per queue, task and figure changed, not one
+per job), measured at about +2 us per job enqueued in bulk and +17 us per job claimed
+and completed in batches of 100 (+13%). Without a running worker nothing rolls the
+deltas up: the figures stay exact but cost more with every job moved until one does (or
+until ``SELECT pgqueue.roll_up_job_counters()``; 100,000 pending delta rows cost a read
+about 75 ms). The cache and QUERY_SHARE still bound how often the queries run.
 
 **API requests, in the process.** ``pgqueue_api_requests_total{method,route,status}``
 and the histogram ``pgqueue_api_request_duration_seconds{method,route}``, recorded by
@@ -78,7 +96,8 @@ from .problems import problem_responses
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from pgqueue.admin import JobCounts, QueueSettings
+    from pgqueue.admin import JobCounters
+    from pgqueue.jobs import QueueStats
 
     from .state import ServiceState
 
@@ -86,7 +105,9 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # What the handler declares: Litestar adds the "; charset=utf-8" of CONTENT_TYPE itself.
 _MEDIA_TYPE = CONTENT_TYPE.removesuffix("; charset=utf-8")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# Job run times: from no-op jobs (milliseconds) to hour-long batch work.
+# Job run times: from no-op jobs (milliseconds) to hour-long batch work. The database
+# counts jobs in these buckets (pgqueue.job_duration_bounds(), fixed by migration 0019);
+# tests/test_counters.py pins the two together.
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
     300.0, 600.0, 1800.0, 3600.0,
@@ -96,9 +117,9 @@ REQUEST_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 UNMATCHED_ROUTE = "unmatched"
-# The scan may take at most this share of one database backend's time: after a query
-# that took t seconds, the next one waits at least t / QUERY_SHARE (on a table so big
-# that it takes 2 s, figures are then up to 20 s old rather than the scan never ending).
+# The queries may take at most this share of one database backend's time: after a refresh
+# that took t seconds, the next one waits at least t / QUERY_SHARE (should pending deltas
+# pile up with no worker to roll them up, figures get staler, the database no busier).
 QUERY_SHARE = 0.1
 # A client can send any method token: anything else is "other", so labels stay few.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -111,6 +132,7 @@ class TaskFigures:
     failed: int = 0
     cancelled: int = 0
     retried: int = 0
+    rescued: int = 0
     # Jobs per duration bucket (not cumulative); the last one is above every bound.
     buckets: list[int] = dataclasses.field(
         default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1)
@@ -132,31 +154,45 @@ class JobFigures:
     tasks: dict[tuple[str, str], TaskFigures]
     queues: dict[str, QueueFigures]
     query_seconds: float
+    live_workers: int = 0
 
 
 def job_figures(
-    counts: Sequence[JobCounts], queues: Sequence[QueueSettings], query_seconds: float
+    counters: Sequence[JobCounters],
+    stats: Sequence[QueueStats],
+    query_seconds: float,
+    live_workers: int = 0,
 ) -> JobFigures:
-    """The figures from the admin API's job counts and queue settings."""
+    """The figures from the admin API's job counters and queue stats."""
     tasks: dict[tuple[str, str], TaskFigures] = {}
-    per_queue: dict[str, QueueFigures] = {q.name: QueueFigures(paused=q.paused) for q in queues}
-    for row in counts:
-        t = tasks.setdefault((row.queue, row.task), TaskFigures())
-        t.enqueued += row.total
-        t.succeeded += row.succeeded
-        t.failed += row.failed
-        t.cancelled += row.cancelled
-        t.retried += row.retries
-        if row.bucket is not None:
-            t.buckets[row.bucket] += row.succeeded + row.failed
-            t.duration_sum += row.duration_sum
-        q = per_queue.setdefault(row.queue, QueueFigures())
-        q.depth += row.claimable
-        q.scheduled += row.scheduled
-        q.running += row.running
-        if row.oldest_claimable_age is not None:
-            q.oldest_claimable_age = max(q.oldest_claimable_age, row.oldest_claimable_age)
-    return JobFigures(tasks, per_queue, query_seconds)
+    for c in counters:
+        buckets = list(c.duration_buckets)
+        if len(buckets) != len(DURATION_BUCKETS) + 1:
+            raise RuntimeError(
+                f"the database has {len(buckets) - 1} duration bounds, metrics.py "
+                f"{len(DURATION_BUCKETS)}: pgqueue.job_duration_bounds() changed"
+            )
+        tasks[(c.queue, c.task)] = TaskFigures(
+            enqueued=c.enqueued,
+            succeeded=c.succeeded,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            retried=c.retried,
+            rescued=c.rescued,
+            buckets=buckets,
+            duration_sum=c.duration_sum,
+        )
+    per_queue = {
+        s.queue: QueueFigures(
+            depth=s.claimable,
+            scheduled=s.queued - s.claimable,
+            running=s.running,
+            oldest_claimable_age=s.oldest_claimable_age or 0.0,
+            paused=s.paused,
+        )
+        for s in stats
+    }
+    return JobFigures(tasks, per_queue, query_seconds, live_workers)
 
 
 class DatabaseCollector(Collector):
@@ -178,21 +214,26 @@ class DatabaseCollector(Collector):
             return
         yield GaugeMetricFamily(
             "pgqueue_metrics_query_seconds",
-            "How long the last query for the job figures took (one scan of pgqueue.jobs)",
+            "How long the last queries for the job figures took (the job counters)",
             value=figures.query_seconds,
+        )
+        yield GaugeMetricFamily(
+            "pgqueue_workers_live",
+            "Workers whose last heartbeat is within their lease, by the database's clock",
+            value=figures.live_workers,
         )
         yield from self._task_families(figures)
         yield from self._queue_families(figures)
 
     @staticmethod
     def _task_families(figures: JobFigures) -> Iterable[Metric]:
-        rows = "jobs still in pgqueue.jobs"
         counters = {
-            "enqueued": f"Jobs enqueued ({rows})",
-            "succeeded": f"Jobs that succeeded ({rows})",
-            "failed": f"Jobs that failed for good ({rows})",
-            "cancelled": f"Jobs cancelled ({rows})",
-            "retried": f"Attempts started beyond each job's first ({rows})",
+            "enqueued": "Jobs enqueued",
+            "succeeded": "Jobs that succeeded",
+            "failed": "Jobs that failed for good",
+            "cancelled": "Jobs cancelled",
+            "retried": "Attempts beyond each job's first that ended",
+            "rescued": "Jobs handed back (or failed) after their worker stopped heartbeating",
         }
         for field, doc in counters.items():
             family = CounterMetricFamily(f"pgqueue_jobs_{field}", doc, labels=["queue", "task"])
@@ -201,7 +242,7 @@ class DatabaseCollector(Collector):
             yield family
         histogram = HistogramMetricFamily(
             "pgqueue_job_duration_seconds",
-            f"Run time of the last attempt of succeeded and failed jobs, claim to end ({rows})",
+            "Run time of the attempt that ended each job succeeded or failed, claim to end",
             labels=["queue", "task"],
         )
         for (queue, task), t in sorted(figures.tasks.items()):
@@ -241,7 +282,7 @@ class Metrics:
         self._cache_seconds = cache_seconds
         self._fresh_until = 0.0
         # One refresh at a time: scrapes that arrive meanwhile wait for its answer
-        # instead of running the same scan beside it.
+        # instead of running the same queries beside it.
         self._lock = asyncio.Lock()
         self._log = structlog.get_logger("pgqueue.service")
         self.database = DatabaseCollector()
@@ -290,14 +331,16 @@ class Metrics:
                 return
             start = time.perf_counter()
             try:
-                async with service.connection() as conn:
-                    counts = await service.admin.job_counts(DURATION_BUCKETS, conn=conn)
-                    queues = await service.admin.queue_settings(conn=conn)
+                async with service.reading() as conn:
+                    counters = await service.admin.job_counters(conn=conn)
+                    stats = await service.admin.queue_stats(conn=conn)
+                    live = await service.admin.live_workers(conn=conn)
             except Exception as exc:  # a scrape still answers, saying the database did not
                 self._log.warning("metrics_query_failed", error=repr(exc))
                 self.database.up = False
             else:
-                self.database.figures = job_figures(counts, queues, time.perf_counter() - start)
+                took = time.perf_counter() - start
+                self.database.figures = job_figures(counters, stats, took, live)
                 self.database.up = True
             # A failure is cached too: a database in trouble is not asked on every scrape.
             # metrics_cache_seconds = 0 turns both off (tests that must see every change).

@@ -30,7 +30,7 @@ class QueuesController(Controller):
     async def list_queues(self, request: Request[Any, Any, Any]) -> QueueList:
         """Per queue: jobs by state, the oldest claimable job's age, paused or not."""
         service = request.app.state.pgqueue
-        async with service.connection() as conn:
+        async with service.reading(request) as conn:
             stats = await service.admin.queue_stats(conn=conn)
         return QueueList(queues=[QueueOut.of(s) for s in stats])
 

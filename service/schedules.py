@@ -54,7 +54,7 @@ class SchedulesController(Controller):
     )
     async def list_schedules(self, request: Request[Any, Any, Any]) -> ScheduleList:
         service = service_state(request)
-        async with service.connection() as conn:
+        async with service.reading(request) as conn:
             schedules = await service.admin.list_schedules(conn=conn)
         return ScheduleList(schedules=[ScheduleOut.of(s) for s in schedules])
 
@@ -100,8 +100,8 @@ class SchedulesController(Controller):
     ) -> ScheduleOut:
         service = service_state(request)
         name = validate_schedule_name(name)
-        async with service.connection() as conn:
-            return ScheduleOut.of(await service.admin.get_schedule(name, conn=conn))
+        found = await service.read_one(request, lambda c: service.admin.get_schedule(name, conn=c))
+        return ScheduleOut.of(found)
 
     @patch(
         "/{name:str}",

@@ -34,6 +34,6 @@ class SequencesController(Controller):
         for (queued, running, or failed and holding them). A sequence with nothing
         unfinished is not listed; its jobs are, in ``GET /v1/jobs``."""
         service = request.app.state.pgqueue
-        async with service.connection() as conn:
+        async with service.reading(request) as conn:
             sequences = await service.admin.list_sequences(limit=limit, conn=conn)
         return SequenceList(sequences=[SequenceOut.of(s) for s in sequences])

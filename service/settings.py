@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
+# The read replica's DSN for the server's processes (``pgqueue api --read-dsn``).
+READ_DSN_ENV = "PGQUEUE_READ_DSN"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class HttpLimits:
     """What the server takes from a client before the app sees a request (enforced by
@@ -51,6 +55,10 @@ class HttpLimits:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServiceSettings:
     dsn: str
+    # A streaming replica of ``dsn`` for reads (``--read-dsn``, ``PGQUEUE_READ_DSN``):
+    # the dashboard, /metrics, and the GET endpoints read there; writes and waits for a
+    # job's finish stay on ``dsn`` (see replica.py). None: everything on ``dsn``.
+    read_dsn: str | None = None
     # Off only for `pgqueue dev` on loopback, which says so in its log.
     auth: bool = True
     # Whole request bodies, and a job's args as JSON: larger ones get 413.

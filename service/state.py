@@ -1,11 +1,12 @@
-"""What the app holds while it runs: its settings, its connection pool, the API-key
-cache and the listener that wakes long-polling status requests."""
+"""What the app holds while it runs: its settings, its connection pool (and the read
+replica's, replica.py), the API-key cache and the listener that wakes long-polling
+status requests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import structlog
@@ -18,14 +19,16 @@ from pgqueue.errors import DatabaseUnavailableError
 from pgqueue.pools import acquire, keep_session
 
 from .auth import KeyCache
+from .replica import ReadReplica, on_replica, read_note
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     from litestar import Request
 
     from .settings import ServiceSettings
 
+T = TypeVar("T")
 FINISHED_CHANNEL = "pgqueue_finished"
 # The listener's safety net: a waiter looks again this often even without a NOTIFY
 # (a lost notification, a job finished by hand from psql without one).
@@ -99,6 +102,7 @@ class ServiceState:
         # service's pool, so neither opens connections of its own.
         self.queue = Queue(settings.dsn)
         self.admin = Admin(self.queue)
+        self.replica = None if not settings.read_dsn else ReadReplica(settings.read_dsn, self.admin)
 
     async def start(self) -> None:
         self.pool = await asyncpg_pool(
@@ -110,26 +114,85 @@ class ServiceState:
             reset=keep_session,
         )
 
+        if self.replica is not None:
+            await self.replica.start()
+
     async def stop(self) -> None:
         await self.finished.close()
+        if self.replica is not None:
+            await self.replica.stop()
         if self.pool is not None:
             await self.pool.close()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
+        """A connection to the primary: for writes, and reads that must be current."""
         if self.pool is None:
             raise RuntimeError("the service's pool is not open (app not started)")
-        try:
+        with _unavailable_as_503():
             async with acquire(self.pool) as conn:
                 yield conn
-        except TRANSIENT_ERRORS as exc:
-            # Connecting failed, or the connection died under a statement: the database
-            # is away, not the request wrong (503, problems.py). The cause is logged,
-            # never shown: it names hosts and ports.
-            structlog.get_logger("pgqueue.service").warning("database_unavailable", error=repr(exc))
-            raise DatabaseUnavailableError(
-                "the database is unavailable at the moment; try again shortly"
-            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def reading(
+        self, request: Request[Any, Any, Any] | None = None, *, primary: bool = False
+    ) -> AsyncIterator[Any]:
+        """A connection for reads that may lag: the read replica's when there is one
+        and it answers, else the primary's (``primary``: the primary's anyway). The
+        request's note records which, and the replica's lag (replica.py)."""
+        note = read_note(request)
+        replica = None if primary else self.replica
+        taken = None if replica is None else await replica.take()
+        if replica is None or taken is None:
+            if note is not None and self.replica is not None:
+                note.source = "primary"
+                note.replica_down = replica is not None
+            async with self.connection() as conn:
+                yield conn
+            return
+        conn, status = taken
+        if note is not None:
+            note.source, note.status = "replica", status
+        with _unavailable_as_503():
+            async with on_replica(replica, conn):
+                yield conn
+
+    async def read_one(
+        self, request: Request[Any, Any, Any], call: Callable[[Any], Awaitable[T]]
+    ) -> T:
+        """``call(conn)`` for one named thing (a job, a workflow, a schedule), on a
+        reading connection; when the replica has not got it (None, or a LookupError),
+        on the primary: a client that has just written it finds it (read-your-writes)."""
+        async with self.reading(request) as conn:
+            try:
+                found = await call(conn)
+            except LookupError:
+                if not _from_replica(request):
+                    raise
+            else:
+                if found is not None or not _from_replica(request):
+                    return found
+        async with self.reading(request, primary=True) as conn:
+            return await call(conn)
+
+
+def _from_replica(request: Request[Any, Any, Any]) -> bool:
+    note = read_note(request)
+    return note is not None and note.from_replica
+
+
+@contextlib.contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    try:
+        yield
+    except TRANSIENT_ERRORS as exc:
+        # Connecting failed, or the connection died under a statement: the database is
+        # away, not the request wrong (503, problems.py). The cause is logged, never
+        # shown: it names hosts and ports.
+        structlog.get_logger("pgqueue.service").warning("database_unavailable", error=repr(exc))
+        raise DatabaseUnavailableError(
+            "the database is unavailable at the moment; try again shortly"
+        ) from exc
 
 
 def service_state(request: Request[Any, Any, Any]) -> ServiceState:

@@ -117,8 +117,9 @@ class WorkflowsController(Controller):
         have been pruned."""
         service = service_state(request)
         ident = parse_job_id(workflow_id, "workflow_id")
-        async with service.connection() as conn:
-            status = await service.admin.get_workflow(ident, conn=conn)
+        status = await service.read_one(
+            request, lambda c: service.admin.get_workflow(ident, conn=c)
+        )
         if status is None:
             raise JobNotFoundError(f"there is no workflow {ident}")
         return WorkflowOut.of(status)

@@ -18,12 +18,42 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
-from pgcluster import Cluster, ClusterError, _pid_alive, free_port
+import pytest
+from pgcluster import (
+    Cluster,
+    ClusterError,
+    _pid_alive,
+    binary_major,
+    find_bin_dir,
+    free_port,
+)
+
+from pgqueue.embedded import bundled_bin_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 STANDBY_NAME = "replica1"
+
+
+def standby_bin_dir(server_kind: str, server_version_num: int) -> Path:
+    """The binaries of the session server's major, with pg_basebackup (a standby of that
+    server's data needs its own major); the test is skipped, saying why, without them."""
+    major = server_version_num // 10000
+    found: Path | None
+    if server_kind != "external" or major == binary_major(bundled_bin_dir()):
+        found = bundled_bin_dir()
+    else:
+        found = find_bin_dir(major)
+    if found is None:
+        pytest.skip(
+            f"the session server is PostgreSQL {major}, and no PostgreSQL {major} binaries"
+            f" (initdb, pg_ctl, postgres) were found in /usr/lib/postgresql/{major}/bin"
+            " nor at pg_config's --bindir: install that major's server package"
+        )
+    if not (found / "pg_basebackup").is_file():
+        pytest.skip(f"no pg_basebackup in {found}: a standby cannot be made")
+    return found
 
 
 @dataclass
@@ -128,6 +158,68 @@ class ReplicatedPair:
             if time.monotonic() > deadline:
                 raise ClusterError(f"the standby is not streaming ({wanted}): {row}")
             time.sleep(0.05)
+
+    def primary_lsn(self) -> str:
+        """Where the primary's WAL ends now."""
+        with psycopg.connect(self.primary_dsn(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _wait_standby(self, sql: str, lsn: str, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.standby_dsn(), autocommit=True) as conn:
+            while True:
+                row = conn.execute(sql, (lsn,)).fetchone()
+                if row is not None and row[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"the standby has not {what} {lsn} within {timeout} s")
+                time.sleep(0.02)
+
+    def wait_received(self, lsn: str | None = None, timeout: float = 30) -> None:
+        """Until the standby has received the primary's WAL up to ``lsn`` (default:
+        all of it now), replayed or not."""
+        self._wait_standby(
+            "SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn",
+            lsn or self.primary_lsn(),
+            "received",
+            timeout,
+        )
+
+    def wait_replayed(self, lsn: str | None = None, timeout: float = 30) -> None:
+        """Until the standby has replayed the primary's WAL up to ``lsn`` (default:
+        all of it now): what a read there sees is what the primary had then."""
+        self._wait_standby(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+            lsn or self.primary_lsn(),
+            "replayed",
+            timeout,
+        )
+
+    def pause_replay(self, timeout: float = 30) -> None:
+        """Stop the standby replaying (it goes on receiving): it falls behind, visibly,
+        until :meth:`resume_replay`."""
+        deadline = time.monotonic() + timeout
+        with (
+            psycopg.connect(self.standby_dsn(), autocommit=True) as conn,
+            psycopg.connect(self.primary_dsn(), autocommit=True) as primary,
+        ):
+            conn.execute("SELECT pg_wal_replay_pause()")
+            # Asked, not yet done, until replay meets its next record: a commit on the
+            # primary (an xid and nothing else) gives it one.
+            while True:
+                row = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()
+                if row is not None and row[0] == "paused":
+                    return
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"the standby's replay did not pause within {timeout} s")
+                primary.execute("SELECT txid_current()")
+                time.sleep(0.02)
+
+    def resume_replay(self) -> None:
+        with psycopg.connect(self.standby_dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
 
     def walsender_pid(self) -> int:
         row = self._replication()

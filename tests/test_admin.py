@@ -12,7 +12,7 @@ from pgqueue.admin import (
     Admin,
     ApiKey,
     InvalidApiKeyError,
-    JobCounts,
+    JobCounters,
     LiveApiKey,
     QueueSettings,
     Throughput,
@@ -103,15 +103,16 @@ async def test_queue_and_figure_reads_on_a_psycopg_async_connection(admin, dsn):
         await admin.pause_queue("a", conn=conn)
         settings = await admin.queue_settings(conn=conn)
         stats = {s.queue: s for s in await admin.queue_stats(conn=conn)}
-        counts = await admin.job_counts([0.1, 1.0], conn=conn)
+        counters = await admin.job_counters(conn=conn)
+        bounds = await admin.job_duration_bounds(conn=conn)
         throughput = await admin.throughput(15, conn=conn)
         await admin.resume_queue("a", conn=conn)
         assert await admin.queue_settings(conn=conn) == [QueueSettings("a", paused=False)]
     assert settings == [QueueSettings("a", paused=True)]
     assert (stats["a"].queued, stats["a"].paused, stats["b"].cancelled) == (2, True, 1)
-    assert all(isinstance(c, JobCounts) for c in counts)
-    assert sum(c.total for c in counts) == 3
-    assert sum(c.claimable for c in counts if c.queue == "a") == 2
+    assert all(isinstance(c, JobCounters) for c in counters)
+    assert sum(c.enqueued for c in counters) == 3
+    assert [(c.queue, c.cancelled) for c in counters] == [("a", 0), ("b", 1)]
+    assert all(len(c.duration_buckets) == len(bounds) + 1 for c in counters)
+    assert stats["a"].claimable == 2
     assert throughput == [Throughput("b", 0, 1, 0)]
-    with pytest.raises(pgqueue.InvalidJobError, match="ascend"):
-        await admin.job_counts([1.0, 0.5])

@@ -181,14 +181,14 @@ async def test_histogram_buckets_take_each_run_time_at_its_upper_bound(api, read
 
 async def test_scrapes_share_one_query_within_the_cache_period(dsn, read_key, monkeypatch):
     calls = 0
-    real = Admin.job_counts
+    real = Admin.job_counters
 
     async def counted(*args, **kwargs):
         nonlocal calls
         calls += 1
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(Admin, "job_counts", counted)
+    monkeypatch.setattr(Admin, "job_counters", counted)
     async with AsyncTestClient(make_app(dsn, metrics_cache_seconds=60)) as api:
         answers = await asyncio.gather(*(scrape(api, read_key) for _ in range(5)))
         assert calls == 1
@@ -206,14 +206,14 @@ async def test_a_slow_query_is_run_less_often_than_the_cache_period(dsn, read_ke
     # scan of a huge table, after which the next one must wait far longer than the
     # 10 ms cache period.
     calls = 0
-    real = Admin.job_counts
+    real = Admin.job_counters
 
     async def counted(*args, **kwargs):
         nonlocal calls
         calls += 1
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(Admin, "job_counts", counted)
+    monkeypatch.setattr(Admin, "job_counters", counted)
     monkeypatch.setattr(metrics_module, "QUERY_SHARE", 1e-6)
     async with AsyncTestClient(make_app(dsn, metrics_cache_seconds=0.01)) as api:
         await scrape(api, read_key)

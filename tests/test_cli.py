@@ -60,6 +60,22 @@ def test_migrate_and_check(empty_dsn):
     assert "database_up_to_date" in ok.stderr
 
 
+def test_a_database_a_later_release_migrated_is_ahead_not_behind(dsn):
+    """A rolling deploy: the next release migrated the database, and a process of this
+    one starts (a crash, a rescheduled pod). Its schema keeps this release working, so
+    the process runs, saying so; the database is not 'behind'."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgqueue.alembic_version SET version_num = '9999_later_release'")
+    check = pgqueue_cmd("migrate", "--check", "--dsn", dsn)
+    assert check.returncode == 0, check.stderr
+    assert "database_ahead" in check.stderr
+    assert "database_behind" not in check.stderr
+    listed = pgqueue_cmd("keys", "list", "--dsn", dsn)  # a command that checks the schema
+    assert listed.returncode == 0, listed.stderr
+    assert "database_ahead" in listed.stderr
+    assert "database_behind" not in listed.stderr
+
+
 def test_an_unreachable_database_is_a_clear_failure():
     result = pgqueue_cmd(
         "migrate", "--dsn", "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"

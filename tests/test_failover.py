@@ -40,13 +40,11 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 from faultkit import query_value, spawn, stop_all, wait_until
-from pgcluster import binary_major, find_bin_dir
-from replication import FailoverTimes, ReplicatedPair
+from replication import FailoverTimes, ReplicatedPair, standby_bin_dir
 
 import pgqueue
 from pgqueue import migrate
 from pgqueue.connect import asyncpg_connect
-from pgqueue.embedded import bundled_bin_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -83,21 +81,7 @@ WORKER_EVENTS = (
 @pytest.fixture
 def bin_dir(pg_server: PgServer) -> Path:
     """The session server's major's binaries, with pg_basebackup."""
-    major = pg_server.server_version_num // 10000
-    found: Path | None
-    if pg_server.kind != "external" or major == binary_major(bundled_bin_dir()):
-        found = bundled_bin_dir()
-    else:
-        found = find_bin_dir(major)
-    if found is None:
-        pytest.skip(
-            f"the session server is PostgreSQL {major}, and no PostgreSQL {major} binaries"
-            f" (initdb, pg_ctl, postgres) were found in /usr/lib/postgresql/{major}/bin"
-            " nor at pg_config's --bindir: install that major's server package"
-        )
-    if not (found / "pg_basebackup").is_file():
-        pytest.skip(f"no pg_basebackup in {found}: a standby cannot be made")
-    return found
+    return standby_bin_dir(pg_server.kind, pg_server.server_version_num)
 
 
 @pytest.fixture

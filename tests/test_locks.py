@@ -61,7 +61,7 @@ def test_every_owner_is_real_and_every_elected_service_owns_its_lock():
     for service in services:
         if service.election is not None:
             assert _resolve(service.election.owner) is service
-    assert {s.election for s in services} >= {locks.RESCUE, locks.PRUNE}
+    assert {s.election for s in services} >= {locks.RESCUE, locks.PRUNE, locks.COUNTERS}
 
 
 def _services() -> list[PeriodicService]:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import driver
@@ -12,16 +11,18 @@ from pgqueue.admin.records import (
     ApiKey,
     ApiKeyScope,
     EnqueuedJob,
-    JobCounts,
+    JobCounters,
     JobPage,
     LiveApiKey,
     NewApiKey,
     QueueSettings,
+    ReplicaStatus,
     Throughput,
     api_key_id,
     found_job,
     found_workflow,
     hash_api_key,
+    job_counters_from_rows,
     job_state_of,
     named_record,
     new_api_key,
@@ -32,7 +33,6 @@ from pgqueue.validation import check_spec
 from pgqueue.workflows import as_workflow, in_order_added
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from datetime import timedelta
 
     from pgqueue.app import Queue
@@ -202,7 +202,9 @@ class AdminCalls:
 
     async def throughput(self, minutes: int, *, conn: Any = None) -> list[Throughput]:
         """Jobs finished per queue in each of the last ``minutes`` minutes, with how many
-        failed; minutes with nothing finished have no row. A scan of the jobs table."""
+        failed; minutes with nothing finished have no row. Clock minutes (0: the current
+        one so far), from per-minute counters kept for the last 60 minutes: never a scan
+        of the jobs table."""
         if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1:
             raise InvalidJobError(f"minutes must be a positive integer, got {minutes!r}")
         rows = await self.queue._call(
@@ -210,21 +212,41 @@ class AdminCalls:
         )
         return [named_record(Throughput, r) for r in rows]
 
-    async def job_counts(
-        self, duration_buckets: Sequence[float], *, conn: Any = None
-    ) -> list[JobCounts]:
-        """Every job counted in one pass over the jobs table (a sequential scan: cache
-        the answer), per queue, task and bucket of the last attempt's run time;
-        ``duration_buckets`` are the buckets' upper bounds in seconds, ascending."""
-        bounds = [round(b * 1_000_000) for b in duration_buckets]
-        if any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
-            raise InvalidJobError("duration_buckets must ascend (to the microsecond)")
-        rows = await self.queue._call(
-            lambda ex: driver.metrics_job_rows(ex, bounds), conn, idempotent=True
-        )
-        return [named_record(JobCounts, r) for r in rows]
+    async def job_duration_bounds(self, *, conn: Any = None) -> tuple[float, ...]:
+        """The job duration histogram's bucket bounds in seconds, ascending, as the
+        schema fixes them (``pgqueue.job_duration_bounds()``)."""
+        bounds = await self.queue._call(driver.job_duration_bounds, conn, idempotent=True)
+        return tuple(bounds)
+
+    async def live_workers(self, *, conn: Any = None) -> int:
+        """How many workers are live: their last heartbeat within their own lease, by
+        the database's clock (the rescue's judgement; a worker past it is rescued)."""
+        return await self.queue._call(driver.live_worker_count, conn, idempotent=True)
+
+    async def job_counters(self, *, conn: Any = None) -> list[JobCounters]:
+        """The job counters per queue and task, by name (see :class:`JobCounters`).
+        Cost O(queues x tasks + deltas not yet rolled up), never a scan of the jobs."""
+
+        async def op(ex: AsyncExecutor) -> tuple[list[float], list[Any]]:
+            return await driver.job_duration_bounds(ex), await driver.metrics_job_rows(ex)
+
+        bounds, rows = await self.queue._call(op, conn, idempotent=True)
+        return job_counters_from_rows(rows, len(bounds))
 
     # --- API keys -----------------------------------------------------------------------
+
+    async def replica_status(self, *, conn: Any = None) -> ReplicaStatus:
+        """Whether the database (``conn``'s) is a streaming standby and how far behind
+        its primary it is: what a reader sending its reads to a replica shows its users."""
+        row = await self.queue._call(driver.replica_status_row, conn, idempotent=True)
+        lag = row["lag_seconds"]
+        return ReplicaStatus(
+            in_recovery=bool(row["in_recovery"]),
+            lag_seconds=None if lag is None else max(float(lag), 0.0),
+            receiving=bool(row["receiving"]),
+            lag_bytes=int(row["lag_bytes"]),
+            replay_paused=bool(row["replay_paused"]),
+        )
 
     async def create_api_key(self, name: str, scope: ApiKeyScope, *, conn: Any = None) -> NewApiKey:
         """A new key with this name and scope (``read``, ``enqueue`` or ``admin``): its

@@ -11,6 +11,7 @@ from pgqueue.limits import JOB_ID_MAX
 from pgqueue.states import JobState
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from datetime import datetime
 
     from pgqueue.jobs import Job
@@ -50,7 +51,7 @@ class EnqueuedJob(NamedTuple):
 
 class Throughput(NamedTuple):
     """Jobs of one queue that finished in one minute of :meth:`Admin.throughput`'s
-    window (a sliding window: minute 0 is the last 60 seconds)."""
+    window (clock minutes: minute 0 is the current one so far)."""
 
     queue: str
     minutes_ago: int
@@ -58,26 +59,81 @@ class Throughput(NamedTuple):
     failed: int  # of those finished
 
 
-class JobCounts(NamedTuple):
-    """The jobs of one queue and task whose last run time fell in one duration bucket
-    (see :meth:`Admin.job_counts`): counts by state, and the figures a metrics exporter
-    needs."""
+class JobCounters(NamedTuple):
+    """The counters of one queue and task (see :meth:`Admin.job_counters`): kept as
+    jobs move (migration 0019), they only ever grow: deleting or pruning jobs, or
+    retrying one by hand, never lowers them. History from before migration 0019 is what
+    rows were left then."""
 
     queue: str
     task: str
-    # How many bounds lie below the run time (len(bounds): above them all); None for
-    # jobs that have not finished, or finished without running (cancelled while queued).
-    bucket: int | None
-    total: int
-    claimable: int  # queued and due
-    scheduled: int  # queued for later
-    running: int
-    succeeded: int
-    failed: int
-    cancelled: int
-    retries: int  # attempts beyond each job's first
-    oldest_claimable_age: float | None  # seconds
-    duration_sum: float  # seconds, over the succeeded and failed jobs
+    enqueued: int  # jobs inserted
+    succeeded: int  # moves into succeeded
+    failed: int  # moves into failed (for good)
+    cancelled: int  # moves into cancelled
+    retried: int  # attempts beyond each job's first that ended (not a snooze's)
+    rescued: int  # handed back (or failed) by the rescue after their worker was lost
+    # Jobs per run-time bucket (not cumulative), one more than the bounds: the last one
+    # is above them all; counted as each job moves into succeeded or failed.
+    duration_buckets: tuple[int, ...]
+    duration_sum: float  # seconds, over the same jobs
+
+
+_COUNTER_FIELDS = {
+    "enqueued_total": "enqueued",
+    "succeeded_total": "succeeded",
+    "failed_total": "failed",
+    "cancelled_total": "cancelled",
+    "retried_total": "retried",
+    "rescued_total": "rescued",
+}
+_BUCKET_PREFIX = "duration_bucket_"
+
+
+def job_counters_from_rows(rows: Iterable[Any], bounds: int) -> list[JobCounters]:
+    """The ``metrics_jobs`` rows (queue, task, metric, n) as JobCounters, by queue and
+    task; ``bounds``: how many bucket bounds the histogram has."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        queue, task, metric, n = row["queue"], row["task"], row["metric"], int(row["n"])
+        fields = found.setdefault(
+            (queue, task),
+            dict.fromkeys(_COUNTER_FIELDS.values(), 0)
+            | {"buckets": [0] * (bounds + 1), "duration_sum": 0.0},
+        )
+        if metric in _COUNTER_FIELDS:
+            fields[_COUNTER_FIELDS[metric]] = n
+        elif metric.startswith(_BUCKET_PREFIX):
+            fields["buckets"][int(metric.removeprefix(_BUCKET_PREFIX))] = n
+        elif metric == "duration_us_sum":
+            fields["duration_sum"] = n / 1_000_000
+    return [
+        JobCounters(
+            queue,
+            task,
+            enqueued=f["enqueued"],
+            succeeded=f["succeeded"],
+            failed=f["failed"],
+            cancelled=f["cancelled"],
+            retried=f["retried"],
+            rescued=f["rescued"],
+            duration_buckets=tuple(f["buckets"]),
+            duration_sum=f["duration_sum"],
+        )
+        for (queue, task), f in sorted(found.items())
+    ]
+
+
+class ReplicaStatus(NamedTuple):
+    """What a server says about itself as a read replica (:meth:`Admin.replica_status`)."""
+
+    in_recovery: bool  # a standby; False: a primary, current by definition (lag 0)
+    # 0 when the standby has replayed all the WAL it received, else how long ago the last
+    # transaction it replayed committed on the primary; None when it cannot tell.
+    lag_seconds: float | None
+    receiving: bool  # a WAL receiver runs; False: it cannot know what it misses
+    lag_bytes: int  # WAL received but not replayed yet
+    replay_paused: bool  # pg_wal_replay_pause() holds its replay
 
 
 class QueueSettings(NamedTuple):

@@ -237,6 +237,13 @@ VALUES ($1::uuid, $2, $3, $4::text[], $5,
 -- back means the worker was declared dead (its jobs rescued) and must register again.
 UPDATE pgqueue.workers SET last_heartbeat = now() WHERE id = $1::uuid RETURNING id;
 
+-- name: live_workers
+-- Workers whose last heartbeat is within their own lease (15 s for a row without one,
+-- as the rescue judges it), by the database's clock: what pgqueue_workers_live counts.
+SELECT count(*) AS live
+FROM pgqueue.workers
+WHERE last_heartbeat >= now() - COALESCE(lease, interval '15 seconds');
+
 -- name: deregister_worker
 DELETE FROM pgqueue.workers WHERE id = $1::uuid;
 
@@ -295,7 +302,12 @@ WITH elected AS MATERIALIZED (
             'at', now()))
     FROM orphaned
     WHERE j.id = orphaned.id
-    RETURNING j.id, j.queue, j.state
+    RETURNING j.id, j.queue, j.task, j.state
+), counted AS (
+    -- The rescue's own counter (pgqueue_jobs_rescued_total): the counters' triggers see
+    -- a move from running back to queued or to failed and cannot tell it from a retry.
+    INSERT INTO pgqueue.job_counter_deltas (queue, task, metric, minute, n)
+    SELECT queue, task, 'rescued_total', NULL, count(*) FROM rescued GROUP BY 1, 2
 ), woken AS (
     SELECT pg_notify('pgqueue_enqueued', q.queue)
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'queued') AS q
@@ -385,60 +397,11 @@ UPDATE pgqueue.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS N
 
 -- dashboard
 
--- name: dashboard_throughput
--- Jobs that finished in each of the last $1 minutes, per queue: minute 0 is the last 60
--- seconds, 1 the 60 before, and so on (a sliding window, not clock minutes), with how
--- many of them failed. The window bounds the rows counted, but no index covers
--- finished_at, so this is a sequential scan of pgqueue.jobs, about the cost of the
--- pgqueue.queue_stats view that the dashboard reads on the same refresh (a fraction of
--- a second per million rows). An index on finished_at would make it a range scan, at
--- the price of one more index write per finished job.
-SELECT queue,
-       GREATEST(0, floor(EXTRACT(EPOCH FROM now() - finished_at) / 60))::integer AS minutes_ago,
-       count(*) AS finished,
-       count(*) FILTER (WHERE state = 'failed') AS failed
-FROM pgqueue.jobs
-WHERE finished_at > now() - make_interval(mins => $1::integer)
-GROUP BY 1, 2
-ORDER BY 1, 2;
+-- dashboard_throughput: in counters.sql.
 
 -- metrics
 
--- name: metrics_jobs
--- Everything GET /metrics says about jobs, in one pass over pgqueue.jobs: a sequential
--- scan, a few times the cost of the pgqueue.queue_stats view (see the service's
--- metrics.py for what each figure means, what it costs and how often it runs; no index
--- would help, since every row is counted). One row per queue, task and
--- duration bucket: rows by state, attempts beyond each job's first (retries), the
--- oldest claimable job's run_at, and for finished jobs (succeeded or failed) the run time
--- of their last attempt, claim (started_at) to finished_at. bucket is how many of the
--- bounds in $1 (microseconds, ascending) lie below that run time, so bucket k counts
--- jobs with bounds[k-1] < run time <= bounds[k] (k = cardinality($1): above them all);
--- NULL for jobs not finished. Whole microseconds (what timestamptz holds) keep the
--- edges exact. date_part, not EXTRACT: EXTRACT's numeric costs per row, and this reads
--- every row (float8 is exact here: the microseconds are rounded back to an integer).
-SELECT queue, task,
-       CASE WHEN state IN ('succeeded', 'failed') AND started_at IS NOT NULL
-                 AND finished_at IS NOT NULL
-            THEN width_bucket(
-                (date_part('epoch', finished_at - started_at) * 1000000)::bigint - 1,
-                $1::bigint[])
-       END AS bucket,
-       count(*) AS total,
-       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS claimable,
-       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
-       count(*) FILTER (WHERE state = 'running') AS running,
-       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE state = 'failed') AS failed,
-       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
-       COALESCE(sum(GREATEST(attempts - 1, 0)), 0)::bigint AS retries,
-       date_part('epoch', now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()))
-           AS oldest_claimable_age,
-       COALESCE(date_part('epoch', sum(finished_at - started_at)
-                                   FILTER (WHERE state IN ('succeeded', 'failed'))), 0)
-           AS duration_sum
-FROM pgqueue.jobs
-GROUP BY 1, 2, 3;
+-- metrics_jobs: in counters.sql.
 
 -- name: metrics_queues
 -- Queues with settings of their own (a small table): paused or not, and listed even

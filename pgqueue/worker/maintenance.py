@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from pgqueue.worker.counters import CounterRollup
 from pgqueue.worker.heartbeat import Heartbeat
 from pgqueue.worker.pruning import Pruner
 from pgqueue.worker.scheduler import Scheduler
@@ -66,10 +67,15 @@ def scheduler(ctx: ServiceContext) -> PeriodicService | None:
     )
 
 
+def counter_rollup(ctx: ServiceContext) -> PeriodicService:
+    return CounterRollup(ctx.pool)
+
+
 MAINTENANCE: tuple[Callable[[ServiceContext], PeriodicService | None], ...] = (
     heartbeat,
     pruner,
     scheduler,
+    counter_rollup,
 )
 
 
