@@ -2,9 +2,9 @@
 keeps working while the current code migrates the schema online under it, beside a
 worker of the current code, with jobs enqueued by both versions' code.
 
-The release's pgqueue/ and migrations/ come out of this checkout's git history (``git
-archive``) into a temporary directory, first on the release processes' PYTHONPATH; each
-process says which pgqueue it imported, and every job's ledger row which code ran it.
+The release's wheel (tests/releases/, checked against its SHA-256) is unpacked into a
+temporary directory, first on the release processes' PYTHONPATH; each process says which
+pgqueue it imported, and every job's ledger row which code ran it.
 On a fresh database:
 
 1. the release's own code migrates it to the release's head;
@@ -30,23 +30,19 @@ rescheduled pod) exits 1, so a deploy from 0.1.0 rolls workers forward, never re
 old ones. The last step of this test pins that, so that the README says what really
 happens. Releases after 0.1.0 start on a database a later release migrated
 (``database_ahead``, tests/test_cli.py).
-
-Without git or without the release's commit in the history (an sdist, a shallow clone),
-the test is skipped saying why, unless PGQUEUE_TEST_ROLLING=require (CI).
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import psycopg
@@ -55,50 +51,20 @@ import release
 from workerproc import APPS, WorkerProcess, wait_for_sql, wait_until_handling
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRE_ENV = "PGQUEUE_TEST_ROLLING"  # "require": what a skip would be fails the test
-# What the release's worker needs of its tree: the package and its migration chain
-# (pgqueue.migrate finds it beside the package, in a checkout). No service/: a worker
-# never imports it.
-RELEASE_PATHS = ("pgqueue", "migrations")
 NEW_START = 1_000_000  # the current producer's first n; the release's starts at 0
 EACH = 30  # jobs each step waits for, of each kind it needs
 STEP_TIMEOUT = 120.0
 
 
-def skip_or_fail(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "require":
-        pytest.fail(f"{reason} (and {REQUIRE_ENV}=require)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def release_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The release's code, extracted from this checkout's history."""
-    git = shutil.which("git")
-    if git is None:
-        skip_or_fail("no git on PATH to extract the last release's code")
-    probe = subprocess.run(
-        [git, "-C", str(ROOT), "cat-file", "-e", f"{release.COMMIT}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if probe.returncode != 0:
-        skip_or_fail(
-            f"the checkout at {ROOT} has no commit {release.COMMIT} (release "
-            f"{release.VERSION}): not a git clone, or a shallow one (git fetch --unshallow)"
-            f": {probe.stderr.strip()}"
-        )
-    archive = subprocess.run(
-        [git, "-C", str(ROOT), "archive", "--format=tar", release.COMMIT, *RELEASE_PATHS],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    """The release's wheel, unpacked (what pip would install: the package, with its
+    migration chain inside, and its metadata)."""
+    digest = hashlib.sha256(release.WHEEL.read_bytes()).hexdigest()
+    assert digest == release.WHEEL_SHA256, f"{release.WHEEL} is not the released wheel"
     tree = tmp_path_factory.mktemp(f"pgqueue-{release.VERSION}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tree, filter="data")
+    with zipfile.ZipFile(release.WHEEL) as wheel:
+        wheel.extractall(tree)
     return tree
 
 
