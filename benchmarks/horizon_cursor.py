@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.pgstats import ServerCpu, quantiles, table_stats  # noqa: E402
+from benchmarks.pgstats import ServerCpu, hold_horizon, quantiles, table_stats  # noqa: E402
 
 QUEUE = "horizon"
 WORKERS = 2
@@ -329,18 +329,6 @@ class Producers:
             await conn.close()
 
 
-async def _hold_horizon(dsn: str, release: asyncio.Event) -> None:
-    import asyncpg  # noqa: PLC0415
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with conn.transaction(isolation="repeatable_read"):
-            await conn.fetchval("SELECT count(*) FROM pgqueue.jobs")
-            await release.wait()
-    finally:
-        await conn.close()
-
-
 class Workers:
     def __init__(self, dsn: str, args: argparse.Namespace, mode: str, completion: str) -> None:
         command = [sys.executable, "-m", "benchmarks.horizon_cursor", "--worker", "--dsn", dsn,
@@ -454,7 +442,7 @@ async def run_mode(
         for name in PHASES:
             phase = phases[name]
             if name == "held":
-                holder = asyncio.create_task(_hold_horizon(dsn, release))
+                holder = asyncio.create_task(hold_horizon(dsn, release))
             if name == "after":
                 release.set()
             phase.started = await stats.fetchval("SELECT clock_timestamp()")

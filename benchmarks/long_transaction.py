@@ -34,7 +34,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_app  # noqa: E402
-from benchmarks.pgstats import ClaimProbe, ServerCpu, quantiles, table_stats  # noqa: E402
+from benchmarks.pgstats import (  # noqa: E402
+    ClaimProbe,
+    ServerCpu,
+    hold_horizon,
+    quantiles,
+    table_stats,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -90,19 +96,6 @@ class Producers:
             n += 1
 
 
-async def _hold_horizon(dsn: str, release: asyncio.Event) -> None:
-    """One REPEATABLE READ transaction that has read pgqueue.jobs, open until ``release``."""
-    import asyncpg  # noqa: PLC0415
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with conn.transaction(isolation="repeatable_read"):
-            await conn.fetchval("SELECT count(*) FROM pgqueue.jobs")
-            await release.wait()
-    finally:
-        await conn.close()
-
-
 async def _pickup_p50_ms(conn: asyncpg.Connection[Any], ids: list[int]) -> float:
     rows = await conn.fetch(
         "SELECT (EXTRACT(EPOCH FROM started_at - created_at) * 1000)::float8"
@@ -146,7 +139,7 @@ async def horizon(bench: Bench, *, rate: float, before: float, hold: float, afte
             phase = phases[name]
             producers.phase = name
             if name == "held":
-                holder = asyncio.create_task(_hold_horizon(bench.dsn, release))
+                holder = asyncio.create_task(hold_horizon(bench.dsn, release))
             if name == "after":
                 release.set()
                 stop.set()  # the producers stop: the backlog drains

@@ -120,3 +120,16 @@ class ServerCpu:
                     self._seen[pid] = int(fields[11]) + int(fields[12])  # utime + stime
         # A process that has exited keeps what it used when last seen.
         return sum(self._seen.values()) / self._ticks
+
+
+async def hold_horizon(dsn: str, release: asyncio.Event) -> None:
+    """One REPEATABLE READ transaction that has read pgqueue.jobs, open until ``release``."""
+    import asyncpg  # noqa: PLC0415
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read"):
+            await conn.fetchval("SELECT count(*) FROM pgqueue.jobs")
+            await release.wait()
+    finally:
+        await conn.close()

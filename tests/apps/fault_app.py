@@ -6,28 +6,19 @@ import os
 import random
 
 import asyncpg
+from ledger_pool import ledger
 
 import pgqueue
 
 queue = pgqueue.Queue()
-_pool: asyncpg.Pool | None = None
-_pool_lock = asyncio.Lock()
-
-
-async def _ledger() -> asyncpg.Pool:
-    global _pool  # noqa: PLW0603 - one pool per worker process
-    async with _pool_lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["LEDGER_DSN"], min_size=1, max_size=4)
-    return _pool
 
 
 @queue.task(name="fault.work", queue="faults", max_attempts=20)
 async def work(n: int, pause: float = 0.0) -> int:
-    started = await (await _ledger()).fetchval("SELECT clock_timestamp()")
+    started = await (await ledger()).fetchval("SELECT clock_timestamp()")
     await asyncio.sleep(random.uniform(0, 0.01) + pause)
     job = pgqueue.current_job()
-    await (await _ledger()).execute(
+    await (await ledger()).execute(
         "INSERT INTO ledger (n, job_id, attempt, pid, started, finished) "
         "VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
         n,

@@ -4,7 +4,7 @@ and finish, by the database's clock, to a ledger (one row per attempt)."""
 import asyncio
 import os
 
-import asyncpg
+from ledger_pool import ledger
 
 import pgqueue
 
@@ -13,21 +13,10 @@ queue = pgqueue.Queue()
 queue.limit("flow", concurrency=4, key_concurrency=2)
 queue.limit("rated", rate="20/2s")
 
-_pool: asyncpg.Pool | None = None
-_pool_lock = asyncio.Lock()
-
-
-async def _ledger() -> asyncpg.Pool:
-    global _pool  # noqa: PLW0603 - one pool per worker process
-    async with _pool_lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["LEDGER_DSN"], min_size=1, max_size=8)
-    return _pool
-
 
 @queue.task(name="flow.work", queue="flow")
 async def work(n: int, key: str, seconds: float) -> None:
-    pool = await _ledger()
+    pool = await ledger(max_size=8)
     ctx = pgqueue.current_job()
     row_id = await pool.fetchval(
         "INSERT INTO ledger (job_id, key, pid, started_at) "

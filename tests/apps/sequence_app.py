@@ -5,27 +5,17 @@ import asyncio
 import os
 import random
 
-import asyncpg
+from ledger_pool import ledger
 
 import pgqueue
 
 queue = pgqueue.Queue()
-_pool: asyncpg.Pool | None = None
-_pool_lock = asyncio.Lock()
-
-
-async def _ledger() -> asyncpg.Pool:
-    global _pool  # noqa: PLW0603 - one pool per worker process
-    async with _pool_lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["LEDGER_DSN"], min_size=1, max_size=4)
-    return _pool
 
 
 @queue.task(name="sequence.step", queue="sequenced")
 async def step(key: str, n: int) -> None:
     job = pgqueue.current_job()
-    pool = await _ledger()
+    pool = await ledger()
     await pool.execute(
         "INSERT INTO ledger (job_id, key, n, pid, started) "
         "VALUES ($1, $2, $3, $4, clock_timestamp())",

@@ -5,26 +5,16 @@ import asyncio
 import json
 import os
 
-import asyncpg
+from ledger_pool import ledger
 
 import pgqueue
 
 queue = pgqueue.Queue()
-_pool: asyncpg.Pool | None = None
-_pool_lock = asyncio.Lock()
-
-
-async def _ledger() -> asyncpg.Pool:
-    global _pool  # noqa: PLW0603 - one pool per worker process
-    async with _pool_lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["LEDGER_DSN"], min_size=1, max_size=4)
-    return _pool
 
 
 async def _record(given: object, pause: float = 0.0) -> None:
     job = pgqueue.current_job()
-    pool = await _ledger()
+    pool = await ledger()
     await pool.execute(
         "INSERT INTO wf_ledger (job_id, task, pid, given, started) "
         "VALUES ($1, $2, $3, $4::jsonb, clock_timestamp())",
