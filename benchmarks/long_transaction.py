@@ -5,15 +5,18 @@
     .venv/bin/python -m benchmarks.long_transaction --dsn postgresql://postgres@127.0.0.1/postgres
 
 Producers enqueue no-op jobs in small batches at a steady rate (2,000/s by default) while 2
-worker processes (their defaults) drain them. After a quiet phase, one REPEATABLE READ
-transaction reads ``pgqueue.jobs`` and stays open, as a slow report or a forgotten psql
-session does: it pins the xmin horizon, so no row version any job leaves behind can be
-vacuumed until it ends. Every interval prints the jobs processed per second, the backlog,
-the claim's p50/p99 (a probe running the workers' claim under EXPLAIN ANALYZE, rolled
-back), the server's CPU (the postmaster and its children, read from /proc: a local server
-only), dead tuples and the heap and index sizes of ``pgqueue.jobs``. At the end, per phase
-(before, held, after): throughput, claim p99, CPU, pickup p50 (enqueue to start, of a
-sample of the jobs enqueued in that phase) and the loss while the horizon was held.
+worker processes (their defaults) drain them. After a warm-up (then VACUUM ANALYZE, so
+that the phases start from a table with statistics, as a deployed one has) and a quiet
+phase, one REPEATABLE READ transaction reads ``pgqueue.jobs`` and stays open, as a slow
+report or a forgotten psql session does: it pins the xmin horizon, so no row version any
+job leaves behind can be vacuumed until it ends. Every interval prints the jobs processed
+per second, the backlog, the claim's p50/p99 and the full-scan claim's p50
+(benchmarks/pgstats.py's ClaimProbe: the workers' claim from a cursor, and from the head
+of the queue as a worker does once per full-scan period), the server's CPU (the
+postmaster and its children, read from /proc: a local server only), dead tuples and the
+heap and index sizes of ``pgqueue.jobs``. At the end, per phase (before, held, after):
+throughput, the claims' p99, CPU, pickup p50 (enqueue to start, of a sample of the jobs
+enqueued in that phase) and the loss while the horizon was held.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ PRODUCERS = 4  # connections enqueueing, each a share of the rate
 TICK_JOBS = 10  # jobs a producer enqueues at a time (the first one's pickup is sampled)
 UNFINISHED = "SELECT count(*) FROM pgqueue.jobs WHERE state IN ('queued', 'running')"
 PHASES = ("before", "held", "after")
+WARMUP_SECONDS = 20.0
 
 
 @dataclass(slots=True)
@@ -59,7 +63,8 @@ class Phase:
     name: str
     seconds: float = 0.0
     processed: int = 0
-    claims: list[float] = field(default_factory=list)  # the claim probe's samples, ms
+    claims: list[float] = field(default_factory=list)  # the probe's cursor claims, ms
+    full: list[float] = field(default_factory=list)  # the probe's full-scan claims, ms
     cpu_seconds: float | None = 0.0
     dead: int = 0
     size_mb: float = 0.0
@@ -76,8 +81,10 @@ class Producers:
 
     rate: float
     enqueued: int = 0
-    phase: str = "before"
-    sampled: dict[str, list[int]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    phase: str = "warm-up"
+    sampled: dict[str, list[int]] = field(
+        default_factory=lambda: {p: [] for p in ("warm-up", *PHASES)}
+    )
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(*(self._one(i, stop) for i in range(PRODUCERS)))
@@ -128,11 +135,18 @@ async def horizon(bench: Bench, *, rate: float, before: float, hold: float, afte
     holder: asyncio.Task[None] | None = None
     say(
         f"  {'phase':<7}{'t':>6}  {'processed/s':>11}  {'backlog':>9}  claim p50/p99 ms  "
+        f"{'full p50':>8}  "
         f"{'pg cpu':>7}  {'dead':>9}  {'heap+idx MB':>11}"
     )
     try:
+        # A fresh table has no statistics yet, and the plans made meanwhile last until
+        # autovacuum first runs (up to a minute): warm up, then give it its statistics.
+        await asyncio.sleep(WARMUP_SECONDS)
+        await stats.execute("VACUUM ANALYZE pgqueue.jobs")
+        probe.take()
+        probe.take_full()
         started = time.monotonic()
-        done_before = 0
+        done_before = producers.enqueued - await stats.fetchval(UNFINISHED)
         cpu_before = cpu.seconds()
         ends = {"before": before, "held": before + hold, "after": before + hold + after}
         for name in PHASES:
@@ -150,9 +164,11 @@ async def horizon(bench: Bench, *, rate: float, before: float, hold: float, afte
                 backlog = await stats.fetchval(UNFINISHED)
                 done, cpu_now = producers.enqueued - backlog, cpu.seconds()
                 table = await table_stats(stats)
-                samples = probe.take()
+                samples, full = probe.take(), probe.take_full()
                 p50, p99 = quantiles(samples)
+                full_p50, _ = quantiles(full)
                 phase.claims += samples
+                phase.full += full
                 share = (
                     "     -"
                     if cpu_now is None or cpu_before is None
@@ -161,7 +177,7 @@ async def horizon(bench: Bench, *, rate: float, before: float, hold: float, afte
                 say(
                     f"  {name:<7}{time.monotonic() - started:6.0f}  "
                     f"{(done - done_before) / interval:11,.0f}  {backlog:9,}  "
-                    f"{p50:7.2f}/{p99:7.2f}  {share:>7}  {table.dead:9,}  "
+                    f"{p50:7.2f}/{p99:8.2f}  {full_p50:8.1f}  {share:>7}  {table.dead:9,}  "
                     f"{table.heap_mb + table.index_mb:11,.0f}"
                 )
                 done_before, cpu_before = done, cpu_now
@@ -190,11 +206,13 @@ async def _summary(
     conn: asyncpg.Connection[Any], phases: dict[str, Phase], rate: float, say: Any
 ) -> None:
     say(
-        f"  {'phase':<7}{'seconds':>8}{'jobs/s':>9}  {'claim p99':>9}  {'pg cpu':>7}  "
+        f"  {'phase':<7}{'seconds':>8}{'jobs/s':>9}  {'claim p99':>9}  {'full p99':>9}  "
+        f"{'pg cpu':>7}  "
         f"{'pickup p50':>11}"
     )
     for phase in phases.values():
         _, p99 = quantiles(phase.claims)
+        _, full_p99 = quantiles(phase.full)
         cpu = (
             "      -"
             if phase.cpu_seconds is None
@@ -203,6 +221,7 @@ async def _summary(
         pickup = await _pickup_p50_ms(conn, phase.sampled) if phase.sampled else float("nan")
         say(
             f"  {phase.name:<7}{phase.seconds:8.0f}{phase.throughput():9,.0f}  {p99:7.2f}ms  "
+            f"{full_p99:7.1f}ms  "
             f"{cpu:>7}  {pickup:9,.1f}ms"
         )
     before, held = phases["before"].throughput(), phases["held"].throughput()
@@ -228,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=float, default=300.0, help="at most, to drain after")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds a line")
     parser.add_argument("--quick", action="store_true", help="20 s, 60 s held, 60 s after")
+    parser.add_argument("--keep-logs", type=Path, help="keep the workers' logs in this directory")
     args = parser.parse_args(argv)
     if args.quick:
         args.before, args.hold, args.after, args.interval = 20.0, 60.0, 60.0, 5.0
@@ -254,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="pgqbench-logs-") as log_dir,
     ):
         os.environ[DSN_ENV] = dsn  # bench_app's Queue takes the scratch database
-        asyncio.run(run(dsn, Path(log_dir)))
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+        asyncio.run(run(dsn, args.keep_logs or Path(log_dir)))
     print(f"the run took {time.perf_counter() - started:.0f} s")
     return 0
 

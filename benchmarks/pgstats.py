@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import statistics
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,38 +41,73 @@ async def table_stats(conn: asyncpg.Connection[Any]) -> TableStats:
 
 
 class ClaimProbe:
-    """The workers' claim (``claim_jobs``, their default batch), run under EXPLAIN
-    ANALYZE in a transaction rolled back: what one claim costs the server as the table
-    evolves, without taking a job from the workers."""
+    """The workers' claim (``claim_jobs``, their default batch) run in a transaction rolled
+    back, without taking a job from the workers, two ways each round: from the head of
+    the queue under EXPLAIN ANALYZE (``full``: the server's time for a full-scan claim,
+    which a worker makes once per full-scan period, see pgqueue/claim_cursor.py), then
+    from the probe's own cursor, the last job of its previous cursor claim
+    (``samples``: the round trip of a claim like the workers' others, from a cursor a
+    round old, so an upper bound). It waits at least ten times its last full claim
+    between rounds, so that a slow one does not take a CPU from the workers."""
 
     def __init__(self, conn: asyncpg.Connection[Any], queue: str, *, every: float = 0.25):
+        from pgqueue.claim_cursor import HEAD  # noqa: PLC0415
         from pgqueue.sql import query  # noqa: PLC0415
         from pgqueue.worker.core import DEFAULT_BATCH_SIZE  # noqa: PLC0415
 
         self._conn = conn
-        self._sql = "EXPLAIN (ANALYZE, FORMAT JSON) " + query("claim_jobs")
-        self._params = ([queue], DEFAULT_BATCH_SIZE, str(uuid.uuid4()))
+        self._claim = query("claim_jobs")
+        self._head = HEAD
+        self._args = ([queue], DEFAULT_BATCH_SIZE, str(uuid.uuid4()))
         self._every = every
-        self.samples: list[float] = []
+        self._cursor: Any = None  # a ClaimKey, once a cursor claim found jobs
+        self.samples: list[float] = []  # ms, cursor claims (round trips)
+        self.full: list[float] = []  # ms, full-scan claims (server time)
 
     async def run(self, stop: asyncio.Event) -> None:
+        from pgqueue.claim_cursor import ClaimKey, start_params  # noqa: PLC0415
+
+        conn = self._conn
         while not stop.is_set():
-            tx = self._conn.transaction()
+            tx = conn.transaction()
             await tx.start()
             try:
-                plan = await self._conn.fetchval(self._sql, *self._params)
+                plan = await conn.fetchval(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) " + self._claim,
+                    *self._args,
+                    *start_params([self._head]),
+                )
             finally:
                 await tx.rollback()
-            self.samples.append(float(json.loads(plan)[0]["Execution Time"]))
+            took = float(json.loads(plan)[0]["Execution Time"])
+            self.full.append(took)
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                began = time.perf_counter()
+                rows = await conn.fetch(
+                    self._claim, *self._args, *start_params([self._cursor or self._head])
+                )
+                self.samples.append((time.perf_counter() - began) * 1000)
+            finally:
+                await tx.rollback()
+            keys = [ClaimKey(r["priority"], r["run_at"], r["id"]) for r in rows if r["id"]]
+            if keys:
+                self._cursor = max(keys, key=ClaimKey.order)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._every)
+                await asyncio.wait_for(stop.wait(), max(self._every, 10 * took / 1000))
 
     async def close(self) -> None:
         await self._conn.close()
 
     def take(self) -> list[float]:
-        """The samples (ms) since the last take."""
+        """The cursor claims' samples (ms) since the last take."""
         samples, self.samples = self.samples, []
+        return samples
+
+    def take_full(self) -> list[float]:
+        """The full-scan claims' samples (ms) since the last take."""
+        samples, self.full = self.full, []
         return samples
 
 

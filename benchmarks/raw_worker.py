@@ -17,6 +17,7 @@ import uuid
 
 import asyncpg
 
+from pgqueue.claim_cursor import claim_starts, start_params
 from pgqueue.sql import query
 
 
@@ -28,12 +29,14 @@ async def work(dsn: str, queue: str, batch_size: int) -> tuple[int, float]:
         # Claims name a worker and completions the attempt, as pgqueue's own do; this
         # loop never registers or heartbeats, as nothing rescues within a benchmark.
         worker_id = str(uuid.uuid4())
-        await claim.fetch([queue], batch_size, worker_id)  # the queue is still empty: a warm-up
+        head = start_params(claim_starts([queue], None))  # every claim from the head
+        # The queue is still empty: a warm-up.
+        await claim.fetch([queue], batch_size, worker_id, *head)
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         cpu_start = time.process_time()
         done = 0
-        while rows := await claim.fetch([queue], batch_size, worker_id):
+        while rows := await claim.fetch([queue], batch_size, worker_id, *head):
             ids = [row[0] for row in rows]
             await complete.fetch(ids, [None] * len(ids), [row[5] for row in rows])
             done += len(ids)

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pgqueue.claim_cursor import claim_starts, start_params  # noqa: E402
 from pgqueue.sql import query  # noqa: E402
 
 QUEUE = "bench"
@@ -47,6 +48,7 @@ LIMIT = 50
 WORKERS = 2
 BATCH = 100
 LOCK_SPACE = 4242
+HEAD_PARAMS = start_params(claim_starts([QUEUE], None))  # claim_jobs from the head
 MODES = ["unlimited", "slots", "slots2", "locked"]
 
 PROTOTYPE = """
@@ -200,10 +202,12 @@ async def worker(  # noqa: PLR0912 - three loops side by side, on purpose
         if mode == "unlimited":
             claim = await conn.prepare(query("claim_jobs"))
             complete = await conn.prepare(query("complete_succeeded"))
-            await claim.fetch(["warmup"], BATCH, wid)
+            await claim.fetch(["warmup"], BATCH, wid, *HEAD_PARAMS)
             ready.put_nowait(None)
             await go.wait()
-            while rows := [r for r in await claim.fetch([QUEUE], BATCH, wid) if r[0] is not None]:
+            while rows := [
+                r for r in await claim.fetch([QUEUE], BATCH, wid, *HEAD_PARAMS) if r[0] is not None
+            ]:
                 ids = [r[0] for r in rows]
                 await complete.fetch(ids, [None] * len(ids), [r[5] for r in rows])
                 done += len(ids)

@@ -6,13 +6,12 @@
 No-op jobs enqueued in bulk (COPY, 100,000 a transaction) while 2 worker processes
 (their defaults, with a short retention so that pruning runs) drain them; the backlog is
 kept under a bound, as a steady producer would. For each million processed (``--step``) it
-prints the
-processing rate, the claim statement's p50/p99 (measured by a probe that runs the
-workers' claim under EXPLAIN ANALYZE in a transaction it rolls back, a few times a
-second), the heap and index sizes of ``pgqueue.jobs``, its dead tuples and the
-autovacuum runs on it so far. At the end: the last step against the first (goal:
-rate and claim p99 within 20 %) and whether the table's size followed the retention
-rather than the total.
+prints the processing rate, the claim's p50/p99 and the full-scan claim's p50 (a probe
+running the workers' claim, from a cursor and from the head of the queue, in
+transactions it rolls back, a few times a second: benchmarks/pgstats.py), the heap and
+index sizes of ``pgqueue.jobs``, its dead tuples and the autovacuum runs on it so far.
+At the end: the last step against the first (goal: rate and claim p99 within 20 %) and
+whether the table's size followed the retention rather than the total.
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ class Step:
     rate: float
     claim_p50_ms: float
     claim_p99_ms: float
+    full_p50_ms: float
     heap_mb: float
     index_mb: float
     live: int
@@ -64,7 +64,8 @@ class Step:
     def line(self) -> str:
         return (
             f"{self.processed:>11,}  {self.rate:>9,.0f} jobs/s  claim p50/p99 "
-            f"{self.claim_p50_ms:6.2f}/{self.claim_p99_ms:6.2f} ms  heap {self.heap_mb:7.1f} MB"
+            f"{self.claim_p50_ms:6.2f}/{self.claim_p99_ms:6.2f} ms  full p50 "
+            f"{self.full_p50_ms:7.2f} ms  heap {self.heap_mb:7.1f} MB"
             f"  indexes {self.index_mb:7.1f} MB  live {self.live:>10,}  dead {self.dead:>9,}"
             f"  autovacuums {self.autovacuums:>3}"
         )
@@ -115,12 +116,14 @@ async def soak(bench: Bench, total: int, step_size: int = 1_000_000) -> list[Ste
             now = time.monotonic()
             table = await table_stats(stats_conn)
             p50, p99 = quantiles(probe.take())
+            full_p50, _ = quantiles(probe.take_full())
             step = Step(
                 processed=processed,
                 seconds=now - mark_at,
                 rate=(processed - mark) / (now - mark_at),
                 claim_p50_ms=p50,
                 claim_p99_ms=p99,
+                full_p50_ms=full_p50,
                 heap_mb=table.heap_mb,
                 index_mb=table.index_mb,
                 live=table.live,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pgqueue.claim_cursor import ClaimKey, claim_starts, start_params
 from pgqueue.errors import (
     IdempotencyConflictError,
     ScheduleNotFoundError,
@@ -485,16 +486,25 @@ async def scheduler_advance(
 
 
 async def claim_flow(
-    ex: AsyncExecutor, queues: Sequence[str], limit: int, worker_id: str, *, limited: bool
+    ex: AsyncExecutor,
+    queues: Sequence[str],
+    limit: int,
+    worker_id: str,
+    *,
+    limited: bool,
+    starts: Sequence[ClaimKey] | None = None,
 ) -> tuple[list[ClaimedJob], bool]:
     """Claim up to ``limit`` jobs; and whether any of the queues is limited now.
     ``limited``: whether one was at the last claim, which picks the statement:
-    claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them."""
+    claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them.
+    ``starts``: where each queue's scan starts (pgqueue.claim_cursor; None: its head)."""
     if limited:
         params: tuple[Any, ...] = (list(queues), limit, worker_id, FLOW.key)
         rows = await ex.fetch(query("claim_jobs_limited"), params)
     else:
-        rows = await ex.fetch(query("claim_jobs"), (list(queues), limit, worker_id))
+        keys = claim_starts(queues, None) if starts is None else starts
+        params = (list(queues), limit, worker_id, *start_params(keys))
+        rows = await ex.fetch(query("claim_jobs"), params)
     jobs = [claimed_from_row(r) for r in rows if r["id"] is not None]
     now_limited = len(jobs) < len(rows)  # the marker row
     if now_limited and not limited and len(jobs) < limit:
@@ -502,6 +512,12 @@ async def claim_flow(
         more, now_limited = await claim_flow(ex, queues, limit - len(jobs), worker_id, limited=True)
         jobs += more
     return jobs, now_limited
+
+
+async def autovacuum_settings(ex: AsyncExecutor) -> tuple[bool, bool]:
+    """Whether autovacuum is on for the server, and for pgqueue.jobs."""
+    row = (await ex.fetch(query("autovacuum_settings"), ()))[0]
+    return bool(row["server"]), bool(row["jobs_table"])
 
 
 async def next_claim_wait(ex: AsyncExecutor, queues: Sequence[str]) -> ClaimWait:

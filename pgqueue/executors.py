@@ -177,6 +177,11 @@ class NamedRow(tuple[Any, ...]):
             return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """The column ``key``, or ``default`` when the row has none (as Record.get)."""
+        index = self._index.get(key)
+        return default if index is None else tuple.__getitem__(self, index)
+
 
 @functools.cache
 def _row_class(names: tuple[str, ...]) -> type[NamedRow]:

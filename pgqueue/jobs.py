@@ -168,6 +168,9 @@ class ClaimedJob:
     # The W3C carrier stored at enqueue (pgqueue.job_options), for an instrumentation to
     # continue the enqueue's trace (pgqueue.hooks); None when the enqueue had none.
     trace_context: dict[str, str] | None = None
+    # When the job became due, for the worker's claim cursor (pgqueue.claim_cursor); None
+    # from a claim that does not say (a limited queue's).
+    run_at: datetime | None = None
 
 
 class JobOptions(TypedDict, total=False):

@@ -104,6 +104,7 @@ def claimed_from_row(row: Any) -> ClaimedJob:
         max_attempts=row["max_attempts"],
         timeout=row["timeout"],
         trace_context=trace_context_of(row["trace_context"]),
+        run_at=row.get("run_at"),
     )
 
 

@@ -75,27 +75,38 @@ WHERE idempotency_key = ANY($1::text[])
   AND state IN ('queued', 'running', 'succeeded');
 
 -- name: claim_jobs
--- One statement per batch: up to $2 claimable jobs of the queues in $1 for worker $3,
--- paused queues skipped. Queues take turns (round robin by rank within the queue).
--- Limited queues (pgqueue.queue_limits) are left to claim_jobs_limited (flow.sql): a
--- marker row (id NULL) says there are some. (Kept short: pg_stat_activity shows the
--- first 1 kB of a statement, and tests look for its FOR UPDATE SKIP LOCKED there.)
+-- $2 jobs of queues $1 for worker $3, from cursors $4-$6 (pgqueue/worker/claim_cursor.py).
 WITH candidates AS (
     SELECT c.id, c.priority, c.run_at, c.turn
-    FROM (SELECT u.name FROM unnest($1::text[]) AS u(name)
+    FROM (SELECT u.name, u.priority, u.run_at, u.id
+          FROM unnest($1::text[], $4::smallint[], $5::timestamptz[], $6::bigint[])
+               AS u(name, priority, run_at, id)
           WHERE NOT EXISTS (SELECT FROM pgqueue.queues p WHERE p.name = u.name AND p.paused)
             AND NOT EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = u.name)) AS q
     CROSS JOIN LATERAL (
-        -- Each queue on its own, in claim order (the partial index jobs_claim_idx),
-        -- never waiting on rows another claim holds.
         SELECT x.id, x.priority, x.run_at, row_number() OVER () AS turn
         FROM (
-            SELECT j.id, j.priority, j.run_at
-            FROM pgqueue.jobs j
-            WHERE j.state = 'queued' AND j.queue = q.name AND j.run_at <= now()
-            ORDER BY j.priority DESC, j.run_at, j.id
+            SELECT * FROM (
+                SELECT j.id, j.priority, j.run_at FROM pgqueue.jobs j
+                WHERE j.state = 'queued' AND j.queue = q.name AND j.priority > q.priority
+                  AND j.run_at <= now()
+                ORDER BY j.priority DESC, j.run_at, j.id LIMIT $2
+                FOR UPDATE SKIP LOCKED) AS higher
+            UNION ALL
+            SELECT * FROM (
+                SELECT j.id, j.priority, j.run_at FROM pgqueue.jobs j
+                WHERE j.state = 'queued' AND j.queue = q.name AND j.priority = q.priority
+                  AND (j.run_at, j.id) > (q.run_at, q.id) AND j.run_at <= now()
+                ORDER BY j.priority DESC, j.run_at, j.id LIMIT $2
+                FOR UPDATE SKIP LOCKED) AS same
+            UNION ALL
+            SELECT * FROM (
+                SELECT j.id, j.priority, j.run_at FROM pgqueue.jobs j
+                WHERE j.state = 'queued' AND j.queue = q.name AND j.priority < q.priority
+                  AND j.run_at <= now()
+                ORDER BY j.priority DESC, j.run_at, j.id LIMIT $2
+                FOR UPDATE SKIP LOCKED) AS lower
             LIMIT $2
-            FOR UPDATE SKIP LOCKED
         ) AS x
     ) AS c
     ORDER BY c.turn, c.priority DESC, c.run_at, c.id
@@ -108,14 +119,14 @@ WITH candidates AS (
     -- and would hash the whole table to join them.
     WHERE j.id = ANY (ARRAY(SELECT c.id FROM candidates c))
     -- trace_context: read from the row the UPDATE has in hand anyway (NULL, and so
-    -- nothing to send, for a job enqueued without one).
+    -- nothing to send, for a job enqueued without one). run_at: for the cursor.
     RETURNING j.id, j.queue, j.task, j.args::text AS args, j.priority, j.attempts AS attempt,
               j.max_attempts, EXTRACT(EPOCH FROM j.timeout)::float8 AS timeout,
-              j.trace_context::text AS trace_context
+              j.trace_context::text AS trace_context, j.run_at
 )
 SELECT * FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = ANY ($1::text[]));
 
 -- name: seconds_until_next_job
@@ -148,7 +159,12 @@ WITH done AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'succeeded', result = d.result::jsonb, finished_at = now()
     FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS d(id, result, attempt)
-    WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt
+    -- The rows by primary key: with only the join, the planner may hash a scan of the
+    -- running jobs' partial index, which holds an entry for every job that left running
+    -- since the last vacuum (or while a long transaction holds the horizon). The state
+    -- compared as text matches no partial index's predicate.
+    WHERE j.id = ANY ($1::bigint[]) AND j.id = d.id AND j.state::text = 'running'
+      AND j.attempts = d.attempt
     RETURNING j.id
 )
 SELECT pgqueue.notify_finished(array_agg(id)) FROM done HAVING count(*) > 0;
@@ -186,7 +202,9 @@ WITH done AS (
         errors = j.errors || jsonb_build_array(d.error::jsonb || jsonb_build_object('at', now())),
         finished_at = CASE WHEN d.retry_in IS NULL THEN now() END
     FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS d(id, error, retry_in, attempt)
-    WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt
+    -- By primary key, as complete_succeeded.
+    WHERE j.id = ANY ($1::bigint[]) AND j.id = d.id AND j.state::text = 'running'
+      AND j.attempts = d.attempt
     RETURNING j.id, j.state
 )
 SELECT pgqueue.notify_finished(array_agg(id)) FROM done WHERE state = 'failed' HAVING count(*) > 0;
@@ -433,3 +451,13 @@ SELECT CASE WHEN pg_try_advisory_xact_lock($6::bigint) THEN  -- pgqueue.locks.PR
         $4::integer,
         $5::text[])
 END;
+
+-- name: autovacuum_settings
+-- Whether VACUUM cleans pgqueue.jobs by itself: the server's autovacuum setting and the
+-- table's own autovacuum_enabled (a worker warns at start when either is off).
+SELECT current_setting('autovacuum')::boolean AS server,
+       COALESCE((SELECT o.option_value::boolean
+                 FROM pg_options_to_table(c.reloptions) AS o
+                 WHERE o.option_name = 'autovacuum_enabled'), true) AS jobs_table
+FROM pg_class c
+WHERE c.oid = 'pgqueue.jobs'::regclass;

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pgqueue import driver
+from pgqueue.claim_cursor import ClaimCursor, ClaimKey, DueAnswer
 from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
 from pgqueue.executors import AsyncpgExecutor
 from pgqueue.pools import acquire
@@ -202,6 +203,11 @@ class Claimer:
         # cost (and a commit) while the others wait: with a backlog, a worker claims for
         # a quarter of a batch at least, rather than for each slot as it frees.
         self._min_claim = max(1, min(batch_size, concurrency) // 4)
+        # Where each queue's claim starts, past the entries its last claim left behind.
+        self._cursor = ClaimCursor()
+        # The database's last answer to "how long until the next job is due", reused
+        # for a while when asking costs much (see _idle_timeout).
+        self._due = DueAnswer()
         self._log = structlog.get_logger("pgqueue.worker")
         # Set while the worker is idle: its last claim found less than it could take.
         self.idle = asyncio.Event()
@@ -253,16 +259,38 @@ class Claimer:
                 await self._sleep(claimed=len(jobs))
 
     async def _claim(self, want: int, worker_id: str) -> list[ClaimedJob]:
-        """One claim round trip (after a hand-back if one is due)."""
+        """One claim round trip (after a hand-back if one is due), from the cursor."""
+        cursor = self._cursor
         async with acquire(self._pool) as conn:
             ex = AsyncpgExecutor(conn)
-            if self._hand_back.due():
-                await self._hand_back.run(ex, worker_id, self._jobs.known_ids)
+            if self._hand_back.due() and await self._hand_back.run(
+                ex, worker_id, self._jobs.known_ids
+            ):
+                cursor.rescan()  # what went back kept its run_at: behind the cursor
             self.claims += 1
-            jobs, self._limited = await driver.claim_flow(
-                ex, self._queues, want, worker_id, limited=self._limited
-            )
+            started = time.monotonic()
+            starts, full = cursor.starts(self._queues, started)
+            try:
+                jobs, self._limited = await driver.claim_flow(
+                    ex, self._queues, want, worker_id, limited=self._limited, starts=starts
+                )
+            except BaseException:
+                cursor.rescan()
+                raise
+        ended = time.monotonic()
+        cursor.claimed(
+            ((j.queue, ClaimKey(j.priority, j.run_at, j.id)) for j in jobs if j.run_at),
+            full=full,
+            elapsed=ended - started,
+            now=ended,
+        )
         return jobs
+
+    @property
+    def full_scans(self) -> int:
+        """Claims that scanned their queues from the head (the rest started at the
+        cursor)."""
+        return self._cursor.full_scans
 
     async def _wait_for_slot(self) -> None:
         """Every slot of ours is taken: wait until one frees."""
@@ -383,12 +411,17 @@ class Claimer:
         """How long to sleep: until the poll comes round, or until the next delayed job
         or rate-limit slot is due; and whether any of the queues is limited (None when
         the database did not say)."""
+        now = time.monotonic()
+        reused = self._due.reuse(now)
+        if reused is not None:
+            return min(max(reused, 0.005), self._poll_interval), None
         self.idle_checks += 1
         try:
             async with acquire(self._pool) as conn:
                 wait = await driver.next_claim_wait(AsyncpgExecutor(conn), self._queues)
         except CLAIM_RETRY_ERRORS:
             return self._poll_interval, None  # the next claim will say what is wrong
+        self._due.answered(wait.due_in, asked=now, now=time.monotonic())
         if wait.due_in is None:
             return self._poll_interval, wait.limited
         return min(max(wait.due_in, 0.005), self._poll_interval), wait.limited

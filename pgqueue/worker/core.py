@@ -41,6 +41,7 @@ from pgqueue.worker.maintenance import ServiceContext, build_services
 from pgqueue.worker.membership import Membership
 from pgqueue.worker.pruning import Pruner
 from pgqueue.worker.services import PeriodicService, ServiceRunner
+from pgqueue.worker.startup_checks import warn_if_autovacuum_off
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -216,6 +217,7 @@ class Worker:
             return self.stats
         started = self._started = _Started(self, self._membership, pool, stop)
         await apply_declared_limits(pool, self.app.declared_limits, self.queues)
+        await warn_if_autovacuum_off(pool, log)
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -365,6 +367,7 @@ class _Started:
         return {
             "completion_writes": self.completer.batches,
             "claims": self.claimer.claims,
+            "full_scans": self.claimer.full_scans,
             "idle_checks": self.claimer.idle_checks,
             "refills": self.completer.refills,
             **self.services.counters(),
