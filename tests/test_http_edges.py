@@ -189,6 +189,12 @@ async def test_a_body_sent_a_byte_at_a_time_gets_408_and_nothing_is_written(
             sender = asyncio.create_task(trickle(writer, body))
             raw = await until_closed(reader)
             sender.cancel()
+        # The access line is written once the response has gone out: the closed
+        # connection can reach us first.
+        deadline = time.monotonic() + BOUND
+        while not any(e["event"] == "http_request" for e in logs):
+            assert time.monotonic() < deadline, "no access log line"
+            await asyncio.sleep(0.01)
     assert_problem(raw, 408, "body did not arrive within 0.5 seconds")
     assert job_count(dsn) == 0
     # The app, reading the body, answered (logged) 408 too, not a failed request.

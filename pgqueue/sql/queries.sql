@@ -75,7 +75,7 @@ WHERE idempotency_key = ANY($1::text[])
   AND state IN ('queued', 'running', 'succeeded');
 
 -- name: claim_jobs
--- $2 jobs of queues $1 for worker $3, from cursors $4-$6 (pgqueue/worker/claim_cursor.py).
+-- $2 jobs of queues $1 for worker $3, from cursors $4-$6 (pgqueue/claim_cursor.py).
 WITH candidates AS (
     SELECT c.id, c.priority, c.run_at, c.turn
     FROM (SELECT u.name, u.priority, u.run_at, u.id
@@ -109,6 +109,9 @@ WITH candidates AS (
             LIMIT $2
         ) AS x
     ) AS c
+    -- Paused queues are skipped; queues take turns (round robin by rank within each).
+    -- (The header is kept to one line: pg_stat_activity shows a statement's first 1 kB,
+    -- and tests look for its FOR UPDATE SKIP LOCKED there.)
     ORDER BY c.turn, c.priority DESC, c.run_at, c.id
     LIMIT $2
 ), claimed AS (
@@ -126,6 +129,8 @@ WITH candidates AS (
 )
 SELECT * FROM claimed
 UNION ALL
+-- Limited queues (pgqueue.queue_limits) are left to claim_jobs_limited (flow.sql): this
+-- marker row (id NULL) says there are some.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT FROM pgqueue.queue_limits l WHERE l.queue = ANY ($1::text[]));
 

@@ -268,11 +268,18 @@ class Claimer:
             ):
                 cursor.rescan()  # what went back kept its run_at: behind the cursor
             self.claims += 1
+            if self._limited:  # claim_jobs_limited: from the head, no cursor to keep
+                jobs, self._limited = await driver.claim_flow(
+                    ex, self._queues, want, worker_id, limited=True
+                )
+                if not self._limited:
+                    cursor.rescan()  # the cursor is as old as the limit: start afresh
+                return jobs
             started = time.monotonic()
             starts, full = cursor.starts(self._queues, started)
             try:
                 jobs, self._limited = await driver.claim_flow(
-                    ex, self._queues, want, worker_id, limited=self._limited, starts=starts
+                    ex, self._queues, want, worker_id, limited=False, starts=starts
                 )
             except BaseException:
                 cursor.rescan()
