@@ -44,6 +44,7 @@ from pgqueue.scheduling.ticks import InvalidScheduleError
 from pgqueue.sql import query
 from pgqueue.states import JobState
 from pgqueue.steps import JobStep, step_from_row
+from pgqueue.timeline import Timeline
 from pgqueue.workflows import (
     EnqueuedWorkflow,
     WorkflowPlan,
@@ -295,6 +296,18 @@ async def snooze(
 
 async def cancelled_among(ex: AsyncExecutor, ids: Sequence[int]) -> list[int]:
     rows = await ex.fetch(query("cancelled_among"), (list(ids),))
+    return [r[0] for r in rows]
+
+
+async def note_timeline(ex: AsyncExecutor) -> Timeline:
+    """The server's timeline, noted (a change starts a hold of claims, see schema.sql)."""
+    row = (await ex.fetch(query("note_timeline"), ()))[0]
+    return Timeline(int(row[0]), float(row[1]))
+
+
+async def claims_lost_among(ex: AsyncExecutor, ids: Sequence[int], worker_id: str) -> list[int]:
+    """Which of ``ids`` the database no longer shows running under ``worker_id``."""
+    rows = await ex.fetch(query("claims_lost_among"), (list(ids), worker_id))
     return [r[0] for r in rows]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -64,7 +64,10 @@ async def acquire(pool: asyncpg.Pool[Any]) -> AsyncIterator[Any]:
             yield conn
         except BaseException as exc:
             if not _leaves_connection_sound(exc):
-                conn.terminate()
+                # A connection the server dropped may already be back with the pool,
+                # whose proxy then refuses: the error to raise is the one that got here.
+                with suppress(asyncpg.InterfaceError):
+                    conn.terminate()
             raise
 
 

@@ -57,7 +57,8 @@ WITH done AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'succeeded', result = d.result::jsonb, finished_at = now()
     FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS d(id, result, attempt)
-    WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt
+    -- State as text: see complete_succeeded (queries.sql).
+    WHERE j.id = d.id AND j.state::text = 'running' AND j.attempts = d.attempt
     RETURNING j.id
 ), told AS (
     SELECT count(*) AS n,

@@ -164,12 +164,15 @@ WITH done AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'succeeded', result = d.result::jsonb, finished_at = now()
     FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS d(id, result, attempt)
-    -- The rows by primary key: with only the join, the planner may hash a scan of the
-    -- running jobs' partial index, which holds an entry for every job that left running
-    -- since the last vacuum (or while a long transaction holds the horizon). The state
-    -- compared as text matches no partial index's predicate.
-    WHERE j.id = ANY ($1::bigint[]) AND j.id = d.id AND j.state::text = 'running'
-      AND j.attempts = d.attempt
+    -- The state compared as text matches no partial index's predicate: the planner
+    -- cannot hash a scan of the running jobs' partial index, which holds an entry for
+    -- every job that left running since the last vacuum (or while a long transaction
+    -- holds the horizon). It looks each row up by primary key (a hash join on a seq
+    -- scan only for a batch near the table's size). Never add "j.id = ANY ($1)": it
+    -- drives the join from the table with the batch as the inner side of a nested
+    -- loop, and a batch of n outcomes costs n x n comparisons (a 450,000-job batch
+    -- ran for minutes and the batches behind it grew without end).
+    WHERE j.id = d.id AND j.state::text = 'running' AND j.attempts = d.attempt
     RETURNING j.id
 )
 SELECT pgqueue.notify_finished(array_agg(id)) FROM done HAVING count(*) > 0;
@@ -207,9 +210,8 @@ WITH done AS (
         errors = j.errors || jsonb_build_array(d.error::jsonb || jsonb_build_object('at', now())),
         finished_at = CASE WHEN d.retry_in IS NULL THEN now() END
     FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS d(id, error, retry_in, attempt)
-    -- By primary key, as complete_succeeded.
-    WHERE j.id = ANY ($1::bigint[]) AND j.id = d.id AND j.state::text = 'running'
-      AND j.attempts = d.attempt
+    -- State as text, as in complete_succeeded (and no "j.id = ANY ($1)", as there).
+    WHERE j.id = d.id AND j.state::text = 'running' AND j.attempts = d.attempt
     RETURNING j.id, j.state
 )
 SELECT pgqueue.notify_finished(array_agg(id)) FROM done WHERE state = 'failed' HAVING count(*) > 0;
@@ -221,7 +223,8 @@ UPDATE pgqueue.jobs AS j
 SET state = 'queued', run_at = now() + make_interval(secs => d.after),
     attempts = j.attempts - 1
 FROM unnest($1::bigint[], $2::float8[], $3::integer[]) AS d(id, after, attempt)
-WHERE j.id = d.id AND j.state = 'running' AND j.attempts = d.attempt;
+-- State as text: see complete_succeeded.
+WHERE j.id = d.id AND j.state::text = 'running' AND j.attempts = d.attempt;
 
 -- name: cancel_job
 SELECT pgqueue.cancel_job($1::bigint)::text;
@@ -256,9 +259,27 @@ VALUES ($1::uuid, $2, $3, $4::text[], $5,
         make_interval(secs => $6::float8), make_interval(secs => $7::float8));
 
 -- name: heartbeat
--- One statement per worker per beat, whatever the number of jobs it holds. No row
+-- One statement per worker per beat, whatever the number of jobs it holds. A NULL id
 -- back means the worker was declared dead (its jobs rescued) and must register again.
-UPDATE pgqueue.workers SET last_heartbeat = now() WHERE id = $1::uuid RETURNING id;
+-- With the server's timeline and how long claims still wait for it (note_timeline).
+WITH beat AS (
+    UPDATE pgqueue.workers SET last_heartbeat = now() WHERE id = $1::uuid RETURNING id
+)
+SELECT (SELECT id FROM beat) AS id, t.timeline, t.claims_held_for
+FROM pgqueue.note_timeline() AS t;
+
+-- name: note_timeline
+-- At each new connection of a worker's pool, before its first claim there.
+SELECT timeline, claims_held_for FROM pgqueue.note_timeline();
+
+-- name: claims_lost_among
+-- Which of the jobs worker $2 runs ($1) the database no longer shows as running under
+-- it: after a failover, claims the new primary never received.
+SELECT r.id
+FROM unnest($1::bigint[]) AS r(id)
+WHERE NOT EXISTS (
+    SELECT FROM pgqueue.jobs j WHERE j.id = r.id AND j.state = 'running' AND j.worker_id = $2::uuid
+);
 
 -- name: live_workers
 -- Workers whose last heartbeat is within their own lease (15 s for a row without one,

@@ -2036,4 +2036,48 @@ FROM gauges g
 LEFT JOIN due d ON d.queue = g.queue
 FULL JOIN pgqueue.queues q ON q.name = g.queue;
 
--- == Concurrency slots (migration 0020) ==
+-- == Failover: the server's timeline (migration 0020) ==
+-- A promoted standby writes on a new timeline. With asynchronous replication the last
+-- commits of the old primary are missing there, claims among them: a job its worker is
+-- still running can be queued again, and another worker would run it beside the first
+-- run. So every worker notes the timeline it sees (pgqueue.note_timeline(), at each new
+-- connection of its pool and at each heartbeat). The first to see a new one records
+-- when, here; from then every worker holds its claims for the longest lease of the
+-- workers registered, while each checks that the jobs it runs are still its own and
+-- gives up those that are not. A worker that cannot check within its lease fences
+-- itself (it gives up all its jobs), so once the hold ends no lost claim still runs.
+CREATE TABLE pgqueue.server_timeline (
+    singleton   boolean PRIMARY KEY DEFAULT true CONSTRAINT server_timeline_one_row CHECK (singleton),
+    timeline    bigint NOT NULL,
+    changed_at  timestamptz NOT NULL,
+    claims_held interval NOT NULL
+);
+COMMENT ON TABLE pgqueue.server_timeline IS
+    'The timeline workers last saw; after a change (a promoted standby), claims wait until changed_at + claims_held.';
+
+-- The timeline the server writes on (the first 8 hex digits of its WAL file name), and
+-- how many seconds claims must still wait because it changed. Writes only when it did.
+CREATE FUNCTION pgqueue.note_timeline(OUT timeline bigint, OUT claims_held_for float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    current_timeline bigint :=
+        ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::bigint;
+BEGIN
+    UPDATE pgqueue.server_timeline t
+    SET timeline = current_timeline,
+        changed_at = now(),
+        claims_held = (SELECT COALESCE(max(w.lease), interval '15 seconds') FROM pgqueue.workers w)
+    WHERE t.timeline <> current_timeline;
+    IF NOT FOUND AND NOT EXISTS (SELECT FROM pgqueue.server_timeline) THEN
+        -- The first note ever: there is no failover to hold claims for.
+        INSERT INTO pgqueue.server_timeline (timeline, changed_at, claims_held)
+        VALUES (current_timeline, '-infinity', interval '0')
+        ON CONFLICT (singleton) DO NOTHING;
+    END IF;
+    SELECT t.timeline,
+           CASE WHEN t.changed_at + t.claims_held > now()
+                THEN extract(epoch FROM t.changed_at + t.claims_held - now())::float8
+                ELSE 0 END
+    INTO timeline, claims_held_for
+    FROM pgqueue.server_timeline t;
+END $$;

@@ -51,6 +51,10 @@ RECONCILE_SECONDS = 30.0
 # A claim that fails with one of these claimed nothing: back off and claim again.
 CLAIM_RETRY_ERRORS = DATABASE_ERRORS
 
+# The least number of unwritten outcomes at which a worker stops claiming (see
+# Claimer.max_unwritten).
+MIN_UNWRITTEN_CAP = 1_000
+
 
 def in_flight_limit(
     tasks: Iterable[Task[Any, Any]],
@@ -166,6 +170,8 @@ class Claimer:
         wake: asyncio.Event,
         registered: asyncio.Event,
         written: asyncio.Event | None = None,
+        claims_open: asyncio.Event | None = None,
+        unwritten: Callable[[], int] = lambda: 0,
     ) -> None:
         self._pool = pool
         self._jobs = jobs
@@ -180,6 +186,18 @@ class Claimer:
         self._stop = stop
         self._wake = wake
         self._registered = registered
+        # Cleared while claims are held after a failover (pgqueue.worker.failover).
+        if claims_open is None:
+            claims_open = asyncio.Event()
+            claims_open.set()
+        self._claims_open = claims_open
+        # Outcomes not yet written (Completer.unwritten): past max_unwritten, claims wait
+        # for the writes. Their jobs are still running in the database, and a write that
+        # falls behind (a slow disk, a lock) must not let a worker claim without end
+        # while the outcomes pile up in its memory.
+        self._unwritten = unwritten
+        self.max_unwritten = max(MIN_UNWRITTEN_CAP, 10 * batch_size, 2 * concurrency)
+        self._waiting_for_writes = False
         # Set when outcomes of ours were written (Completer.written): what frees a slot of
         # a limited queue in the database, where the claim counts them.
         self._written = written or asyncio.Event()
@@ -217,11 +235,7 @@ class Claimer:
         stop = self._stop
         failures = 0
         while not stop.is_set():
-            if not self._registered.is_set():
-                await first_of(self._registered, stop, timeout=None)
-                continue
-            if self._runner.waiting:  # jobs claimed but not started: take no more
-                await first_of(self._runner.unblocked, stop, timeout=None)
+            if await self._held():
                 continue
             want = self._want(len(self._jobs.running))
             if want <= 0:
@@ -250,7 +264,7 @@ class Claimer:
             if stop.is_set():
                 await self.release([j.id for j in jobs], worker_id)
                 return
-            if not self._registered.is_set():  # fenced or declared dead meanwhile
+            if not self._may_start():  # fenced, declared dead or held meanwhile
                 await self.release([j.id for j in jobs], worker_id)
                 continue
             self._full = len(jobs) == want
@@ -317,6 +331,33 @@ class Claimer:
         for job in jobs:
             self._jobs.start(job)
 
+    async def _held(self) -> bool:
+        """Wait, and say so, if no claim may be made now: while the worker is not
+        registered (fenced, or rejoining), claims are held after a failover, jobs
+        claimed wait to start, or too many outcomes wait to be written."""
+        stop = self._stop
+        if not self._registered.is_set():
+            await first_of(self._registered, stop, timeout=None)
+        elif not self._claims_open.is_set():
+            await first_of(self._claims_open, stop, timeout=None)
+        elif self._runner.waiting:  # jobs claimed but not started: take no more
+            await first_of(self._runner.unblocked, stop, timeout=None)
+        elif (unwritten := self._unwritten()) >= self.max_unwritten:
+            if not self._waiting_for_writes:
+                self._waiting_for_writes = True
+                # Info: under a heavy load a write stalled for a moment (a VACUUM, a
+                # pruning round) brings it now and then; a stuck one shows in the writes.
+                self._log.info(
+                    "claims_waiting_for_writes", unwritten=unwritten, limit=self.max_unwritten
+                )
+            self._written.clear()  # then look again: a write may have ended meanwhile
+            if self._unwritten() >= self.max_unwritten:
+                await first_of(self._written, self._wake, stop, timeout=self._poll_interval)
+        else:
+            self._waiting_for_writes = False
+            return False
+        return True
+
     def _want(self, running: int) -> int:
         """How many jobs to claim now; 0: wait for a slot to free first."""
         free = self._concurrency - running - self._reserved
@@ -326,6 +367,11 @@ class Claimer:
 
     # --- refills: a claim that rides on the write of outcomes (Completer) --------------
 
+    def _may_start(self) -> bool:
+        """Whether jobs just claimed may start: registered, not fenced and not held by a
+        failover (a claim that raced the hold's start goes back)."""
+        return self._registered.is_set() and self._claims_open.is_set()
+
     def refill(self, outcomes: int) -> Refill | None:
         """The claim to make with the ``outcomes`` the Completer is about to write: while
         a queue of ours is limited, as many as we may take (the database gives what its
@@ -333,7 +379,7 @@ class Claimer:
         fewer outcomes than a quarter batch: each claim of a limited queue pays a fixed
         cost under its lock (a key walk, a commit), so a trickle of small writes is left
         to the claim loop, whose one claim serves every write made while it waits."""
-        if not self._limited or self._stop.is_set() or not self._registered.is_set():
+        if not self._limited or self._stop.is_set() or not self._may_start():
             return None
         if outcomes < self._min_claim:
             return None
@@ -353,13 +399,9 @@ class Claimer:
         """The outcomes and the refill committed together: start the jobs claimed."""
         self._reserved -= refill.want
         self._limited = refill.limited
-        if (
-            self._stop.is_set()
-            or not self._registered.is_set()
-            or refill.worker_id != self._worker_id()
-        ):
-            # Stopping, or fenced or declared dead meanwhile (the jobs may be under the
-            # old id): back to the queue, as if never claimed.
+        if self._stop.is_set() or not self._may_start() or refill.worker_id != self._worker_id():
+            # Stopping, or fenced, declared dead (the jobs may be under the old id) or
+            # held by a failover meanwhile: back to the queue, as if never claimed.
             task = asyncio.ensure_future(
                 self.release([j.id for j in refill.jobs], refill.worker_id)
             )

@@ -139,6 +139,10 @@ class Completer:
     def outstanding(self) -> int:
         return len(self._succeeded_ids) + len(self._failed_ids) + len(self._snoozed)
 
+    def unwritten(self) -> int:
+        """Outcomes not yet written, those being written included."""
+        return self.outstanding() + len(self._writing)
+
     async def run(self) -> None:
         """Flush until closed; then flush what is left."""
         failures = 0

@@ -34,6 +34,7 @@ from pgqueue.worker.claiming import (
 )
 from pgqueue.worker.completer import Completer
 from pgqueue.worker.execution import ProgressWriter, TaskRunner
+from pgqueue.worker.failover import FailoverGuard
 from pgqueue.worker.heartbeat import Heartbeat, SelfFence
 from pgqueue.worker.lifecycle import Jobs
 from pgqueue.worker.listener import Listener
@@ -212,10 +213,11 @@ class Worker:
         """Work until :meth:`stop` is called; returns what was done."""
         stop = self._stop = asyncio.Event()
         log = self._log.bind(queues=self.queues, concurrency=self.concurrency)
-        pool = await self._membership.join(self.dsn, stop, log)
+        failover = FailoverGuard()
+        pool = await self._membership.join(self.dsn, stop, log, init=failover.on_connect)
         if pool is None:  # stopped before the database ever answered
             return self.stats
-        started = self._started = _Started(self, self._membership, pool, stop)
+        started = self._started = _Started(self, self._membership, pool, stop, failover)
         await apply_declared_limits(pool, self.app.declared_limits, self.queues)
         await warn_if_autovacuum_off(pool, log)
         log.info(
@@ -252,6 +254,7 @@ class _Started:
         membership: Membership,
         pool: asyncpg.Pool[Any],
         stop: asyncio.Event,
+        failover: FailoverGuard,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.pool = pool
@@ -318,6 +321,8 @@ class _Started:
             wake=wake,
             registered=self.registered,
             written=self.completer.written,
+            claims_open=failover.claims_open,
+            unwritten=self.completer.unwritten,
         )
         # A write of outcomes refills the slots they free while a queue is limited.
         self.completer.refiller = self.claimer
@@ -326,12 +331,17 @@ class _Started:
             pool,
             stopping=stop.is_set,
             on_declared_dead=functools.partial(_call_on_loop, loop, self._declared_dead),
+            failover=failover,
         )
         self.services = ServiceRunner(build_services(context))
         heartbeat = self._heartbeat = next(
             s for s in self.services.services if isinstance(s, Heartbeat)
         )
         heartbeat.renewed(membership.registered_at)  # the lease runs from the registration
+        self.failover = failover
+        failover.attach(
+            pool, self.jobs, worker_id=worker_id, stop=stop, on_checked=heartbeat.renew_withheld
+        )
         self.fence = SelfFence(
             heartbeat, lease=worker.lease, on_fence=self._fence, on_renewed=self._unfence
         )
@@ -345,6 +355,7 @@ class _Started:
         """Write the outcomes left, stop the rest, leave; whether task threads were
         abandoned (a sync task outlived an immediate stop)."""
         self.fence.close()
+        self.failover.close()
         await self.completer.close()
         try:
             await asyncio.wait_for(self._completer_task, timeout=max(grace_period, 10.0))
@@ -370,6 +381,7 @@ class _Started:
             "full_scans": self.claimer.full_scans,
             "idle_checks": self.claimer.idle_checks,
             "refills": self.completer.refills,
+            "failovers": self.failover.failovers,
             **self.services.counters(),
         }
 

@@ -15,6 +15,10 @@ beat was *sent* a lease minus :func:`fence_margin` ago, by its own monotonic clo
 gives up its running jobs and stops claiming. The database recorded that beat no
 sooner than it was sent, and the rescue counts a whole lease from that record, so the
 jobs are given up before anyone can have taken them.
+
+Each beat also notes the server's timeline (pgqueue.timeline): after a failover, a beat
+counts for the fence only once the worker has checked its running jobs against the new
+primary, so a worker that cannot check gives them up before the claims' hold ends.
 """
 
 from __future__ import annotations
@@ -23,17 +27,26 @@ import asyncio
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 
 from pgqueue.connect import psycopg_connect_args
 from pgqueue.locks import RESCUE
 from pgqueue.sql import query
+from pgqueue.timeline import Timeline
 from pgqueue.worker.services import ThreadService
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+
+class FailoverWatcher(Protocol):
+    """Who follows the server's timeline for the worker (pgqueue.worker.failover)."""
+
+    def noted_from_thread(self, noted: Timeline) -> None: ...
+
+    def checked_on(self, timeline: int) -> bool: ...
 
 
 def fence_margin(lease: float) -> float:
@@ -66,8 +79,13 @@ class Heartbeat(ThreadService):
         interval: float,
         lease: float,
         on_declared_dead: Callable[[str], None],
+        failover: FailoverWatcher | None = None,
     ) -> None:
         super().__init__(interval)
+        self._failover = failover
+        # When the latest beat withheld (taken on a timeline the running jobs were not
+        # yet checked against) was sent: renewed once they are.
+        self._withheld = -math.inf
         self._dsn = dsn
         self._worker_id = worker_id
         self._lease = lease
@@ -86,16 +104,34 @@ class Heartbeat(ThreadService):
         with self._renewed_lock:
             self.last_renewed = max(self.last_renewed, sent_at)
 
+    def renew_withheld(self) -> None:
+        """The running jobs were checked against the new timeline: the beats withheld
+        meanwhile count."""
+        with self._renewed_lock:
+            self.last_renewed = max(self.last_renewed, self._withheld)
+
     def run_round(self) -> None:
         """One heartbeat, then one rescue attempt."""
         conn = self._connection()
         worker_id = self._worker_id()
         sent_at = time.monotonic()  # before sending: never later than the database's now()
         with psycopg.RawCursor(conn) as cur:
-            alive = cur.execute(query("heartbeat"), (worker_id,)).fetchone() is not None
+            row = cur.execute(query("heartbeat"), (worker_id,)).fetchone()
+        assert row is not None  # noqa: S101 - one row, whatever the worker's fate
+        beat_id, timeline, claims_held_for = row
         self.beats += 1
-        if alive:
+        alive = beat_id is not None
+        checked = True
+        if self._failover is not None:
+            self._failover.noted_from_thread(Timeline(timeline, claims_held_for))
+            checked = self._failover.checked_on(timeline)
+        if alive and checked:
             self.renewed(sent_at)
+        elif alive:
+            # After a failover: a lost claim may still run here. No renewal until the
+            # worker has checked its jobs; one that cannot check fences itself.
+            with self._renewed_lock:
+                self._withheld = max(self._withheld, sent_at)
         else:
             self.log.error("worker_declared_dead", worker_id=worker_id)
             self._on_declared_dead(worker_id)

@@ -25,7 +25,7 @@ from pgqueue.retry import RetryPolicy, retry_in
 from pgqueue.worker.outcome import CommitOutcomeUnknownError, OwnershipLostError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from pgqueue.hooks import Hooks, JobRun
     from pgqueue.jobs import ClaimedJob
@@ -129,11 +129,18 @@ class Jobs:
 
     def abandon_all(self, reason: str) -> None:
         """Give up every running job: this worker was declared dead (its jobs were
-        rescued) or fenced itself (they may be, any moment). An async task is cancelled;
-        cancelling a process task's call ends its process; a function in a thread
-        cannot be stopped: it is told (``cancel_requested()``) and left to finish, its
-        outcome never written."""
-        for job_id, task in self.running.items():
+        rescued) or fenced itself (they may be, any moment)."""
+        self.abandon(list(self.running), reason)
+
+    def abandon(self, job_ids: Iterable[int], reason: str) -> None:
+        """Give up these running jobs (no longer ours in the database, or about to be).
+        An async task is cancelled; cancelling a process task's call ends its process;
+        a function in a thread cannot be stopped: it is told (``cancel_requested()``)
+        and left to finish. No outcome of theirs is written."""
+        for job_id in job_ids:
+            task = self.running.get(job_id)
+            if task is None:  # ended meanwhile
+                continue
             self._lost[job_id] = reason
             context = self._contexts.get(job_id)
             if context is not None:

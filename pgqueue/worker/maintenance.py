@@ -11,7 +11,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from pgqueue.worker.counters import CounterRollup
-from pgqueue.worker.heartbeat import Heartbeat
+from pgqueue.worker.heartbeat import FailoverWatcher, Heartbeat
 from pgqueue.worker.pruning import Pruner
 from pgqueue.worker.scheduler import Scheduler
 
@@ -32,6 +32,7 @@ class ServiceContext:
     pool: asyncpg.Pool[Any]  # the worker's pool, for services that run on its loop
     stopping: Callable[[], bool]  # whether the worker is stopping (cut a long round short)
     on_declared_dead: Callable[[str], None]  # callable from any thread
+    failover: FailoverWatcher | None = None  # follows the server's timeline
 
 
 def heartbeat(ctx: ServiceContext) -> PeriodicService:
@@ -42,6 +43,7 @@ def heartbeat(ctx: ServiceContext) -> PeriodicService:
         interval=worker.heartbeat_interval,
         lease=worker.lease,
         on_declared_dead=ctx.on_declared_dead,
+        failover=ctx.failover,
     )
 
 

@@ -23,6 +23,7 @@ from pgqueue.worker.listener import first_of, unless_set
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Awaitable, Callable
 
     import asyncpg
 
@@ -72,17 +73,24 @@ class Membership:
         except DATABASE_ERRORS as exc:  # the rescue drops the row after our lease
             log.warning("worker_deregister_failed", error=repr(exc))
 
-    async def join(self, dsn: str, stop: asyncio.Event, log: Any) -> asyncpg.Pool[Any] | None:
+    async def join(
+        self,
+        dsn: str,
+        stop: asyncio.Event,
+        log: Any,
+        *,
+        init: Callable[[asyncpg.Connection[Any]], Awaitable[None]] | None = None,
+    ) -> asyncpg.Pool[Any] | None:
         """The worker's pool, once registered, waiting (with backoff) for a database that
         is not up yet, as happens when workers and the database start together; None if
-        stopped first."""
+        stopped first. ``init``: run on each new connection of the pool."""
         failures = 0
         while not stop.is_set():
             try:
                 # Raced against a stop: a server that never answers must not hold up
                 # SIGTERM for a connect timeout (asyncpg cleans up what it opened).
                 pool = await unless_set(
-                    stop, asyncpg_pool(dsn, min_size=2, max_size=4, reset=keep_session)
+                    stop, asyncpg_pool(dsn, min_size=2, max_size=4, reset=keep_session, init=init)
                 )
             except DATABASE_ERRORS as exc:
                 if not connection_failed(exc):

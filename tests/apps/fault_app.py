@@ -47,3 +47,34 @@ async def tx(conn: asyncpg.Connection, n: int, pause: float = 0.0) -> int:
         started,
     )
     return n
+
+
+@queue.task(name="fault.long", queue="faults", max_attempts=20)
+async def long(n: int, pause: float) -> int:
+    """A run recorded from its start (tests/test_failover.py's ledger, which has an id and
+    ``given_up``): its row is written first and finished when the run returns or is
+    given up (cancelled by the worker), so that two runs of one job can be seen to
+    overlap however the first one ended. A run that never finishes its row (a worker
+    killed) counts as running for good."""
+    job = pgqueue.current_job()
+    db = await ledger()
+    run_id = await db.fetchval(
+        "INSERT INTO ledger (n, job_id, attempt, pid, started) "
+        "VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING id",
+        n,
+        job.id,
+        job.attempt,
+        os.getpid(),
+    )
+    given_up = True
+    try:
+        await asyncio.sleep(pause)
+        given_up = False
+    finally:
+        # Also when cancelled: the end of a run given up is when it stopped.
+        await db.execute(
+            "UPDATE ledger SET finished = clock_timestamp(), given_up = $2 WHERE id = $1",
+            run_id,
+            given_up,
+        )
+    return n
