@@ -45,6 +45,7 @@ def test_dsn_fixture_is_a_migrated_database_of_its_own(dsn: str, pg_server: PgSe
         "job_counter_deltas",
         "job_counters",
         "job_counter_minutes",
+        "server_timeline",
     }
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
