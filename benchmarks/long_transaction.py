@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_app  # noqa: E402
+from benchmarks.interrupt import pause, stop_on_signals  # noqa: E402
 from benchmarks.pgstats import (  # noqa: E402
     ClaimProbe,
     ServerCpu,
@@ -138,63 +139,67 @@ async def horizon(bench: Bench, *, rate: float, before: float, hold: float, afte
         f"{'full p50':>8}  "
         f"{'pg cpu':>7}  {'dead':>9}  {'heap+idx MB':>11}"
     )
-    try:
-        # A fresh table has no statistics yet, and the plans made meanwhile last until
-        # autovacuum first runs (up to a minute): warm up, then give it its statistics.
-        await asyncio.sleep(WARMUP_SECONDS)
-        await stats.execute("VACUUM ANALYZE pgqueue.jobs")
-        probe.take()
-        probe.take_full()
-        started = time.monotonic()
-        done_before = producers.enqueued - await stats.fetchval(UNFINISHED)
-        cpu_before = cpu.seconds()
-        ends = {"before": before, "held": before + hold, "after": before + hold + after}
-        for name in PHASES:
-            phase = phases[name]
-            producers.phase = name
-            if name == "held":
-                holder = asyncio.create_task(hold_horizon(bench.dsn, release))
-            if name == "after":
-                release.set()
-                stop.set()  # the producers stop: the backlog drains
-            phase_start, phase_done, phase_cpu = time.monotonic(), done_before, cpu_before
-            while time.monotonic() - started < ends[name]:
-                await asyncio.sleep(interval)
-                bench._check_alive(procs)  # noqa: SLF001 - the benchmark's own helper
-                backlog = await stats.fetchval(UNFINISHED)
-                done, cpu_now = producers.enqueued - backlog, cpu.seconds()
-                table = await table_stats(stats)
-                samples, full = probe.take(), probe.take_full()
-                p50, p99 = quantiles(samples)
-                full_p50, _ = quantiles(full)
-                phase.claims += samples
-                phase.full += full
-                share = (
-                    "     -"
-                    if cpu_now is None or cpu_before is None
-                    else f"{100 * (cpu_now - cpu_before) / interval:5.0f}%"
-                )
-                say(
-                    f"  {name:<7}{time.monotonic() - started:6.0f}  "
-                    f"{(done - done_before) / interval:11,.0f}  {backlog:9,}  "
-                    f"{p50:7.2f}/{p99:8.2f}  {full_p50:8.1f}  {share:>7}  {table.dead:9,}  "
-                    f"{table.heap_mb + table.index_mb:11,.0f}"
-                )
-                done_before, cpu_before = done, cpu_now
-                phase.dead, phase.size_mb = table.dead, table.heap_mb + table.index_mb
-                if name == "after" and backlog == 0:
+    with stop_on_signals(say) as interrupted:
+        try:
+            # A fresh table has no statistics yet, and the plans made meanwhile last until
+            # autovacuum first runs (up to a minute): warm up, then give it its statistics.
+            await pause(interrupted, WARMUP_SECONDS)
+            await stats.execute("VACUUM ANALYZE pgqueue.jobs")
+            probe.take()
+            probe.take_full()
+            started = time.monotonic()
+            done_before = producers.enqueued - await stats.fetchval(UNFINISHED)
+            cpu_before = cpu.seconds()
+            ends = {"before": before, "held": before + hold, "after": before + hold + after}
+            for name in PHASES:
+                if interrupted.is_set():
                     break
-            phase.seconds = time.monotonic() - phase_start
-            phase.processed = done_before - phase_done
-            phase.cpu_seconds = (
-                None if cpu_before is None or phase_cpu is None else cpu_before - phase_cpu
-            )
-    finally:
-        stop.set()
-        release.set()
-        await asyncio.gather(*tasks, *([holder] if holder else []), return_exceptions=True)
-        await bench.stop_workers(procs)
-        await probe.close()
+                phase = phases[name]
+                producers.phase = name
+                if name == "held":
+                    holder = asyncio.create_task(hold_horizon(bench.dsn, release))
+                if name == "after":
+                    release.set()
+                    stop.set()  # the producers stop: the backlog drains
+                phase_start, phase_done, phase_cpu = time.monotonic(), done_before, cpu_before
+                while time.monotonic() - started < ends[name]:
+                    if await pause(interrupted, interval):
+                        break
+                    bench._check_alive(procs)  # noqa: SLF001 - the benchmark's own helper
+                    backlog = await stats.fetchval(UNFINISHED)
+                    done, cpu_now = producers.enqueued - backlog, cpu.seconds()
+                    table = await table_stats(stats)
+                    samples, full = probe.take(), probe.take_full()
+                    p50, p99 = quantiles(samples)
+                    full_p50, _ = quantiles(full)
+                    phase.claims += samples
+                    phase.full += full
+                    share = (
+                        "     -"
+                        if cpu_now is None or cpu_before is None
+                        else f"{100 * (cpu_now - cpu_before) / interval:5.0f}%"
+                    )
+                    say(
+                        f"  {name:<7}{time.monotonic() - started:6.0f}  "
+                        f"{(done - done_before) / interval:11,.0f}  {backlog:9,}  "
+                        f"{p50:7.2f}/{p99:8.2f}  {full_p50:8.1f}  {share:>7}  {table.dead:9,}  "
+                        f"{table.heap_mb + table.index_mb:11,.0f}"
+                    )
+                    done_before, cpu_before = done, cpu_now
+                    phase.dead, phase.size_mb = table.dead, table.heap_mb + table.index_mb
+                    if name == "after" and backlog == 0:
+                        break
+                phase.seconds = time.monotonic() - phase_start
+                phase.processed = done_before - phase_done
+                phase.cpu_seconds = (
+                    None if cpu_before is None or phase_cpu is None else cpu_before - phase_cpu
+                )
+        finally:
+            stop.set()
+            release.set()
+            await asyncio.gather(*tasks, *([holder] if holder else []), return_exceptions=True)
+            await bench.stop_workers(procs)
+            await probe.close()
     for name in PHASES:
         phases[name].sampled = producers.sampled[name]
     await _summary(stats, phases, rate, say)

@@ -82,6 +82,9 @@ class Plan:
     # many short jobs (failures and retries are still logged, at warning and error).
     recommended: tuple[str, ...] = ("--log-level", "warning")
     batch_size: int = DEFAULT_BATCH_SIZE  # the bare loop's claims: the worker's default
+    # Flow control's cases (benchmarks/flow.py) and the unlimited run they stand beside,
+    # this many times in turn: each figure is the round with the median fraction.
+    flow_rounds: int = 3
 
 
 FULL = Plan(
@@ -103,6 +106,7 @@ QUICK = Plan(
     process_jobs=10_000,
     latency_seconds=3.0,
     latency_rate=100.0,
+    flow_rounds=1,
 )
 
 

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_app  # noqa: E402
+from benchmarks.interrupt import pause, stop_on_signals  # noqa: E402
 from benchmarks.pgstats import ClaimProbe, quantiles, table_stats  # noqa: E402
 
 if TYPE_CHECKING:
@@ -106,42 +107,44 @@ async def soak(bench: Bench, total: int, step_size: int = 1_000_000) -> list[Ste
     procs = await bench.start_workers(WORKERS, RETENTION)
     producer = asyncio.create_task(_produce(bench, total, enqueued, stop))
     prober = asyncio.create_task(probe.run(stop))
-    try:
-        mark, mark_at = 0, time.monotonic()
-        while mark < total:
-            await asyncio.sleep(0.5)
-            bench._check_alive(procs)  # noqa: SLF001 - the benchmark's own helper
-            if producer.done() and producer.exception() is not None:
-                raise producer.exception()  # type: ignore[misc]
-            processed = enqueued[0] - await stats_conn.fetchval(UNFINISHED)
-            if processed < min(mark + step_size, total):
-                continue
-            now = time.monotonic()
-            table = await table_stats(stats_conn)
-            p50, p99 = quantiles(probe.take())
-            full_p50, _ = quantiles(probe.take_full())
-            step = Step(
-                processed=processed,
-                seconds=now - mark_at,
-                rate=(processed - mark) / (now - mark_at),
-                claim_p50_ms=p50,
-                claim_p99_ms=p99,
-                full_p50_ms=full_p50,
-                heap_mb=table.heap_mb,
-                index_mb=table.index_mb,
-                live=table.live,
-                dead=table.dead,
-                autovacuums=table.autovacuums,
-            )
-            steps.append(step)
-            say("  " + step.line())
-            mark, mark_at = processed, now
-    finally:
-        stop.set()
-        await asyncio.gather(producer, prober, return_exceptions=True)
-        await bench.stop_workers(procs)
-        await probe.close()
-        await stats_conn.close()
+    with stop_on_signals(say) as interrupted:
+        try:
+            mark, mark_at = 0, time.monotonic()
+            while mark < total:
+                if await pause(interrupted, 0.5):
+                    break
+                bench._check_alive(procs)  # noqa: SLF001 - the benchmark's own helper
+                if producer.done() and producer.exception() is not None:
+                    raise producer.exception()  # type: ignore[misc]
+                processed = enqueued[0] - await stats_conn.fetchval(UNFINISHED)
+                if processed < min(mark + step_size, total):
+                    continue
+                now = time.monotonic()
+                table = await table_stats(stats_conn)
+                p50, p99 = quantiles(probe.take())
+                full_p50, _ = quantiles(probe.take_full())
+                step = Step(
+                    processed=processed,
+                    seconds=now - mark_at,
+                    rate=(processed - mark) / (now - mark_at),
+                    claim_p50_ms=p50,
+                    claim_p99_ms=p99,
+                    full_p50_ms=full_p50,
+                    heap_mb=table.heap_mb,
+                    index_mb=table.index_mb,
+                    live=table.live,
+                    dead=table.dead,
+                    autovacuums=table.autovacuums,
+                )
+                steps.append(step)
+                say("  " + step.line())
+                mark, mark_at = processed, now
+        finally:
+            stop.set()
+            await asyncio.gather(producer, prober, return_exceptions=True)
+            await bench.stop_workers(procs)
+            await probe.close()
+            await stats_conn.close()
     _verdict(steps, say)
     return steps
 

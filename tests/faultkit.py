@@ -5,6 +5,7 @@ itself, and no succeeded job lacks its ledger row."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -266,3 +267,13 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 60) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {timeout} s: {what}")
         time.sleep(0.05)
+
+
+async def wait_until_async(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
+    """:func:`wait_until` for a test whose worker runs on its own event loop: it sleeps
+    with ``asyncio.sleep``, so the loop (and the worker) goes on while it waits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)

@@ -5,13 +5,16 @@ is in tests/test_failover.py; here the pieces, on one server."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import structlog
+from faultkit import wait_until_async
 
 import pgqueue
 from pgqueue.testing import running_worker, wait_for_job
 from pgqueue.timeline import Timeline, TimelineWatch
+from pgqueue.worker.failover import FailoverGuard
 
 # --- the watch (no I/O) -----------------------------------------------------------------
 
@@ -46,6 +49,33 @@ def test_a_worker_that_first_sees_a_hold_waits_for_it():
     watch = TimelineWatch()
     assert watch.note(Timeline(2, 4.0), now=50.0) is False
     assert watch.held_for(51.0) == 3.0
+
+
+# --- the guard's hold (the worker's loop, no database) ----------------------------------
+
+
+async def test_a_hold_noted_again_keeps_its_timer_and_follows_an_end_moved_on():
+    """The heartbeat and every new connection note the timeline, so a hold is noted many
+    times while it runs: one timer serves them all (a note does not re-arm it), and a
+    note whose hold ends later keeps the claims closed until then."""
+    guard = FailoverGuard()
+    try:
+        guard.noted(Timeline(1, 0.0))  # the first note: no hold
+        assert guard.claims_open.is_set()
+        started = time.monotonic()
+        guard.noted(Timeline(1, 0.3))
+        assert not guard.claims_open.is_set()
+        timer = guard._reopen
+        guard.noted(Timeline(1, 0.3))  # the same hold, seen again
+        assert guard._reopen is timer
+        await asyncio.sleep(0.1)
+        guard.noted(Timeline(1, 0.5))  # moved on: now ends 0.6 s after the start
+        assert guard._reopen is timer
+        await asyncio.wait_for(guard.claims_open.wait(), 10)
+        assert time.monotonic() - started >= 0.6
+        assert guard.watch.held_for(time.monotonic()) == 0.0
+    finally:
+        guard.close()
 
 
 # --- pgqueue.note_timeline() ----------------------------------------------------------------
@@ -139,10 +169,8 @@ async def test_the_heartbeat_notes_the_timeline_too(dsn):
                         "UPDATE pgqueue.server_timeline SET changed_at = now(), "
                         "claims_held = interval '1 second'"
                     )
-                for _ in range(500):  # up to 10 s: the beat comes every 0.2 s
-                    if any(e["event"] == "claims_held" for e in logs):
-                        break
-                    await asyncio.sleep(0.02)
-        assert any(e["event"] == "claims_held" for e in logs)
+                await wait_until_async(  # the beat comes every 0.2 s
+                    "claims_held", lambda: any(e["event"] == "claims_held" for e in logs), 10
+                )
     finally:
         await queue.close()

@@ -6,10 +6,10 @@ while their outcomes piled up in its memory."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psycopg
 import structlog
+from faultkit import wait_until_async
 
 import pgqueue
 from pgqueue.testing import running_worker
@@ -23,13 +23,6 @@ def count(dsn: str, sql: str) -> int:
         row = conn.execute(sql).fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def until(what: str, check: object, timeout: float = BOUND) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_claims_wait_while_too_many_outcomes_are_unwritten(dsn: str) -> None:
@@ -57,9 +50,10 @@ async def test_claims_wait_while_too_many_outcomes_are_unwritten(dsn: str) -> No
         with structlog.testing.capture_logs() as logs:
             async with running_worker(queue, queues=["backpressure"], batch_size=100) as worker:
                 await asyncio.wait_for(locked.wait(), BOUND)
-                await until(
+                await wait_until_async(
                     "claims_waiting_for_writes",
                     lambda: any(e["event"] == "claims_waiting_for_writes" for e in logs),
+                    BOUND,
                 )
                 [waiting] = [e for e in logs if e["event"] == "claims_waiting_for_writes"]
                 limit = waiting["limit"]
@@ -72,12 +66,13 @@ async def test_claims_wait_while_too_many_outcomes_are_unwritten(dsn: str) -> No
                 assert running <= limit + 100 + worker.concurrency, running
                 assert running < BACKLOG
                 await holder.rollback()  # the lock goes: the writes go through
-                await until(
+                await wait_until_async(
                     "the backlog drained",
                     lambda: (
                         count(dsn, "SELECT count(*) FROM pgqueue.jobs WHERE state <> 'succeeded'")
                         == 0
                     ),
+                    BOUND,
                 )
     finally:
         await holder.close()

@@ -106,15 +106,22 @@ class FailoverGuard:
             self._checking.cancel()
 
     def _hold(self, seconds: float) -> None:
+        """Close claims until the watch's hold ends (``seconds`` from now, or later).
+        Noted at every beat and every new connection, a hold is seen many times while
+        it runs: one timer serves them all, and :meth:`_open` follows an end that a
+        later note moved on."""
         if self.claims_open.is_set():
             self._log.warning("claims_held", seconds=round(seconds, 3), reason="timeline changed")
         self.claims_open.clear()
-        if self._reopen is not None:
-            self._reopen.cancel()
-        self._reopen = self._loop.call_later(seconds, self._open)
+        if self._reopen is None:
+            self._reopen = self._loop.call_later(seconds, self._open)
 
     def _open(self) -> None:
         self._reopen = None
+        left = self.watch.held_for(time.monotonic())
+        if left > 0:  # a note since the timer was set moved the end on
+            self._reopen = self._loop.call_later(left, self._open)
+            return
         self._log.info("claims_resumed")
         self.claims_open.set()
 
