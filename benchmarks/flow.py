@@ -5,11 +5,11 @@ or alone:
     .venv/bin/python -m benchmarks.flow --quick
 
 No-op jobs processed by 2 worker processes (their defaults), each case beside the
-unlimited figure of the same run: a concurrency limit of 50 on the queue, 1,000
+unlimited figure of its round: a concurrency limit of 50 on the queue, 1,000
 concurrency keys limited to 1 each, a rate limit far above what the workers achieve;
 and the pickup latency p50 with a limit on. The unlimited run and the cases take turns
-for a few rounds (``Plan.flow_rounds``): on a shared machine one pair's fraction moved
-from 0.79 to 1.03 between runs, so each figure is the round whose fraction is the
+for a few rounds (``Plan.flow_rounds``): on a shared machine the rate case's fraction moved
+from 0.72 to 1.03 between runs, so each figure is the round whose fraction is the
 median, and every round's fraction is printed.
 """
 
