@@ -14,6 +14,8 @@ import contextlib
 import signal
 from typing import TYPE_CHECKING
 
+from pgqueue.worker.listener import first_of
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -43,6 +45,5 @@ def stop_on_signals(say: Callable[[str], None] = print) -> Iterator[asyncio.Even
 
 async def pause(stopped: asyncio.Event, seconds: float) -> bool:
     """Sleep ``seconds``, or less if ``stopped`` is set meanwhile; whether it is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopped.wait(), seconds)
+    await first_of(stopped, timeout=seconds)
     return stopped.is_set()

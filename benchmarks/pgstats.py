@@ -33,6 +33,17 @@ class TableStats:
     autovacuums: int
 
 
+INDEX_SIZES = """
+SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid)
+FROM pg_index i WHERE i.indrelid = 'pgqueue.jobs'::regclass ORDER BY 1
+"""
+
+
+async def index_sizes(conn: asyncpg.Connection[Any]) -> dict[str, float]:
+    """Each index of pgqueue.jobs and its size (MB)."""
+    return {name: size / 2**20 for name, size in await conn.fetch(INDEX_SIZES)}
+
+
 async def table_stats(conn: asyncpg.Connection[Any]) -> TableStats:
     row = await conn.fetchrow(TABLE_STATS)
     assert row is not None  # noqa: S101 - pgqueue.jobs exists

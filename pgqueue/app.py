@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from datetime import timedelta
 
-    from pgqueue.hooks import FailureHook, Instrumentation
+    from pgqueue.hooks import ClaimHook, FailureHook, Instrumentation
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -234,6 +234,15 @@ class Queue(FlowDeclarations, QueueCalls, QueueCallsSync):
         started on this Queue (``pgqueue worker app:queue``) and inline mode call it.
         See :mod:`pgqueue.hooks`."""
         self.hooks.failure_hooks.append(hook)
+        return hook
+
+    def on_claim(self, hook: ClaimHook) -> ClaimHook:
+        """Register ``hook(claim)``, called by workers on this Queue after each claim they
+        make, with a :class:`~pgqueue.hooks.ClaimRound` (queues, jobs wanted and claimed,
+        the round trip's seconds): for claim latency metrics. Sync (keep it quick: it runs
+        on the claim loop) or ``async def``; usable as a decorator. A hook that raises is
+        logged (``hook_failed``) and changes nothing else. See :mod:`pgqueue.hooks`."""
+        self.hooks.claim_hooks.append(hook)
         return hook
 
     def instrument(self, instrumentation: Instrumentation) -> None:

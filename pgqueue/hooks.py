@@ -14,6 +14,11 @@ with ``pgqueue worker app:queue`` runs them too. Not tied to any one library:
   around each attempt a worker runs (:class:`JobRun`, told the outcome before it exits).
   The run's context manager is entered in the attempt's own context: a value it sets in
   a contextvar (the current span) is what the task's code sees, in a thread too.
+- **Claim hooks**, ``queue.on_claim(fn)``: ``fn(claim)`` is called by a worker after each
+  claim it made, with a :class:`ClaimRound` (the queues, the jobs asked for and got, the
+  round trip's seconds): for a histogram of claim latency, or a count of empty claims.
+  Called on the claim loop, between claims: keep a sync one quick (record a number), or
+  make it ``async``. Inline mode claims nothing and calls none.
 
 A hook or an instrumentation that raises is logged (``hook_failed``, with the
 exception) and never breaks an enqueue nor the worker. Sync failure hooks run on the
@@ -45,6 +50,9 @@ if TYPE_CHECKING:
     from pgqueue.jobs import ClaimedJob, EnqueueResult
 
 __all__ = [
+    "ClaimHook",
+    "ClaimKind",
+    "ClaimRound",
     "EnqueueCall",
     "FailedJob",
     "FailureHook",
@@ -108,6 +116,30 @@ class FailedJob:
 
 # fn(job, exc): a plain function, or one returning an awaitable (async def).
 FailureHook = Callable[[FailedJob, BaseException], Any]
+
+# "claim": the claim loop's own claim statement. "refill": a limited queue's claim made
+# in the statement that writes the worker's outcomes (pgqueue/worker/completer.py).
+ClaimKind = Literal["claim", "refill"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimRound:
+    """One claim a worker made, as a claim hook gets it. ``seconds`` is the round trip of
+    the statement that claimed (for a refill, the whole write of outcomes it rode on),
+    measured by the worker, so it includes the network and the server's queueing but not
+    the wait for a pooled connection. ``claimed`` may be less than ``wanted``: the
+    queues held fewer jobs due, or their limits left fewer slots."""
+
+    queues: tuple[str, ...]
+    wanted: int
+    claimed: int
+    seconds: float
+    kind: ClaimKind
+    worker_id: str
+
+
+# fn(claim): a plain function, or one returning an awaitable (async def).
+ClaimHook = Callable[[ClaimRound], Any]
 
 
 @dataclasses.dataclass(slots=True)
@@ -173,6 +205,7 @@ class Hooks:
 
     def __init__(self) -> None:
         self.failure_hooks: list[FailureHook] = []
+        self.claim_hooks: list[ClaimHook] = []
         self.instrumentations: list[Instrumentation] = []
         # Async failure hooks still running (kept referenced until they end).
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -206,25 +239,35 @@ class Hooks:
                     _log.exception("hook_failed", hook=_name(enter), stage="enter")
             yield value
 
-    # --- failure hooks ------------------------------------------------------------------
+    # --- failure and claim hooks --------------------------------------------------------
 
     def failed(self, job: FailedJob, exc: BaseException) -> None:
         """Call every failure hook with ``job`` and ``exc``: sync ones now, async ones as
         tasks of the running loop (or, without one, to their end on a loop of their own)."""
-        for hook in self.failure_hooks:
-            try:
-                outcome = hook(job, exc)
-                if inspect.isawaitable(outcome):
-                    self._start(hook, outcome)
-            except Exception:
-                _log.exception("hook_failed", hook=_name(hook), job_id=job.id, stage="failure")
+        self._call(self.failure_hooks, (job, exc), "failure", job_id=job.id)
 
-    def _start(self, hook: Any, awaitable: Any) -> None:
+    def claimed(self, claim: ClaimRound) -> None:
+        """Call every claim hook with ``claim``, as :meth:`failed` calls failure hooks."""
+        if self.claim_hooks:
+            self._call(self.claim_hooks, (claim,), "claim")
+
+    def _call(
+        self, hooks: list[Callable[..., Any]], args: tuple[Any, ...], stage: str, **context: Any
+    ) -> None:
+        for hook in hooks:
+            try:
+                outcome = hook(*args)
+                if inspect.isawaitable(outcome):
+                    self._start(hook, outcome, stage)
+            except Exception:
+                _log.exception("hook_failed", hook=_name(hook), stage=stage, **context)
+
+    def _start(self, hook: Any, awaitable: Any, stage: str) -> None:
         async def guarded() -> None:
             try:
                 await awaitable
             except Exception:
-                _log.exception("hook_failed", hook=_name(hook), stage="failure")
+                _log.exception("hook_failed", hook=_name(hook), stage=stage)
 
         try:
             loop = asyncio.get_running_loop()
@@ -236,7 +279,7 @@ class Hooks:
         task.add_done_callback(self._tasks.discard)
 
     async def wait_failure_hooks(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the async failure hooks still running."""
+        """Wait up to ``timeout`` seconds for the async hooks still running."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 

@@ -2081,3 +2081,12 @@ BEGIN
     INTO timeline, claims_held_for
     FROM pgqueue.server_timeline t;
 END $$;
+
+-- == Autovacuum on the jobs table (migration 0021) ==
+-- Each job leaves two dead row versions (its claim and its outcome update indexed
+-- columns, so neither is a HOT update) and is deleted by pruning in the end: a busy queue
+-- makes millions of dead versions a minute. At the server's default cost budget, vacuum
+-- of this table was throttled below the rate the workers made them at, and they piled
+-- up; ten times the budget lets it keep up. Change it with ALTER TABLE ... SET if the
+-- server's disks are shared with work that needs the I/O more.
+ALTER TABLE pgqueue.jobs SET (autovacuum_vacuum_cost_limit = 2000);

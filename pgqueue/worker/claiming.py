@@ -28,6 +28,7 @@ from pgqueue import driver
 from pgqueue.claim_cursor import ClaimCursor, ClaimKey, DueAnswer
 from pgqueue.dberrors import DATABASE_ERRORS, reconnect_delay
 from pgqueue.executors import AsyncpgExecutor
+from pgqueue.hooks import ClaimRound
 from pgqueue.pools import acquire
 from pgqueue.worker.completer import Refill
 from pgqueue.worker.listener import first_of
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from pgqueue.flow import QueueLimit
+    from pgqueue.hooks import ClaimKind, Hooks
     from pgqueue.jobs import ClaimedJob
     from pgqueue.tasks import Task
     from pgqueue.worker.core import WorkerStats
@@ -172,8 +174,10 @@ class Claimer:
         written: asyncio.Event | None = None,
         claims_open: asyncio.Event | None = None,
         unwritten: Callable[[], int] = lambda: 0,
+        hooks: Hooks | None = None,
     ) -> None:
         self._pool = pool
+        self._hooks = hooks  # the app's, for its claim hooks
         self._jobs = jobs
         self._runner = runner
         self._queues = queues
@@ -283,9 +287,11 @@ class Claimer:
                 cursor.rescan()  # what went back kept its run_at: behind the cursor
             self.claims += 1
             if self._limited:  # claim_jobs_limited: from the head, no cursor to keep
+                started = time.monotonic()
                 jobs, self._limited = await driver.claim_flow(
                     ex, self._queues, want, worker_id, limited=True
                 )
+                self._report("claim", want, len(jobs), time.monotonic() - started, worker_id)
                 if not self._limited:
                     cursor.rescan()  # the cursor is as old as the limit: start afresh
                 return jobs
@@ -305,7 +311,16 @@ class Claimer:
             elapsed=ended - started,
             now=ended,
         )
+        self._report("claim", want, len(jobs), ended - started, worker_id)
         return jobs
+
+    def _report(
+        self, kind: ClaimKind, wanted: int, claimed: int, seconds: float, worker_id: str
+    ) -> None:
+        """Tell the claim hooks (queue.on_claim) of a claim made."""
+        if self._hooks is not None and self._hooks.claim_hooks:
+            queues = tuple(self._queues)
+            self._hooks.claimed(ClaimRound(queues, wanted, claimed, seconds, kind, worker_id))
 
     @property
     def full_scans(self) -> int:
@@ -398,6 +413,7 @@ class Claimer:
     def refilled(self, refill: Refill) -> None:
         """The outcomes and the refill committed together: start the jobs claimed."""
         self._reserved -= refill.want
+        self._report("refill", refill.want, len(refill.jobs), refill.seconds, refill.worker_id)
         self._limited = refill.limited
         if self._stop.is_set() or not self._may_start() or refill.worker_id != self._worker_id():
             # Stopping, or fenced, declared dead (the jobs may be under the old id) or

@@ -14,6 +14,7 @@ wake-up and a claim one after the other while the slots stand empty.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,6 +47,7 @@ class Refill:
     worker_id: str
     jobs: list[ClaimedJob] = field(default_factory=list)
     limited: bool = True
+    seconds: float = 0.0  # the write's round trip, once made
 
 
 class Refiller(Protocol):
@@ -71,9 +73,11 @@ async def complete_and_claim(
     """Write successes (as ``driver.complete_succeeded``) and make ``refill``'s claim
     (as ``driver.claim_flow`` for a limited queue) in one statement."""
     params = (list(ids), list(results), list(attempts), refill.queues, refill.want)
+    started = time.monotonic()
     rows = await ex.fetch(
         query("complete_and_claim_limited"), (*params, refill.worker_id, FLOW.key)
     )
+    refill.seconds = time.monotonic() - started
     refill.jobs = [claimed_from_row(r) for r in rows if r["id"] is not None]
     refill.limited = len(refill.jobs) < len(rows)  # the marker row
 

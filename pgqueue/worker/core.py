@@ -323,6 +323,7 @@ class _Started:
             written=self.completer.written,
             claims_open=failover.claims_open,
             unwritten=self.completer.unwritten,
+            hooks=worker.app.hooks,
         )
         # A write of outcomes refills the slots they free while a queue is limited.
         self.completer.refiller = self.claimer
