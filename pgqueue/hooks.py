@@ -248,8 +248,7 @@ class Hooks:
 
     def claimed(self, claim: ClaimRound) -> None:
         """Call every claim hook with ``claim``, as :meth:`failed` calls failure hooks."""
-        if self.claim_hooks:
-            self._call(self.claim_hooks, (claim,), "claim")
+        self._call(self.claim_hooks, (claim,), "claim")
 
     def _call(
         self, hooks: list[Callable[..., Any]], args: tuple[Any, ...], stage: str, **context: Any
@@ -278,8 +277,9 @@ class Hooks:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def wait_failure_hooks(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the async hooks still running."""
+    async def wait_async_hooks(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the async failure and claim hooks still
+        running."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 

@@ -291,19 +291,29 @@ class Claimer:
                 jobs, self._limited = await driver.claim_flow(
                     ex, self._queues, want, worker_id, limited=True
                 )
-                self._report("claim", want, len(jobs), time.monotonic() - started, worker_id)
+                seconds = time.monotonic() - started
                 if not self._limited:
                     cursor.rescan()  # the cursor is as old as the limit: start afresh
-                return jobs
-            started = time.monotonic()
-            starts, full = cursor.starts(self._queues, started)
-            try:
-                jobs, self._limited = await driver.claim_flow(
-                    ex, self._queues, want, worker_id, limited=False, starts=starts
-                )
-            except BaseException:
-                cursor.rescan()
-                raise
+            else:
+                jobs, seconds = await self._claim_from_cursor(ex, want, worker_id)
+        # Reported once the connection is back in the pool: a slow sync hook holds none.
+        self._report("claim", want, len(jobs), seconds, worker_id)
+        return jobs
+
+    async def _claim_from_cursor(
+        self, ex: AsyncpgExecutor, want: int, worker_id: str
+    ) -> tuple[list[ClaimedJob], float]:
+        """An unlimited claim starting at the cursor; moves the cursor past what it took."""
+        cursor = self._cursor
+        started = time.monotonic()
+        starts, full = cursor.starts(self._queues, started)
+        try:
+            jobs, self._limited = await driver.claim_flow(
+                ex, self._queues, want, worker_id, limited=False, starts=starts
+            )
+        except BaseException:
+            cursor.rescan()
+            raise
         ended = time.monotonic()
         cursor.claimed(
             ((j.queue, ClaimKey(j.priority, j.run_at, j.id)) for j in jobs if j.run_at),
@@ -311,8 +321,7 @@ class Claimer:
             elapsed=ended - started,
             now=ended,
         )
-        self._report("claim", want, len(jobs), ended - started, worker_id)
-        return jobs
+        return jobs, ended - started
 
     def _report(
         self, kind: ClaimKind, wanted: int, claimed: int, seconds: float, worker_id: str

@@ -238,7 +238,7 @@ class Worker:
             await started.claimer.release(started.jobs.withdraw_unstarted())
             await started.jobs.drain(self.grace_period)
             # Async failure hooks still reporting (pgqueue.hooks): a few seconds to end.
-            await self.app.hooks.wait_failure_hooks(HOOKS_GRACE_SECONDS)
+            await self.app.hooks.wait_async_hooks(HOOKS_GRACE_SECONDS)
             self.abandoned_threads = await started.close(log, self.grace_period)
             log.info("worker_stopped", **dataclasses.asdict(self.stats), **started.counters())
         return self.stats
