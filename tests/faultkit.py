@@ -1,7 +1,8 @@
 """Shared by the fault-injection scenarios (test_faults, test_db_restart): the ledger
 app's set-up, worker processes, the run loop, and the invariants every scenario ends
 with: every committed job reached a terminal state, no job ran concurrently with
-itself, and no succeeded job lacks its ledger row."""
+itself, no succeeded job lacks its ledger row, and the job counters match the rows
+(counterkit): exact after SIGKILLed workers, server crashes and outages."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from counterkit import assert_counters_match_rows
 from workerproc import WorkerProcess
 
 import pgqueue
@@ -145,7 +147,8 @@ def stuck_logs(dsn: str, workers: list[WorkerProcess]) -> str:
 
 def check_invariants(dsn: str, figures: Figures, *, maybe_more: int = 0) -> None:
     """Every job in the table succeeded: ``figures.jobs`` of them, plus at most
-    ``maybe_more`` whose enqueue's outcome was unknown to its caller."""
+    ``maybe_more`` whose enqueue's outcome was unknown to its caller; none ran beside
+    itself; the job counters match the rows."""
     with psycopg.connect(dsn) as conn:
         states = dict(conn.execute("SELECT state::text, count(*) FROM pgqueue.jobs GROUP BY 1"))
         missing = conn.execute(
@@ -169,6 +172,9 @@ def check_invariants(dsn: str, figures: Figures, *, maybe_more: int = 0) -> None
             "SELECT count(*) FROM pgqueue.jobs, jsonb_array_elements(errors) e "
             "WHERE e->>'type' = 'pgqueue.WorkerLost'"
         ).fetchone()[0]
+        # The job counters (kept by triggers in the jobs' own transactions) came through
+        # the same crashes, kills and outages exact.
+        assert_counters_match_rows(conn)
     figures.overlaps = overlaps[0] if overlaps else -1
     if maybe_more == 0:
         assert states == {"succeeded": figures.jobs}, states

@@ -14,6 +14,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
+from counterkit import BOUNDS_US, GAUGES, counted, recount
 from litestar.testing import AsyncTestClient
 
 import pgqueue
@@ -29,64 +30,6 @@ from pgqueue.service.auth import create_key
 from pgqueue.sql import query
 from pgqueue.testing import running_worker, wait_for_job
 from pgqueue.worker.counters import CounterRollup
-
-GAUGES = ("queued", "running", "succeeded", "failed", "cancelled", "blocked")
-
-# What the counters must say, recounted from the rows with the old, O(jobs) queries: true
-# for as long as no row has left the table and no job was retried by hand. Bucket bounds
-# come from metrics.py (DURATION_BUCKETS), independently of pgqueue.job_duration_bucket.
-RECOUNT = """
-SELECT queue, task, metric, n::bigint FROM (
-    SELECT queue, task, state::text AS metric, count(*) AS n FROM pgqueue.jobs GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT queue, task, 'enqueued_total', count(*) FROM pgqueue.jobs GROUP BY 1, 2
-    UNION ALL
-    SELECT queue, task, state::text || '_total', count(*) FROM pgqueue.jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT queue, task, 'retried_total',
-           sum(GREATEST(attempts - 1 - (state = 'running')::integer, 0))
-    FROM pgqueue.jobs GROUP BY 1, 2
-    UNION ALL
-    SELECT queue, task, 'duration_bucket_' || width_bucket(us - 1, %(bounds)s::bigint[]),
-           count(*)
-    FROM (SELECT queue, task,
-                 (date_part('epoch', finished_at - started_at) * 1000000)::bigint AS us
-          FROM pgqueue.jobs
-          WHERE state IN ('succeeded', 'failed') AND started_at IS NOT NULL
-            AND finished_at IS NOT NULL) AS f
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT queue, task, 'duration_us_sum',
-           sum((date_part('epoch', finished_at - started_at) * 1000000)::bigint)
-    FROM pgqueue.jobs
-    WHERE state IN ('succeeded', 'failed') AND started_at IS NOT NULL
-      AND finished_at IS NOT NULL
-    GROUP BY 1, 2
-) AS r
-WHERE n <> 0
-"""
-
-COUNTED = """
-SELECT queue, task, metric, sum(n)::bigint FROM (
-    SELECT queue, task, metric, n FROM pgqueue.job_counters
-    UNION ALL
-    SELECT queue, task, metric, n FROM pgqueue.job_counter_deltas WHERE minute IS NULL
-) AS c
-GROUP BY 1, 2, 3
-HAVING sum(n) <> 0
-"""
-
-BOUNDS_US = [round(b * 1_000_000) for b in metrics_module.DURATION_BUCKETS]
-
-
-def recount(conn: psycopg.Connection) -> dict[tuple[str, str, str], int]:
-    rows = conn.execute(RECOUNT, {"bounds": BOUNDS_US}).fetchall()
-    return {(q, t, m): n for q, t, m, n in rows}
-
-
-def counted(conn: psycopg.Connection) -> dict[tuple[str, str, str], int]:
-    return {(q, t, m): n for q, t, m, n in conn.execute(COUNTED).fetchall()}
 
 
 def gauges(figures: dict[tuple[str, str, str], int]) -> dict[tuple[str, str, str], int]:
