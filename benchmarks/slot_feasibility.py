@@ -25,7 +25,6 @@ must be on this machine), the medians, and the paired ratios to unlimited.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -40,15 +39,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pgqueue.claim_cursor import claim_starts, start_params  # noqa: E402
+from benchmarks.raw_loops import (  # noqa: E402
+    BATCH,
+    HEAD_PARAMS,
+    LOCK_SPACE,
+    QUEUE,
+    WORKERS,
+    argument_parser,
+    print_ratios,
+    run_children,
+)
 from pgqueue.sql import query  # noqa: E402
 
-QUEUE = "bench"
 LIMIT = 50
-WORKERS = 2
-BATCH = 100
-LOCK_SPACE = 4242
-HEAD_PARAMS = start_params(claim_starts([QUEUE], None))  # claim_jobs from the head
 MODES = ["unlimited", "slots", "slots2", "locked"]
 
 PROTOTYPE = """
@@ -301,30 +304,9 @@ async def one_run(admin: asyncpg.Connection, dsn: str, mode: str, jobs: int) -> 
     )
     await admin.execute("VACUUM ANALYZE pgqueue.jobs")
     await admin.execute("CHECKPOINT")
-    pipe = asyncio.subprocess.PIPE
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "benchmarks.slot_feasibility", "--child", mode, "--dsn", dsn,
-            stdin=pipe, stdout=pipe, cwd=str(ROOT),
-        )
-        for _ in range(WORKERS)
-    ]  # fmt: skip
-    for p in procs:
-        assert p.stdout is not None  # noqa: S101
-        line = await asyncio.wait_for(p.stdout.readline(), 60)
-        assert line.strip() == b"ready", line  # noqa: S101
-    start = time.perf_counter()
-    for p in procs:
-        assert p.stdin is not None  # noqa: S101
-        p.stdin.write(b"go\n")
-        await p.stdin.drain()
-    total = 0
-    cpu = 0.0
-    for p in procs:
-        out, _ = await asyncio.wait_for(p.communicate(), 300)
-        total += int(out.split()[-1])
-        cpu += float(out.split()[-2])
-    elapsed = time.perf_counter() - start
+    outputs, elapsed = await run_children("benchmarks.slot_feasibility", mode, dsn, WORKERS)
+    total = sum(int(out.split()[-1]) for out in outputs)
+    cpu = sum(float(out.split()[-2]) for out in outputs)
     left = await admin.fetchval("SELECT count(*) FROM pgqueue.jobs WHERE state <> 'succeeded'")
     if total != jobs or left:
         print(f"  !! {mode}: {total} done, {left} left")
@@ -368,27 +350,18 @@ async def bench(dsn: str, pairs: int, jobs: int, *, without_counters: bool) -> N
                 ),
                 flush=True,
             )
-        med = {m: statistics.median(v) for m, v in results.items()}
-        print("medians: " + ", ".join(f"{m} {v:,.0f} jobs/s" for m, v in med.items()))
         print(
             "median CPU per job (clients + backends): "
             + ", ".join(f"{m} {statistics.median(v):.0f} us" for m, v in cpus.items())
         )
         print("best run: " + ", ".join(f"{m} {max(v):,.0f} jobs/s" for m, v in results.items()))
-        for m in MODES[1:]:
-            ratios = [x / u for x, u in zip(results[m], results["unlimited"], strict=True)]
-            print(f"median paired ratio {m}/unlimited {statistics.median(ratios):.2f}")
+        print_ratios(results, MODES)
     finally:
         await admin.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dsn")
-    parser.add_argument("--child")
-    parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--modes", default=",".join(MODES), help="which loops, unlimited first")
-    parser.add_argument("--jobs", type=int, default=20_000)
+    parser = argument_parser(MODES, pairs=5)
     parser.add_argument(
         "--without-counters",
         action="store_true",
