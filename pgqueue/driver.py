@@ -19,7 +19,15 @@ from pgqueue.errors import (
     primary_message,
     translate_db_error,
 )
-from pgqueue.flow import ClaimWait, LimitStatus, QueueLimit, limit_status_from_row, rate_params
+from pgqueue.flow import (
+    ClaimWait,
+    FlowClaim,
+    LimitStatus,
+    QueueLimit,
+    Reservations,
+    limit_status_from_row,
+    rate_params,
+)
 from pgqueue.jobs import (
     BulkPlan,
     ClaimedJob,
@@ -180,8 +188,7 @@ async def sequence_status(ex: AsyncExecutor, limit: int) -> list[SequenceStatus]
 async def claim(
     ex: AsyncExecutor, queues: Sequence[str], limit: int, worker_id: str
 ) -> list[ClaimedJob]:
-    jobs, _ = await claim_flow(ex, queues, limit, worker_id, limited=False)
-    return jobs
+    return (await claim_flow(ex, queues, limit, worker_id, limited=False)).jobs
 
 
 async def complete_succeeded(
@@ -506,14 +513,24 @@ async def claim_flow(
     *,
     limited: bool,
     starts: Sequence[ClaimKey] | None = None,
-) -> tuple[list[ClaimedJob], bool]:
+) -> FlowClaim:
     """Claim up to ``limit`` jobs; and whether any of the queues is limited now.
     ``limited``: whether one was at the last claim, which picks the statement:
-    claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them.
-    ``starts``: where each queue's scan starts (pgqueue.claim_cursor; None: its head)."""
+    claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them,
+    after the starts of the rate-only ones are reserved (two transactions: see
+    pgqueue/flow.py). ``starts``: where each queue's scan starts (pgqueue.claim_cursor;
+    None: its head)."""
+    locked = True  # unknown until a limited claim says: refills allowed
     if limited:
-        params: tuple[Any, ...] = (list(queues), limit, worker_id, FLOW.key)
+        names = list(queues)
+        reserved = Reservations.from_rows(
+            await ex.fetch(query("reserve_starts"), (names, limit, FLOW.key))
+        )
+        if reserved.nothing_to_claim(names):
+            return FlowClaim([], limited=True, locked=False)
+        params: tuple[Any, ...] = (names, limit, worker_id, FLOW.key, *reserved.params())
         rows = await ex.fetch(query("claim_jobs_limited"), params)
+        locked = reserved.locked
     else:
         keys = claim_starts(queues, None) if starts is None else starts
         params = (list(queues), limit, worker_id, *start_params(keys))
@@ -522,9 +539,9 @@ async def claim_flow(
     now_limited = len(jobs) < len(rows)  # the marker row
     if now_limited and not limited and len(jobs) < limit:
         # Queues became limited since the last claim: claim them the way that holds.
-        more, now_limited = await claim_flow(ex, queues, limit - len(jobs), worker_id, limited=True)
-        jobs += more
-    return jobs, now_limited
+        more = await claim_flow(ex, queues, limit - len(jobs), worker_id, limited=True)
+        return FlowClaim(jobs + more.jobs, more.limited, more.locked)
+    return FlowClaim(jobs, now_limited, locked)
 
 
 async def autovacuum_settings(ex: AsyncExecutor) -> tuple[bool, bool]:

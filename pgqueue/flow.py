@@ -21,11 +21,21 @@ How it holds, across every worker on every machine:
   length ever holds more than ``N``. ``t`` is the database's clock once the lock is
   granted, and is the claimed jobs' ``started_at``. A start is a claim: a job released
   unstarted, or rescued and run again, counts each time it is claimed.
+* A queue whose one limit is its rate (*rate-only*: no concurrency limit, no key limits)
+  holds the lock for less. Before its claim, a transaction of its own reserves the
+  starts under the lock (``pgqueue.reserve_starts``: counts the window, logs up to the
+  claim's size at ``t``, commits); the claim then takes up to that many jobs with
+  ``started_at = t`` without the lock and gives back what it did not find as it
+  commits. As exact as the locked claim (the log's times still follow the lock's
+  order), but claims no longer queue behind each other's commits. A reservation whose
+  claim never comes (the worker died) leaves that much of the rate unused until it
+  leaves the window; it never lets more start.
 * A worker serving a limited queue refills the slots its own jobs free in the statement
   that writes their outcomes (``complete_and_claim_limited`` in sql/flow.sql: the write,
   then the claim under the queue's lock, one round trip and one commit), so its slots
   never stand free between a write and a claim; it also claims on an enqueue's NOTIFY
-  and at its poll interval (a slot freed by another worker is seen then). When a rate
+  and at its poll interval (a slot freed by another worker is seen then); one whose
+  limited queues are all rate-only has no slots to refill and claims as above. When a rate
   is what holds it (a refill found no room), it sleeps until the database says the
   next start is due (``pgqueue.limited_queue_due``), never polling in a loop.
 * Queues served by one worker take turns within every claim: candidates are
@@ -51,6 +61,8 @@ from pgqueue.errors import InvalidLimitError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from pgqueue.jobs import ClaimedJob
 
 # A limit fits the tables' CHECKs: 1 to a million jobs, periods of 1 ms to 366 days.
 MAX_LIMIT = 1_000_000
@@ -210,6 +222,49 @@ class ClaimWait:
 
     due_in: float | None
     limited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reservations:
+    """Starts reserved for a claim (``reserve_starts`` in sql/flow.sql), by queue in
+    name order, as the claim takes them; ``locked``: some limited queue of the claim is
+    not rate-only, so takes its lock (and refills pay off for it)."""
+
+    queues: list[str]
+    granted: list[int]
+    at: list[Any]
+    locked: bool
+
+    @classmethod
+    def from_rows(cls, rows: list[Any]) -> Reservations:
+        """From reserve_starts' rows: one per limited queue, granted NULL if locked."""
+        mine = sorted((r[0], r[1], r[2]) for r in rows if r[1] is not None)
+        return cls(
+            queues=[q for q, _, _ in mine],
+            granted=[g for _, g, _ in mine],
+            at=[t for _, _, t in mine],
+            locked=len(mine) < len(rows),
+        )
+
+    def nothing_to_claim(self, queues: list[str]) -> bool:
+        """Whether a claim of ``queues`` could take no job: every one of them is
+        rate-only and its window full. Then the claim's round trip is not made."""
+        full = {q for q, g in zip(self.queues, self.granted, strict=True) if g == 0}
+        return bool(queues) and not self.locked and full >= set(queues)
+
+    def params(self) -> tuple[list[str], list[int], list[Any]]:
+        return self.queues, self.granted, self.at
+
+
+@dataclass(frozen=True, slots=True)
+class FlowClaim:
+    """What a claim took, whether any of its queues is limited now, and whether any
+    limited one is claimed under its lock (the refills of a worker pay off only then:
+    :meth:`pgqueue.worker.claiming.Claimer.refill`)."""
+
+    jobs: list[ClaimedJob]
+    limited: bool
+    locked: bool
 
 
 class FlowDeclarations:

@@ -123,10 +123,9 @@ def _enqueue(dsn: str, count: int, **options: object) -> list[int]:
 
 
 def _claim(conn: psycopg.Connection, want: int, starts: list[ClaimKey] | None) -> list:
-    jobs, _ = driver_sync.claim_flow(
+    return driver_sync.claim_flow(
         PsycopgExecutor(conn), ["default"], want, WORKER, limited=False, starts=starts
-    )
-    return jobs
+    ).jobs
 
 
 def _key(job: object) -> ClaimKey:

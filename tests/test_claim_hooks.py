@@ -79,3 +79,26 @@ async def test_refills_of_a_limited_queue_are_claim_rounds_too(queue):
     failed = [e for e in logs if e["event"] == "hook_failed"]
     assert len(failed) == len(rounds)
     assert {(e["stage"], e["hook"]) for e in failed} == {("claim", broken.__qualname__)}
+
+
+async def test_a_rate_only_queue_is_claimed_by_the_claim_loop_alone(queue):
+    # Its claims reserve their starts in a transaction of their own first (pgqueue/flow.py);
+    # a claim riding on a write of outcomes could not, and would hold the queue's lock
+    # through that write's commit: so no refills, every round is the claim loop's.
+    rounds: list[ClaimRound] = []
+
+    @queue.task(name="claims.rated", queue="rated")
+    async def rated(i: int) -> None:
+        await asyncio.sleep(0.002)
+
+    queue.on_claim(rounds.append)
+    await queue.set_limit("rated", rate="100000/s")
+    results = await queue.enqueue_many([rated.job(i=i) for i in range(JOBS * 4)])
+    async with running_worker(queue, queues=["rated"], poll_interval=0.2, batch_size=8) as worker:
+        for result in results:
+            assert (await wait_for_job(queue, result.id)).state is JobState.SUCCEEDED
+        counters = worker._started.counters()
+    assert sum(r.claimed for r in rounds) == JOBS * 4
+    assert {r.kind for r in rounds} == {"claim"}
+    assert counters["refills"] == 0
+    assert all(r.claimed <= r.wanted <= 8 for r in rounds)

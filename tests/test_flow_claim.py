@@ -6,12 +6,12 @@ limits: test_flow_workers.py.)"""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections import Counter
 from datetime import timedelta
 
 import psycopg
 import pytest
+from flowkit import WORKER, claim, enqueue, finish, key_of
 
 import pgqueue
 from pgqueue import driver_sync
@@ -21,8 +21,6 @@ from pgqueue.flow import KeyLimit, Rate
 from pgqueue.locks import FLOW
 from pgqueue.rows import claimed_from_row
 from pgqueue.sql import query
-
-WORKER = str(uuid.uuid4())
 
 
 @pytest.fixture
@@ -36,31 +34,6 @@ def q(dsn: str):
     queue = pgqueue.Queue(dsn)
     yield queue
     queue.close_sync()
-
-
-def claim(conn, queues: list[str], want: int) -> list:
-    """A claim as a worker serving a limited queue makes it (claim_jobs_limited)."""
-    jobs, _ = driver_sync.claim_flow(PsycopgExecutor(conn), queues, want, WORKER, limited=True)
-    return jobs
-
-
-def finish(conn, ids: list[int]) -> None:
-    conn.execute(
-        "UPDATE pgqueue.jobs SET state = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
-        (ids,),
-    )
-
-
-def enqueue(q, queue: str, n: int, key: str | None = None) -> list[int]:
-    specs = [q.build("t", {"n": i}, queue=queue, concurrency_key=key) for i in range(n)]
-    return [r.id for r in q.enqueue_many_sync(specs)]
-
-
-def key_of(conn, ids) -> Counter:
-    rows = conn.execute(
-        "SELECT concurrency_key FROM pgqueue.jobs WHERE id = ANY(%s)", ([j.id for j in ids],)
-    )
-    return Counter(r[0] for r in rows)
 
 
 # --- fairness between queues ------------------------------------------------------------
@@ -84,13 +57,13 @@ def test_the_plain_claim_leaves_limited_queues_to_the_flow_claim(conn, q):
     enqueue(q, "capped", 5)
     q.set_limit_sync("capped", concurrency=1)
     ex = PsycopgExecutor(conn)
-    jobs, limited = driver_sync.claim_flow(ex, ["free", "capped"], 10, WORKER, limited=False)
-    assert limited
-    assert Counter(j.queue for j in jobs) == {"free": 5, "capped": 1}
+    claimed = driver_sync.claim_flow(ex, ["free", "capped"], 10, WORKER, limited=False)
+    assert claimed.limited
+    assert Counter(j.queue for j in claimed.jobs) == {"free": 5, "capped": 1}
     assert q.clear_limit_sync("capped")
-    jobs, limited = driver_sync.claim_flow(ex, ["free", "capped"], 10, WORKER, limited=True)
-    assert not limited
-    assert Counter(j.queue for j in jobs) == {"capped": 4}
+    claimed = driver_sync.claim_flow(ex, ["free", "capped"], 10, WORKER, limited=True)
+    assert not claimed.limited
+    assert Counter(j.queue for j in claimed.jobs) == {"capped": 4}
 
 
 def test_queues_take_turns_by_rank_and_priority_holds_within_a_queue(conn, q):
@@ -312,10 +285,14 @@ def test_the_flow_claim_functions_are_planned_once_per_session(conn):
     # afresh: about as long as running them, while the claims of a queue take turns under
     # its lock. Generic plans are made once per session. (The cost is measured by
     # benchmarks/flow.py in make bench, never timed here.)
-    names = ["claim_jobs_limited", "claim_limited", "limited_queue_due"]
+    names = ["claim_jobs_limited", "claim_limited", "limited_queue_due", "reserve_starts"]
     rows = conn.execute(
-        "SELECT proname, proconfig FROM pg_proc"
-        " WHERE pronamespace = 'pgqueue'::regnamespace AND proname = ANY(%s)",
+        "SELECT p.proname, p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
+        " JOIN pg_language l ON l.oid = p.prolang AND l.lanname = 'plpgsql'"
+        " WHERE p.pronamespace = 'pgqueue'::regnamespace AND p.proname = ANY(%s)",
         (names,),
     ).fetchall()
-    assert dict(rows) == {name: ["plan_cache_mode=force_generic_plan"] for name in names}
+    assert {name for name, _, _ in rows} == set(names)
+    assert {sig: config for _, sig, config in rows} == {
+        sig: ["plan_cache_mode=force_generic_plan"] for _, sig, _ in rows
+    }

@@ -34,15 +34,27 @@ FROM pgqueue.limit_status
 WHERE $1::text IS NULL OR queue = $1
 ORDER BY queue, concurrency_key NULLS FIRST;
 
+-- name: reserve_starts
+-- Before a claim of queues some of which are limited, as a transaction of its own (it
+-- commits asynchronously): the starts of each rate-only queue among $1 reserved for up
+-- to $2 jobs, under its lock (lock space $3; pgqueue.reserve_starts in schema.sql). One
+-- row per limited queue of $1 that is not paused; granted NULL: not rate-only, its
+-- claim takes the lock.
+SELECT queue_name, granted, at
+FROM pgqueue.reserve_starts($1::text[], $2::integer, $3::integer, true);
+
 -- name: claim_jobs_limited
 -- claim_jobs for a worker some of whose queues are limited (pgqueue.queue_limits): the
--- limited queues under their advisory locks (lock space $4), the plain ones as in
--- claim_jobs, in one call (pgqueue.claim_jobs_limited in schema.sql). Ends with a
--- marker row (id NULL) while any of the queues is limited; without one the worker goes
--- back to claim_jobs, whose plan is cheaper.
+-- limited queues under their advisory locks (lock space $4), but those with starts
+-- reserved ($5 queues in name order, $6 granted, $7 reserved at: reserve_starts above),
+-- which take them without a lock, and the plain ones as in claim_jobs, in one call
+-- (pgqueue.claim_jobs_limited in schema.sql). Ends with a marker row (id NULL) while
+-- any of the queues is limited; without one the worker goes back to claim_jobs, whose
+-- plan is cheaper.
 SELECT id, queue, task, args::text AS args, priority, attempts AS attempt, max_attempts,
        EXTRACT(EPOCH FROM timeout)::float8 AS timeout, trace_context::text AS trace_context
-FROM pgqueue.claim_jobs_limited($1::text[], $2::integer, $3::uuid, $4::integer);
+FROM pgqueue.claim_jobs_limited($1::text[], $2::integer, $3::uuid, $4::integer,
+                                $5::text[], $6::integer[], $7::timestamptz[]);
 
 -- name: complete_and_claim_limited
 -- complete_succeeded (queries.sql) and claim_jobs_limited above in one statement, one
@@ -52,7 +64,8 @@ FROM pgqueue.claim_jobs_limited($1::text[], $2::integer, $3::uuid, $4::integer);
 -- snapshot of its own taken after the queue's lock) see the slots this write freed: a
 -- worker at its queue's limit frees and refills its slots at the same commit, with no
 -- gap in which they stand free and no second round trip. Returns the claimed jobs and
--- the marker row (id NULL) of claim_jobs_limited.
+-- the marker row (id NULL) of claim_jobs_limited. No reservations: every limited queue
+-- under its lock (a worker whose limited queues are all rate-only makes no refills).
 WITH done AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'succeeded', result = d.result::jsonb, finished_at = now()
@@ -70,4 +83,5 @@ SELECT c.id, c.queue, c.task, c.args::text AS args, c.priority, c.attempts AS at
        c.trace_context::text AS trace_context
 FROM told
 CROSS JOIN LATERAL pgqueue.claim_jobs_limited(
-    $4::text[], $5::integer + 0 * told.n::integer, $6::uuid, $7::integer) AS c;
+    $4::text[], $5::integer + 0 * told.n::integer, $6::uuid, $7::integer,
+    '{}', '{}', '{}') AS c;

@@ -557,7 +557,8 @@ COMMENT ON TABLE pgqueue.key_limits IS 'Per-key overrides of a limited queue''s 
 -- (one row per claim, not per job: a claim counts the rows of one window, fewer by the
 -- batch size). A rate is exact: a claim starts k jobs at t only if the log holds at
 -- most N - k starts in (t - period, t]. Rows older than the longest period of their
--- queue are deleted by the claims.
+-- queue are deleted by the claims. A rate-only queue's rows are written by
+-- reserve_starts before its claims, and lowered by each claim to what it started.
 CREATE TABLE pgqueue.job_starts (
     queue           text NOT NULL,
     concurrency_key text NOT NULL,
@@ -579,22 +580,40 @@ CREATE INDEX jobs_key_claim_idx ON pgqueue.jobs (queue, concurrency_key, priorit
 -- What a limited claim counts: the running jobs of a queue, and of each of its keys.
 CREATE INDEX jobs_running_key_idx ON pgqueue.jobs (queue, concurrency_key) WHERE state = 'running';
 
+-- Whether a limited queue's one limit is its own rate (no concurrency limit, no key
+-- limits): its claims can take starts reserved by reserve_starts and skip the queue's
+-- lock (claim_limited with `reserved_at`).
+CREATE FUNCTION pgqueue.rate_only(lim pgqueue.queue_limits) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT lim.rate_count IS NOT NULL AND lim.concurrency IS NULL
+       AND lim.key_concurrency IS NULL AND lim.key_rate_count IS NULL
+       AND NOT EXISTS (SELECT FROM pgqueue.key_limits k WHERE k.queue = lim.queue)
+$$;
+
 -- Claim up to `want` jobs of one limited queue. The caller holds the queue's advisory
 -- lock, and this function's statements each take a snapshot after it was granted, so
 -- that they see every claim made before (no two claims count the same free slot).
+-- Or, with `reserved_at`, the caller holds starts of a rate-only queue reserved at that
+-- time (reserve_starts; `want` no more than it was granted), and no lock: the log
+-- counts them already, so nothing here counts or logs the queue's rate, and the jobs
+-- start at `reserved_at`. The caller gives back what it reserved and did not claim.
 --
 -- Generic plans (plan_cache_mode): its statements are planned once per session and
 -- reused. A custom plan would plan the key walk below anew at every claim, which cost
 -- more than running it (about 1 ms a claim, and the claims of a queue take turns).
-CREATE FUNCTION pgqueue.claim_limited(queue_name text, want integer, worker uuid)
+CREATE FUNCTION pgqueue.claim_limited(
+    queue_name text, want integer, worker uuid, reserved_at timestamptz
+)
 RETURNS SETOF pgqueue.jobs
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     lim pgqueue.queue_limits;
-    -- The claim's time: after the lock was granted, so later than every start logged.
-    t timestamptz := clock_timestamp();
+    -- The claim's time: after the lock was granted, so later than every start logged;
+    -- or that of the reservation, which the log holds in the order of the lock too.
+    t timestamptz := COALESCE(reserved_at, clock_timestamp());
     free integer := want;
     running integer := 0;
     oldest interval;
@@ -604,10 +623,25 @@ DECLARE
     last_served text;
     last_seen text;
     n integer;
+    -- Whether a queued job of the queue has a key (one descent of jobs_key_claim_idx):
+    -- without one, the jobs are taken in claim order with no walk between keys.
+    has_keys boolean := (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
+                         WHERE j.state = 'queued' AND j.queue = queue_name) IS NOT NULL;
 BEGIN
     SELECT * INTO lim FROM pgqueue.queue_limits WHERE queue = queue_name;
     IF NOT FOUND THEN
         RETURN;  -- limits cleared since the caller looked: the next claim treats it as plain
+    END IF;
+    IF reserved_at IS NOT NULL THEN
+        IF NOT pgqueue.rate_only(lim) THEN
+            RETURN;  -- limits changed since the reservation: the next claim takes the lock
+        END IF;
+        IF has_keys THEN
+            -- Keys wait: they take turns from key_cursor, so these claims walk one at a
+            -- time, on the queue's row (the reservations take the advisory lock).
+            SELECT * INTO lim FROM pgqueue.queue_limits WHERE queue = queue_name FOR UPDATE;
+        END IF;
+        lim.rate_count := NULL;  -- counted and logged by the reservation
     END IF;
     IF lim.concurrency IS NOT NULL OR lim.key_concurrency IS NOT NULL
        OR EXISTS (SELECT FROM pgqueue.key_limits k WHERE k.queue = queue_name) THEN
@@ -619,7 +653,7 @@ BEGIN
     END IF;
     oldest := GREATEST(lim.rate_period, lim.key_rate_period,
         (SELECT max(k.rate_period) FROM pgqueue.key_limits k WHERE k.queue = queue_name));
-    IF oldest IS NOT NULL THEN
+    IF oldest IS NOT NULL AND reserved_at IS NULL THEN
         DELETE FROM pgqueue.job_starts s WHERE s.queue = queue_name AND s.started_at <= t - oldest;
     END IF;
     IF lim.rate_count IS NOT NULL THEN
@@ -630,97 +664,109 @@ BEGIN
     IF free <= 0 THEN
         RETURN;
     END IF;
-    -- How many keys to look at: every key that is full has a running job or a start in
-    -- its window, so this many always reach `free` keys with room when there are any.
-    -- A walk cut short resumes where it stopped at the next claim (key_cursor).
-    walk_max := free + running + 100;
+    IF NOT has_keys THEN
+        -- No key among the queued jobs (one enqueued since waits for the next claim).
+        ids := ARRAY(SELECT j.id FROM pgqueue.jobs j
+                     WHERE j.state = 'queued' AND j.queue = queue_name
+                       AND j.concurrency_key IS NULL AND j.run_at <= t
+                     ORDER BY j.priority DESC, j.run_at, j.id
+                     LIMIT free
+                     FOR UPDATE SKIP LOCKED);
+        n := cardinality(ids);
+        -- Claimed below, as the walk's choice is.
+    ELSE
+        -- How many keys to look at: every key that is full has a running job or a start in
+        -- its window, so this many always reach `free` keys with room when there are any.
+        -- A walk cut short resumes where it stopped at the next claim (key_cursor).
+        walk_max := free + running + 100;
 
-    -- Choose and lock the jobs (the claim proper follows, by id).
-    WITH RECURSIVE walk(k, pos, first) AS (
-        -- The loose index scan: each step is the key after the last one among the
-        -- queue's queued jobs, wrapping round to the first (two descents of
-        -- jobs_key_claim_idx at most), until `walk_max` keys or back at the first.
-        SELECT n.k, 1, n.k
-        FROM (SELECT COALESCE(
-            (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
-             WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key > lim.key_cursor),
-            (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
-             WHERE j.state = 'queued' AND j.queue = queue_name)) AS k) AS n
-        WHERE n.k IS NOT NULL
-        UNION ALL
-        SELECT n.k, w.pos + 1, w.first
-        FROM walk w
-        CROSS JOIN LATERAL (SELECT COALESCE(
-            (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
-             WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key > w.k),
-            (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
-             WHERE j.state = 'queued' AND j.queue = queue_name)) AS k) AS n
-        WHERE w.pos < walk_max AND n.k <> w.first
-    ), room AS (
-        SELECT w.k, w.pos, LEAST(free,
-            CASE WHEN COALESCE(kl.concurrency, lim.key_concurrency) IS NOT NULL THEN
-                COALESCE(kl.concurrency, lim.key_concurrency) - (
-                    SELECT count(*) FROM pgqueue.jobs r
-                    WHERE r.state = 'running' AND r.queue = queue_name AND r.concurrency_key = w.k)::integer
-            END,
-            CASE WHEN COALESCE(kl.rate_count, lim.key_rate_count) IS NOT NULL THEN
-                COALESCE(kl.rate_count, lim.key_rate_count) - (
-                    SELECT COALESCE(sum(s.starts), 0) FROM pgqueue.job_starts s
-                    WHERE s.queue = queue_name AND s.concurrency_key = w.k
-                      AND s.started_at > t - COALESCE(kl.rate_period, lim.key_rate_period))::integer
-            END) AS room,
-            COALESCE(kl.rate_count, lim.key_rate_count) IS NOT NULL AS rated
-        FROM walk w
-        LEFT JOIN pgqueue.key_limits kl ON kl.queue = queue_name AND kl.concurrency_key = w.k
-    ), keyed AS (
-        SELECT c.id, c.priority, c.turn, r.pos, r.k, r.rated
-        FROM room r
-        CROSS JOIN LATERAL (
-            SELECT x.id, x.priority, row_number() OVER () AS turn
+        -- Choose and lock the jobs (the claim proper follows, by id).
+        WITH RECURSIVE walk(k, pos, first) AS (
+            -- The loose index scan: each step is the key after the last one among the
+            -- queue's queued jobs, wrapping round to the first (two descents of
+            -- jobs_key_claim_idx at most), until `walk_max` keys or back at the first.
+            SELECT n.k, 1, n.k
+            FROM (SELECT COALESCE(
+                (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
+                 WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key > lim.key_cursor),
+                (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
+                 WHERE j.state = 'queued' AND j.queue = queue_name)) AS k) AS n
+            WHERE n.k IS NOT NULL
+            UNION ALL
+            SELECT n.k, w.pos + 1, w.first
+            FROM walk w
+            CROSS JOIN LATERAL (SELECT COALESCE(
+                (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
+                 WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key > w.k),
+                (SELECT min(j.concurrency_key) FROM pgqueue.jobs j
+                 WHERE j.state = 'queued' AND j.queue = queue_name)) AS k) AS n
+            WHERE w.pos < walk_max AND n.k <> w.first
+        ), room AS (
+            SELECT w.k, w.pos, LEAST(free,
+                CASE WHEN COALESCE(kl.concurrency, lim.key_concurrency) IS NOT NULL THEN
+                    COALESCE(kl.concurrency, lim.key_concurrency) - (
+                        SELECT count(*) FROM pgqueue.jobs r
+                        WHERE r.state = 'running' AND r.queue = queue_name AND r.concurrency_key = w.k)::integer
+                END,
+                CASE WHEN COALESCE(kl.rate_count, lim.key_rate_count) IS NOT NULL THEN
+                    COALESCE(kl.rate_count, lim.key_rate_count) - (
+                        SELECT COALESCE(sum(s.starts), 0) FROM pgqueue.job_starts s
+                        WHERE s.queue = queue_name AND s.concurrency_key = w.k
+                          AND s.started_at > t - COALESCE(kl.rate_period, lim.key_rate_period))::integer
+                END) AS room,
+                COALESCE(kl.rate_count, lim.key_rate_count) IS NOT NULL AS rated
+            FROM walk w
+            LEFT JOIN pgqueue.key_limits kl ON kl.queue = queue_name AND kl.concurrency_key = w.k
+        ), keyed AS (
+            SELECT c.id, c.priority, c.turn, r.pos, r.k, r.rated
+            FROM room r
+            CROSS JOIN LATERAL (
+                SELECT x.id, x.priority, row_number() OVER () AS turn
+                FROM (
+                    SELECT j.id, j.priority
+                    FROM pgqueue.jobs j
+                    WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key = r.k
+                      AND j.run_at <= t
+                    -- The key first: the order of jobs_key_claim_idx, which then serves it
+                    -- rather than a scan of the queue's claim order past other keys' jobs.
+                    ORDER BY j.concurrency_key, j.priority DESC, j.run_at, j.id
+                    LIMIT r.room
+                    FOR UPDATE SKIP LOCKED
+                ) AS x
+            ) AS c
+            WHERE r.room > 0
+        ), unkeyed AS (
+            -- Jobs without a key take their turn as one more key, ahead of the walk.
+            SELECT x.id, x.priority, row_number() OVER () AS turn, 0 AS pos, NULL::text AS k,
+                   false AS rated
             FROM (
                 SELECT j.id, j.priority
                 FROM pgqueue.jobs j
-                WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key = r.k
+                WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key IS NULL
                   AND j.run_at <= t
-                -- The key first: the order of jobs_key_claim_idx, which then serves it
-                -- rather than a scan of the queue's claim order past other keys' jobs.
-                ORDER BY j.concurrency_key, j.priority DESC, j.run_at, j.id
-                LIMIT r.room
+                ORDER BY j.concurrency_key, j.priority DESC, j.run_at, j.id  -- jobs_key_claim_idx
+                LIMIT free
                 FOR UPDATE SKIP LOCKED
             ) AS x
-        ) AS c
-        WHERE r.room > 0
-    ), unkeyed AS (
-        -- Jobs without a key take their turn as one more key, ahead of the walk.
-        SELECT x.id, x.priority, row_number() OVER () AS turn, 0 AS pos, NULL::text AS k,
-               false AS rated
-        FROM (
-            SELECT j.id, j.priority
-            FROM pgqueue.jobs j
-            WHERE j.state = 'queued' AND j.queue = queue_name AND j.concurrency_key IS NULL
-              AND j.run_at <= t
-            ORDER BY j.concurrency_key, j.priority DESC, j.run_at, j.id  -- jobs_key_claim_idx
+        ), chosen AS (
+            SELECT c.id, c.pos, c.k, c.rated
+            FROM (SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed) AS c
+            ORDER BY c.turn, c.priority DESC, c.pos
             LIMIT free
-            FOR UPDATE SKIP LOCKED
-        ) AS x
-    ), chosen AS (
-        SELECT c.id, c.pos, c.k, c.rated
-        FROM (SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed) AS c
-        ORDER BY c.turn, c.priority DESC, c.pos
-        LIMIT free
-    )
-    SELECT array_agg(c.id), array_agg(c.k) FILTER (WHERE c.rated), count(*),
-           (SELECT c2.k FROM chosen c2 WHERE c2.k IS NOT NULL ORDER BY c2.pos DESC LIMIT 1),
-           (SELECT w.k FROM walk w ORDER BY w.pos DESC LIMIT 1)
-    INTO ids, rated_keys, n, last_served, last_seen
-    FROM chosen c;
+        )
+        SELECT array_agg(c.id), array_agg(c.k) FILTER (WHERE c.rated), count(*),
+               (SELECT c2.k FROM chosen c2 WHERE c2.k IS NOT NULL ORDER BY c2.pos DESC LIMIT 1),
+               (SELECT w.k FROM walk w ORDER BY w.pos DESC LIMIT 1)
+        INTO ids, rated_keys, n, last_served, last_seen
+        FROM chosen c;
 
-    -- The next claim's walk starts after the last key served; after the last key looked
-    -- at when this claim found less than it could take.
-    IF last_seen IS NOT NULL THEN
-        UPDATE pgqueue.queue_limits
-        SET key_cursor = CASE WHEN n < free OR last_served IS NULL THEN last_seen ELSE last_served END
-        WHERE queue = queue_name;
+        -- The next claim's walk starts after the last key served; after the last key looked
+        -- at when this claim found less than it could take.
+        IF last_seen IS NOT NULL THEN
+            UPDATE pgqueue.queue_limits
+            SET key_cursor = CASE WHEN n < free OR last_served IS NULL THEN last_seen ELSE last_served END
+            WHERE queue = queue_name;
+        END IF;
     END IF;
     IF n = 0 THEN
         RETURN;
@@ -775,7 +821,7 @@ BEGIN
     FOREACH q IN ARRAY queue_names LOOP
         asked := LEAST(share, want - got);
         EXIT WHEN asked <= 0;
-        RETURN QUERY SELECT * FROM pgqueue.claim_limited(q, asked, worker);
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited(q, asked, worker, NULL);
         GET DIAGNOSTICS n = ROW_COUNT;
         got := got + n;
         IF n < asked THEN
@@ -785,9 +831,72 @@ BEGIN
     FOREACH q IN ARRAY queue_names LOOP
         EXIT WHEN got >= want;
         CONTINUE WHEN q = ANY (short);
-        RETURN QUERY SELECT * FROM pgqueue.claim_limited(q, want - got, worker);
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited(q, want - got, worker, NULL);
         GET DIAGNOSTICS n = ROW_COUNT;
         got := got + n;
+    END LOOP;
+END
+$$;
+
+-- Reserve job starts for a claim to come, for each rate-only queue (rate_only) among
+-- `queue_names` that is not paused: under the queue's advisory lock (lock space
+-- `lock_space`, taken in key order as claim_limited_queues takes it), up to `want`
+-- starts the rate's window has room for, logged at `at`, the clock after the lock.
+-- The claim (claim_jobs_limited) then takes up to `granted` jobs with started_at = `at`
+-- without any lock, and gives back what it did not find. Exact as the locked claim is:
+-- the log's times follow the lock's order whoever wrote them, and each job starts at
+-- the time its start was logged. A reservation that is never claimed (its claim failed,
+-- its worker died) only leaves the rate unused until it leaves the window.
+-- The lock is held only for this short transaction: the claims of a rate-limited queue
+-- no longer wait on each other's commits (benchmarks/rate_feasibility.py).
+-- `commit_async`: the caller runs it as a transaction of its own (the worker does), which
+-- then commits asynchronously: the claim that uses it commits durably after it, which
+-- flushes the WAL past it, so no job can have started on a reservation that a crash
+-- lost. (Within a longer transaction it would make that one's commit asynchronous.)
+-- Limited queues that are not rate-only come back with `granted` NULL: their claims
+-- take the lock as before.
+CREATE FUNCTION pgqueue.reserve_starts(
+    queue_names text[], want integer, lock_space integer, commit_async boolean
+) RETURNS TABLE (queue_name text, granted integer, at timestamptz)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- as claim_limited
+AS $$
+DECLARE
+    lim pgqueue.queue_limits;
+    q text;
+BEGIN
+    IF commit_async THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    FOR q IN
+        SELECT l.queue FROM pgqueue.queue_limits l
+        WHERE l.queue = ANY (queue_names)
+          AND NOT EXISTS (SELECT FROM pgqueue.queues p WHERE p.name = l.queue AND p.paused)
+        ORDER BY hashtext(l.queue), l.queue
+    LOOP
+        queue_name := q;
+        granted := NULL;
+        at := NULL;
+        SELECT * INTO lim FROM pgqueue.queue_limits l WHERE l.queue = q;
+        IF FOUND AND pgqueue.rate_only(lim) THEN
+            PERFORM pg_advisory_xact_lock(lock_space, hashtext(q));
+            at := clock_timestamp();  -- after the lock: later than every start logged
+            -- Read again after the lock: the limit as the claims before us saw it.
+            SELECT * INTO lim FROM pgqueue.queue_limits l WHERE l.queue = q;
+            IF FOUND AND pgqueue.rate_only(lim) THEN
+                DELETE FROM pgqueue.job_starts s
+                WHERE s.queue = q AND s.started_at <= at - lim.rate_period;
+                granted := GREATEST(0, LEAST(want, lim.rate_count - (
+                    SELECT COALESCE(sum(s.starts), 0) FROM pgqueue.job_starts s
+                    WHERE s.queue = q AND s.concurrency_key = ''
+                      AND s.started_at > at - lim.rate_period)));
+                IF granted > 0 THEN
+                    INSERT INTO pgqueue.job_starts (queue, concurrency_key, started_at, starts)
+                    VALUES (q, '', at, granted);
+                END IF;
+            END IF;
+        END IF;
+        RETURN NEXT;
     END LOOP;
 END
 $$;
@@ -800,11 +909,16 @@ $$;
 -- what is left, then the limited ones again for what the plain ones left. Ends with a
 -- row of NULLs (a marker) while any of the queues is limited; without one the worker
 -- goes back to claim_jobs, whose plan is cheaper.
+-- `reserved`, `granted`, `reserved_at`: the starts reserve_starts reserved for this
+-- claim, by queue (in name order, the order their rows are locked in when keys walk).
+-- Those queues are claimed without their lock, each for no more than it was granted,
+-- and what was not claimed is given back to the log before the claim commits.
 -- A function, with generic plans, rather than one statement: planned afresh at each
 -- claim (the server chooses custom plans for a statement this size), the statement
 -- cost half a millisecond more than claim_jobs, every claim, in planning alone.
 CREATE FUNCTION pgqueue.claim_jobs_limited(
-    queue_names text[], want integer, worker uuid, lock_space integer
+    queue_names text[], want integer, worker uuid, lock_space integer,
+    reserved text[], granted integer[], reserved_at timestamptz[]
 ) RETURNS SETOF pgqueue.jobs
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
@@ -812,8 +926,13 @@ AS $$
 DECLARE
     limited text[];
     plain text[];
+    locked text[];
+    used integer[] := array_fill(0, ARRAY[cardinality(reserved)]);
+    share integer;
+    asked integer;
     got integer := 0;
     n integer;
+    i integer;
 BEGIN
     SELECT COALESCE(array_agg(u.name ORDER BY u.ord) FILTER (WHERE l.queue IS NOT NULL), '{}'),
            COALESCE(array_agg(u.name ORDER BY u.ord) FILTER (WHERE l.queue IS NULL), '{}')
@@ -821,12 +940,26 @@ BEGIN
     FROM unnest(queue_names) WITH ORDINALITY AS u(name, ord)
     LEFT JOIN pgqueue.queue_limits l ON l.queue = u.name
     WHERE NOT EXISTS (SELECT FROM pgqueue.queues p WHERE p.name = u.name AND p.paused);
-    IF cardinality(limited) > 0 THEN
-        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(limited,
-            ceil(want * cardinality(limited)::numeric
-                 / (cardinality(limited) + cardinality(plain)))::integer,
+    locked := ARRAY(SELECT u.x FROM unnest(limited) WITH ORDINALITY AS u(x, ord)
+                    WHERE u.x <> ALL (reserved) ORDER BY u.ord);
+    share := ceil(want::numeric / GREATEST(1, cardinality(limited) + cardinality(plain)));
+    -- The reserved queues first, for a share each (their starts are logged already).
+    FOR i IN 1 .. COALESCE(cardinality(reserved), 0) LOOP
+        asked := LEAST(granted[i], share, want - got);
+        CONTINUE WHEN asked <= 0 OR NOT reserved[i] = ANY (limited);
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited(
+            reserved[i], asked, worker, reserved_at[i]);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        used[i] := n;
+        got := got + n;
+    END LOOP;
+    IF cardinality(locked) > 0 AND got < want THEN
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked,
+            LEAST(want - got, ceil(want * cardinality(locked)::numeric
+                                   / (cardinality(limited) + cardinality(plain)))::integer),
             worker, lock_space);
-        GET DIAGNOSTICS got = ROW_COUNT;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        got := got + n;
     END IF;
     IF cardinality(plain) > 0 AND got < want THEN
         -- As claim_jobs: each queue in claim order, taking turns by rank.
@@ -854,15 +987,56 @@ BEGIN
         RETURNING j.*;
         GET DIAGNOSTICS n = ROW_COUNT;
         got := got + n;
-        IF cardinality(limited) > 0 AND got < want THEN
-            RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(limited, want - got, worker,
+        IF cardinality(locked) > 0 AND got < want THEN
+            RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked, want - got, worker,
                                                                     lock_space);
+            GET DIAGNOSTICS n = ROW_COUNT;
+            got := got + n;
         END IF;
     END IF;
+    -- What the plain and locked queues left, from the rest of each reservation.
+    FOR i IN 1 .. COALESCE(cardinality(reserved), 0) LOOP
+        EXIT WHEN got >= want;
+        asked := LEAST(granted[i], share, want);
+        CONTINUE WHEN used[i] < asked OR used[i] >= granted[i] OR NOT reserved[i] = ANY (limited);
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited(
+            reserved[i], LEAST(granted[i] - used[i], want - got), worker, reserved_at[i]);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        used[i] := used[i] + n;
+        got := got + n;
+    END LOOP;
+    -- Give back what was reserved and not claimed: one log row, the reservation's own.
+    FOR i IN 1 .. COALESCE(cardinality(reserved), 0) LOOP
+        CONTINUE WHEN used[i] >= granted[i];
+        IF used[i] = 0 THEN
+            DELETE FROM pgqueue.job_starts s
+            WHERE s.ctid = (SELECT s1.ctid FROM pgqueue.job_starts s1
+                            WHERE s1.queue = reserved[i] AND s1.concurrency_key = ''
+                              AND s1.started_at = reserved_at[i] AND s1.starts = granted[i]
+                            LIMIT 1);
+        ELSE
+            UPDATE pgqueue.job_starts s SET starts = used[i]
+            WHERE s.ctid = (SELECT s1.ctid FROM pgqueue.job_starts s1
+                            WHERE s1.queue = reserved[i] AND s1.concurrency_key = ''
+                              AND s1.started_at = reserved_at[i] AND s1.starts = granted[i]
+                            LIMIT 1);
+        END IF;
+    END LOOP;
     IF cardinality(limited) > 0 THEN
         RETURN NEXT NULL::pgqueue.jobs;  -- the marker
     END IF;
 END
+$$;
+
+-- The claim of the previous release's workers (no reservations: every limited queue
+-- under its lock), kept for a rolling deploy.
+CREATE FUNCTION pgqueue.claim_jobs_limited(
+    queue_names text[], want integer, worker uuid, lock_space integer
+) RETURNS SETOF pgqueue.jobs
+LANGUAGE sql
+AS $$
+    SELECT * FROM pgqueue.claim_jobs_limited(queue_names, want, worker, lock_space,
+                                             '{}', '{}', '{}')
 $$;
 
 -- When a limited queue may next have a job to claim that it cannot claim now, by the

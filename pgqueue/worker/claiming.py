@@ -9,9 +9,10 @@ whichever comes first, and sleeps until a rate limit's next slot rather than pol
 Before a claim it hands back the jobs it holds in the database without knowing it
 (:class:`HandBack`).
 
-A worker serving a limited queue (pgqueue/flow.py) refills the slots its own jobs free
-in the statement that writes their outcomes (:meth:`Claimer.refill`, called by the
-Completer): the slots are freed and taken again at one commit, in one round trip. A
+A worker serving a limited queue (pgqueue/flow.py) other than a rate-only one refills
+the slots its own jobs free in the statement that writes their outcomes
+(:meth:`Claimer.refill`, called by the Completer): the slots are freed and taken again
+at one commit, in one round trip. A
 slot of a limited queue is free only once its job's outcome is written, so such a
 worker waits for writes (``Completer.written``), not for its jobs to end.
 """
@@ -205,8 +206,11 @@ class Claimer:
         # Set when outcomes of ours were written (Completer.written): what frees a slot of
         # a limited queue in the database, where the claim counts them.
         self._written = written or asyncio.Event()
-        # Whether any of our queues was limited, when the database last said.
+        # Whether any of our queues was limited, when the database last said; and
+        # whether any limited one is claimed under its lock (not rate-only), the only
+        # kind whose slots a refill takes again as the outcomes free them.
         self._limited = False
+        self._locked = True
         # Whether the last claim got all it asked for (a backlog waits).
         self._full = False
         # Slots asked for by claims in flight (a refill rides on a write meanwhile).
@@ -288,9 +292,8 @@ class Claimer:
             self.claims += 1
             if self._limited:  # claim_jobs_limited: from the head, no cursor to keep
                 started = time.monotonic()
-                jobs, self._limited = await driver.claim_flow(
-                    ex, self._queues, want, worker_id, limited=True
-                )
+                claim = await driver.claim_flow(ex, self._queues, want, worker_id, limited=True)
+                jobs, self._limited, self._locked = claim.jobs, claim.limited, claim.locked
                 seconds = time.monotonic() - started
                 if not self._limited:
                     cursor.rescan()  # the cursor is as old as the limit: start afresh
@@ -308,12 +311,13 @@ class Claimer:
         started = time.monotonic()
         starts, full = cursor.starts(self._queues, started)
         try:
-            jobs, self._limited = await driver.claim_flow(
+            claim = await driver.claim_flow(
                 ex, self._queues, want, worker_id, limited=False, starts=starts
             )
         except BaseException:
             cursor.rescan()
             raise
+        jobs, self._limited, self._locked = claim.jobs, claim.limited, claim.locked
         ended = time.monotonic()
         cursor.claimed(
             ((j.queue, ClaimKey(j.priority, j.run_at, j.id)) for j in jobs if j.run_at),
@@ -337,9 +341,16 @@ class Claimer:
         cursor)."""
         return self._cursor.full_scans
 
+    @property
+    def _slots_in_database(self) -> bool:
+        """Whether a limited queue of ours is claimed under its lock, counting running
+        jobs there (not rate-only): a slot of ours then frees once its outcome is
+        written. A rate-only queue's slots are only ours, freed as their jobs end."""
+        return self._limited and self._locked
+
     async def _wait_for_slot(self) -> None:
         """Every slot of ours is taken: wait until one frees."""
-        if self._limited:
+        if self._slots_in_database:
             # A limited queue's slot is free only once its job's outcome is written (a
             # write with a refill has taken it again by then): wait for a write, not for
             # a job to end, which would claim before the database has a slot free.
@@ -385,7 +396,7 @@ class Claimer:
     def _want(self, running: int) -> int:
         """How many jobs to claim now; 0: wait for a slot to free first."""
         free = self._concurrency - running - self._reserved
-        if self._limited and self._full and free < self._min_claim:
+        if self._slots_in_database and self._full and free < self._min_claim:
             return 0
         return max(0, min(free, self._batch_size))
 
@@ -399,11 +410,15 @@ class Claimer:
     def refill(self, outcomes: int) -> Refill | None:
         """The claim to make with the ``outcomes`` the Completer is about to write: while
         a queue of ours is limited, as many as we may take (the database gives what its
-        limits leave), their slots reserved until :meth:`refilled`. None for a write of
+        limits leave), their slots reserved until :meth:`refilled`. None when every
+        limited queue of ours is rate-only: it has no slots to refill, and its claims
+        reserve their starts in a transaction of their own first, which a claim riding
+        on a write cannot (it would hold the queue's lock through the write's commit,
+        which is what the reservation avoids). None for a write of
         fewer outcomes than a quarter batch: each claim of a limited queue pays a fixed
         cost under its lock (a key walk, a commit), so a trickle of small writes is left
         to the claim loop, whose one claim serves every write made while it waits."""
-        if not self._limited or self._stop.is_set() or not self._may_start():
+        if not self._slots_in_database or self._stop.is_set() or not self._may_start():
             return None
         if outcomes < self._min_claim:
             return None
