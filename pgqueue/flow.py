@@ -35,7 +35,8 @@ How it holds, across every worker on every machine:
   then the claim under the queue's lock, one round trip and one commit), so its slots
   never stand free between a write and a claim; it also claims on an enqueue's NOTIFY
   and at its poll interval (a slot freed by another worker is seen then); one whose
-  limited queues are all rate-only has no slots to refill and claims as above. When a rate
+  limited queues are all rate-only has no slots to refill and claims as its jobs end,
+  as an unlimited worker does. When a rate
   is what holds it (a refill found no room), it sleeps until the database says the
   next start is due (``pgqueue.limited_queue_due``), never polling in a loop.
 * Queues served by one worker take turns within every claim: candidates are

@@ -6,6 +6,8 @@ back, a reservation never claimed only leaves the rate unused, and the locked cl
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 
 import psycopg
@@ -199,3 +201,45 @@ def test_the_reservation_commits_asynchronously_when_asked(conn, q):
     assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # for that one only
     with conn.transaction():
         assert conn.execute(call, (["api"], FLOW.key, False)).fetchone()[0] == "on"
+
+
+def test_a_reserved_claim_takes_no_row_lock_before_its_advisory_locks(dsn, conn, q):
+    # A worker serving a rate-only queue with keys ("rated", whose walk locks the queue's
+    # row) and a queue with a concurrency limit ("capped", under its advisory lock), while
+    # another transaction holds both queues' advisory locks and then writes "rated"'s row,
+    # as a refill's locked claim walking its keys does. Were the reserved walk made
+    # first, the claim would hold that row while waiting for "capped"'s lock: a deadlock.
+    q.set_limit_sync("rated", rate="100/m")
+    q.set_limit_sync("capped", concurrency=5)
+    enqueue(q, "rated", 3, "k")
+    enqueue(q, "capped", 3)
+    granted, at = reserve(conn, ["rated", "capped"], 4)["rated"]
+    with psycopg.connect(dsn) as holder:
+        for name in ("capped", "rated"):
+            holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FLOW.key, name))
+        result: dict[str, object] = {}
+
+        def worker_claim() -> None:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                try:
+                    rows = PsycopgExecutor(c).fetch(
+                        query("claim_jobs_limited"),
+                        (["rated", "capped"], 6, WORKER, FLOW.key, ["rated"], [granted], [at]),
+                    )
+                    result["ids"] = [r["id"] for r in rows if r["id"] is not None]
+                except psycopg.Error as exc:
+                    result["error"] = exc
+
+        thread = threading.Thread(target=worker_claim)
+        thread.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 10
+        while conn.execute(waiting).fetchone()[0] == 0:  # the claim waits for a lock
+            assert time.monotonic() < deadline, "the claim never waited"
+            time.sleep(0.01)
+        holder.execute("SET lock_timeout = '5s'")
+        holder.execute("UPDATE pgqueue.queue_limits SET key_cursor = 'k' WHERE queue = 'rated'")
+        holder.commit()
+        thread.join(timeout=30)
+    assert "error" not in result
+    assert len(result["ids"]) == 6  # type: ignore[arg-type]

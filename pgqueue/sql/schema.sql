@@ -943,7 +943,19 @@ BEGIN
     locked := ARRAY(SELECT u.x FROM unnest(limited) WITH ORDINALITY AS u(x, ord)
                     WHERE u.x <> ALL (reserved) ORDER BY u.ord);
     share := ceil(want::numeric / GREATEST(1, cardinality(limited) + cardinality(plain)));
-    -- The reserved queues first, for a share each (their starts are logged already).
+    -- The queues claimed under their locks first: their advisory locks are then all
+    -- held before this claim locks a reserved queue's row (a walk between keys), so a
+    -- claim holding such a row never waits for an advisory lock. (The other way round,
+    -- one holding the row and waiting for a lock could deadlock with one holding that
+    -- lock and waiting for the row: a refill, which locks every limited queue.)
+    IF cardinality(locked) > 0 THEN
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked,
+            ceil(want * cardinality(locked)::numeric
+                 / (cardinality(limited) + cardinality(plain)))::integer,
+            worker, lock_space);
+        GET DIAGNOSTICS got = ROW_COUNT;
+    END IF;
+    -- Then the reserved queues, for a share each (their starts are logged already).
     FOR i IN 1 .. COALESCE(cardinality(reserved), 0) LOOP
         asked := LEAST(granted[i], share, want - got);
         CONTINUE WHEN asked <= 0 OR NOT reserved[i] = ANY (limited);
@@ -953,14 +965,6 @@ BEGIN
         used[i] := n;
         got := got + n;
     END LOOP;
-    IF cardinality(locked) > 0 AND got < want THEN
-        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked,
-            LEAST(want - got, ceil(want * cardinality(locked)::numeric
-                                   / (cardinality(limited) + cardinality(plain)))::integer),
-            worker, lock_space);
-        GET DIAGNOSTICS n = ROW_COUNT;
-        got := got + n;
-    END IF;
     IF cardinality(plain) > 0 AND got < want THEN
         -- As claim_jobs: each queue in claim order, taking turns by rank.
         RETURN QUERY
