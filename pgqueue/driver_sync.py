@@ -480,8 +480,9 @@ def claim_flow(
     ``limited``: whether one was at the last claim, which picks the statement:
     claim_jobs leaves limited queues out (and says so), claim_jobs_limited takes them,
     after the starts of the rate-only ones are reserved (two transactions: see
-    pgqueue/flow.py). ``starts``: where each queue's scan starts (pgqueue.claim_cursor;
-    None: its head)."""
+    pgqueue/flow.py; so ``ex`` must not be inside a transaction, as a worker's pooled
+    connection is not: the reservation commits asynchronously). ``starts``: where each
+    queue's scan starts (pgqueue.claim_cursor; None: its head)."""
     locked = True
     if limited:
         names = list(queues)
