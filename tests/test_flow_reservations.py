@@ -190,6 +190,17 @@ def test_several_rate_only_queues_share_one_claim(conn, q):
     assert len(got) == 8
 
 
+def test_a_locked_queue_takes_what_an_empty_rate_only_queue_left(conn, q):
+    # The queues under their locks are offered their share first; what the reserved
+    # queues then leave goes back to them in the same claim.
+    q.set_limit_sync("rated", rate="100/m")
+    q.set_limit_sync("capped", concurrency=20)
+    enqueue(q, "capped", 20)
+    got = claim(conn, ["rated", "capped"], 10)
+    assert Counter(j.queue for j in got) == {"capped": 10}
+    assert log(conn, "rated") == []  # its reservation went back whole
+
+
 def test_the_reservation_commits_asynchronously_when_asked(conn, q):
     # The worker's reservation is a transaction of its own: the claim that uses it commits
     # durably after it, flushing the WAL past it. Called within a longer transaction

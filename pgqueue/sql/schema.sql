@@ -929,6 +929,7 @@ DECLARE
     locked text[];
     used integer[] := array_fill(0, ARRAY[cardinality(reserved)]);
     share integer;
+    locked_share integer;
     asked integer;
     got integer := 0;
     n integer;
@@ -948,11 +949,11 @@ BEGIN
     -- claim holding such a row never waits for an advisory lock. (The other way round,
     -- one holding the row and waiting for a lock could deadlock with one holding that
     -- lock and waiting for the row: a refill, which locks every limited queue.)
+    locked_share := ceil(want * cardinality(locked)::numeric
+                         / GREATEST(1, cardinality(limited) + cardinality(plain)));
     IF cardinality(locked) > 0 THEN
-        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked,
-            ceil(want * cardinality(locked)::numeric
-                 / (cardinality(limited) + cardinality(plain)))::integer,
-            worker, lock_space);
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked, locked_share, worker,
+                                                                lock_space);
         GET DIAGNOSTICS got = ROW_COUNT;
     END IF;
     -- Then the reserved queues, for a share each (their starts are logged already).
@@ -991,14 +992,15 @@ BEGIN
         RETURNING j.*;
         GET DIAGNOSTICS n = ROW_COUNT;
         got := got + n;
-        IF cardinality(locked) > 0 AND got < want THEN
-            RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked, want - got, worker,
-                                                                    lock_space);
-            GET DIAGNOSTICS n = ROW_COUNT;
-            got := got + n;
-        END IF;
     END IF;
-    -- What the plain and locked queues left, from the rest of each reservation.
+    -- What the others left: the locked queues again if they were offered less than all
+    -- (their locks are held already), then the rest of each reservation.
+    IF cardinality(locked) > 0 AND got < want AND locked_share < want THEN
+        RETURN QUERY SELECT * FROM pgqueue.claim_limited_queues(locked, want - got, worker,
+                                                                lock_space);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        got := got + n;
+    END IF;
     FOR i IN 1 .. COALESCE(cardinality(reserved), 0) LOOP
         EXIT WHEN got >= want;
         asked := LEAST(granted[i], share, want);
