@@ -7,7 +7,9 @@ or alone:
 No-op jobs processed by 2 worker processes (their defaults), each case beside the
 unlimited figure of its round: a concurrency limit of 50 on the queue, 1,000
 concurrency keys limited to 1 each, a rate limit far above what the workers achieve;
-and the pickup latency p50 with a limit on. The unlimited run and the cases take turns
+and the pickup latency p50 with a limit on. Beside the limit of 50, the same workers
+with no limit but no more than 50 jobs in flight (``--concurrency 25`` each): what the
+number of jobs in flight alone allows, limit or not. The unlimited run and the cases take turns
 for a few rounds (``Plan.flow_rounds``): on a shared machine the rate case's fraction moved
 from 0.72 to 1.03 between runs, so each figure is the round whose fraction is the
 median, and every round's fraction is printed.
@@ -71,10 +73,10 @@ async def _fill(bench: Bench, jobs: int, *, keyed: bool) -> datetime:
     return committed
 
 
-async def _process(bench: Bench, *, keyed: bool = False) -> Rate:
+async def _process(bench: Bench, *, keyed: bool = False, settings: tuple[str, ...] = ()) -> Rate:
     jobs = bench.plan.process_jobs
     await bench.reset()
-    procs = await bench.start_workers(WORKERS)
+    procs = await bench.start_workers(WORKERS, settings)
     try:
         since = await _fill(bench, jobs, keyed=keyed)
         await bench.wait_until_done(jobs, procs)
@@ -113,13 +115,18 @@ async def flow_limits(bench: Bench) -> None:
         f"\n== flow control: {jobs:,} no-op jobs, {WORKERS} worker processes (defaults), "
         f"each limit beside the unlimited run of its round, {bench.plan.flow_rounds} round(s) =="
     )
-    cases: list[tuple[str, str, dict[str, object], bool, float | None]] = [
+    cases: list[tuple[str, str, dict[str, object], bool, float | None, tuple[str, ...]]] = [
         ("flow_concurrency_50", "concurrency limit of 50 on the queue",
-         {"concurrency": 50}, False, 0.80),
+         {"concurrency": 50}, False, 0.80, ()),
+        # Context for the limit of 50, no target: no limit at all, but no more jobs in
+        # flight than the limit allows (each worker's own --concurrency of 25), which
+        # bounds what the limit of 50 can reach with these workers.
+        ("flow_in_flight_50", "no limit, 50 jobs in flight (--concurrency 25 each)",
+         {}, False, None, ("--concurrency", str(50 // WORKERS))),
         ("flow_keys_1000x1", f"{KEYS:,} concurrency keys limited to 1 each",
-         {"key_concurrency": 1}, True, None),
+         {"key_concurrency": 1}, True, None, ()),
         ("flow_rate_above", "a rate limit above the achievable rate (1,000,000/s)",
-         {"rate_count": FAST_RATE[0], "rate_seconds": FAST_RATE[1]}, False, 0.90),
+         {"rate_count": FAST_RATE[0], "rate_seconds": FAST_RATE[1]}, False, 0.90, ()),
     ]  # fmt: skip
     rounds: dict[str, list[tuple[Rate, Rate]]] = {key: [] for key, *_ in cases}
     try:
@@ -127,13 +134,14 @@ async def flow_limits(bench: Bench) -> None:
             await _unlimit(bench)
             unlimited = await _process(bench)
             say(f"  round {turn + 1}: unlimited {unlimited.per_second:,.0f} jobs/s")
-            for key, _label, limits, keyed, _fraction in cases:
-                await _limit(bench, **limits)
-                limited = await _process(bench, keyed=keyed)
+            for key, _label, limits, keyed, _fraction, settings in cases:
+                if limits:
+                    await _limit(bench, **limits)
+                limited = await _process(bench, keyed=keyed, settings=settings)
                 await _unlimit(bench)
                 rounds[key].append((limited, unlimited))
                 say(f"    {key}: {limited.per_second / unlimited.per_second:.2f} of unlimited")
-        for key, label, _limits, _keyed, fraction in cases:
+        for key, label, _limits, _keyed, fraction, _settings in cases:
             limited, unlimited = _median_round(rounds[key])
             bench.add(
                 Figure(

@@ -224,6 +224,21 @@ def test_a_per_key_rate_limit(conn, q):
     assert 3500 < wait.due_in <= 3600
 
 
+def test_a_key_rate_of_its_own_says_when_its_next_start_is_due(conn, q):
+    # The queue's keys have no rate; one key has its own: the idle check still finds it
+    # (limited_queue_due looks for full key windows only where some key has a rate).
+    q.set_limit_sync("api", concurrency=100)
+    q.set_key_limit_sync("api", "x", rate="2/h")
+    enqueue(q, "api", 5, "x")
+    got = claim(conn, ["api"], 10)
+    assert key_of(conn, got) == {"x": 2}
+    finish(conn, [j.id for j in got])
+    assert claim(conn, ["api"], 10) == []
+    wait = driver_sync.next_claim_wait(PsycopgExecutor(conn), ["api"])
+    assert wait.due_in is not None
+    assert 3500 < wait.due_in <= 3600
+
+
 def test_a_concurrency_blocked_queue_gives_no_due_time_to_spin_on(conn, q):
     q.set_limit_sync("c", concurrency=1)
     enqueue(q, "c", 3)
