@@ -1,8 +1,8 @@
 """The idle check of a limited queue no longer reads its whole backlog: the search for
 keys whose rate window is full (``pgqueue.limited_queue_due``) runs only where keys have
-a rate, and tests for a key's waiting jobs with one index probe per key logged. Before,
-a plan could join the queue's every queued job first: 15-25 ms at each idle check of a
-worker waiting at a limit, with a backlog of 60,000 jobs. Same answers.
+a rate, and tests for a key's waiting jobs with one index probe per start logged.
+Before, a plan could join the queue's every queued job first: 15-30 ms at each idle
+check of a worker waiting at a limit, with a backlog of 60,000 jobs. Same answers.
 
 A function only; the previous release's workers call it as before.
 
@@ -64,9 +64,10 @@ BEGIN
         END IF;
     END IF;
     -- Keys whose window is full and that have jobs waiting: the first start to leave.
-    -- Only where keys have a rate. The LIMIT keeps the test for waiting jobs a probe of
-    -- jobs_key_claim_idx per key logged: as a join, a plan could read every queued job
-    -- of the queue first (15-25 ms an idle check with a backlog of 60,000).
+    -- Only where keys have a rate. The test for waiting jobs is a scalar subquery, so
+    -- that it stays a probe of jobs_key_claim_idx per start logged: as EXISTS it became
+    -- a join (a LIMIT in it is dropped), and a plan could read every queued job of the
+    -- queue first (15-30 ms an idle check with a backlog of 60,000).
     IF lim.key_rate_count IS NOT NULL OR EXISTS (
         SELECT FROM pgqueue.key_limits k WHERE k.queue = queue_name AND k.rate_count IS NOT NULL)
     THEN
@@ -77,10 +78,10 @@ BEGIN
                 ON kl.queue = s.queue AND kl.concurrency_key = s.concurrency_key
             WHERE s.queue = queue_name AND s.concurrency_key <> ''
               AND s.started_at > t - COALESCE(kl.rate_period, lim.key_rate_period)
-              AND EXISTS (SELECT FROM pgqueue.jobs j
-                          WHERE j.state = 'queued' AND j.queue = queue_name
-                            AND j.concurrency_key = s.concurrency_key AND j.run_at <= t
-                          LIMIT 1)
+              AND (SELECT true FROM pgqueue.jobs j
+                   WHERE j.state = 'queued' AND j.queue = queue_name
+                     AND j.concurrency_key = s.concurrency_key AND j.run_at <= t
+                   LIMIT 1)
             GROUP BY s.concurrency_key, kl.rate_count, kl.rate_period
             HAVING sum(s.starts) >= COALESCE(kl.rate_count, lim.key_rate_count)
         ) AS f;
